@@ -1,0 +1,1 @@
+"""Distillation of streaming students: DMD, self-forcing rollout, Stream-R1 weighting."""

@@ -1,0 +1,129 @@
+"""Typed configs: dataclass schemas merged with YAML files and ``key=value`` overrides.
+
+A schema is a dataclass tree; YAML and command-line overrides are merged onto it
+with OmegaConf in struct mode, so an unknown key, a wrong type or a missing
+file is a :class:`ConfigError` with one line naming the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from .errors import UsageError
+
+T = TypeVar("T")
+
+__all__ = ["ConfigError", "load_config", "save_config", "to_yaml", "MISSING"]
+
+
+class ConfigError(UsageError):
+    """A config file or override that does not fit its schema."""
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Build ``schema`` from defaults, then ``path`` (YAML), then ``key=value`` overrides.
+
+    Returns a plain dataclass instance (not an OmegaConf proxy).
+    """
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, True)
+    layers: list[tuple[str, Any]] = []
+    if path is not None:
+        layers.append((str(path), _read_yaml(Path(path))))
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. optim.lr=1e-4)")
+    if overrides:
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse overrides: {_first_line(e)}") from None
+    merged = base
+    for source, layer in layers:
+        merged = _merge(merged, layer, source, schema)
+    try:
+        obj = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as e:
+        raise ConfigError(f"config key '{e.full_key}' is required but not set") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid config: {_first_line(e)}") from None
+    return obj  # type: ignore[return-value]
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, expected a .yaml file")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - yaml raises many types
+        raise ConfigError(f"config file {path} is not valid YAML: {_first_line(e)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not a {type(cfg).__name__}")
+    return cfg
+
+
+def _merge(base: DictConfig, layer: DictConfig, source: str, schema: type) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)  # type: ignore[return-value]
+    except ConfigKeyError as e:
+        key = e.full_key or str(e.key)
+        raise ConfigError(f"{source}: unknown config key '{key}'; valid here: {_valid_keys(schema, key)}") from None
+    except ValidationError as e:
+        want = _field_type(schema, e.full_key)
+        raise ConfigError(f"{source}: config key '{e.full_key}' got {e.value!r}, expected {want}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {_first_line(e)}") from None
+
+
+def _walk(schema: type, dotted: str) -> tuple[type | None, str]:
+    """Follow ``a.b.c`` through nested dataclasses: (dataclass holding the last key, last key)."""
+    parts = dotted.split(".")
+    cls: type | None = schema
+    for p in parts[:-1]:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls and dataclasses.is_dataclass(cls) else {}
+        cls = fields[p].type if p in fields and dataclasses.is_dataclass(fields[p].type) else None
+        if isinstance(cls, str):
+            cls = None
+    return cls, parts[-1]
+
+
+def _valid_keys(schema: type, dotted: str) -> str:
+    cls, _ = _walk(schema, dotted)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return "(none)"
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _field_type(schema: type, dotted: str) -> str:
+    cls, key = _walk(schema, dotted)
+    if cls is not None and dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            if f.name == key:
+                t = f.type
+                return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+    return "a value of the schema's type"
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def to_yaml(cfg: Any) -> str:
+    """YAML text of a dataclass config."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config next to a run's outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(cfg))
+    return path

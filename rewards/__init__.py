@@ -1,0 +1,1 @@
+"""Video reward models behind one interface (VQ, MQ, TA), with saliency."""
