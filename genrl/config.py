@@ -8,6 +8,7 @@ file is a :class:`ConfigError` with one line naming the key and what is valid.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,33 +83,36 @@ def _merge(base: DictConfig, layer: DictConfig, source: str, schema: type) -> Di
         raise ConfigError(f"{source}: {_first_line(e)}") from None
 
 
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to raw ones
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
 def _walk(schema: type, dotted: str) -> tuple[type | None, str]:
     """Follow ``a.b.c`` through nested dataclasses: (dataclass holding the last key, last key)."""
     parts = dotted.split(".")
     cls: type | None = schema
     for p in parts[:-1]:
-        fields = {f.name: f for f in dataclasses.fields(cls)} if cls and dataclasses.is_dataclass(cls) else {}
-        cls = fields[p].type if p in fields and dataclasses.is_dataclass(fields[p].type) else None
-        if isinstance(cls, str):
-            cls = None
+        t = _hints(cls).get(p) if cls is not None and dataclasses.is_dataclass(cls) else None
+        cls = t if isinstance(t, type) and dataclasses.is_dataclass(t) else None
     return cls, parts[-1]
 
 
 def _valid_keys(schema: type, dotted: str) -> str:
     cls, _ = _walk(schema, dotted)
-    if cls is None or not dataclasses.is_dataclass(cls):
+    if cls is None:
         return "(none)"
     return ", ".join(f.name for f in dataclasses.fields(cls))
 
 
 def _field_type(schema: type, dotted: str) -> str:
     cls, key = _walk(schema, dotted)
-    if cls is not None and dataclasses.is_dataclass(cls):
-        for f in dataclasses.fields(cls):
-            if f.name == key:
-                t = f.type
-                return t if isinstance(t, str) else getattr(t, "__name__", str(t))
-    return "a value of the schema's type"
+    t = _hints(cls).get(key) if cls is not None else None
+    if t is None:
+        return "a value of the schema's type"
+    return getattr(t, "__name__", str(t).replace("typing.", ""))
 
 
 def _first_line(e: Exception) -> str:

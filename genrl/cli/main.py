@@ -36,9 +36,12 @@ def cli():
 
 
 def _register() -> None:
-    from . import data
+    from . import data, pretrain, sample
 
     cli.add_command(data.data)
+    cli.add_command(pretrain.pretrain)
+    cli.add_command(sample.sample)
+    cli.add_command(sample.evaluate)
 
 
 _register()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -29,3 +30,27 @@ class OutputFile(click.ParamType):
 
 def output_file(suffixes: tuple[str, ...]) -> OutputFile:
     return OutputFile(suffixes)
+
+
+def config_command(schema: type, name: str | None = None):
+    """Decorator: a click command taking ``--config FILE`` and ``key=value`` overrides,
+    handing the callback a typed config built from ``schema``."""
+    from ..config import load_config
+
+    def wrap(fn):
+        @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+        @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML recipe (see configs/).")
+        @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+        @functools.wraps(fn)
+        def command(config_path, overrides, print_config, **kwargs):
+            cfg = load_config(schema, config_path, overrides)
+            if print_config:
+                from ..config import to_yaml
+
+                click.echo(to_yaml(cfg), nl=False)
+                return 0
+            return fn(cfg, **kwargs)
+
+        return click.command(name=name, context_settings={"show_default": True})(command)
+
+    return wrap

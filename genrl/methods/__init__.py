@@ -1,0 +1,1 @@
+"""Training methods: each one file with a Config and a Method (step, optimisers, checkpoint lists)."""

@@ -1,0 +1,53 @@
+"""Pieces several methods share: optimiser config, data stream state, sample grids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..io.grid import captioned_grid
+from ..io.video import write_video
+from ..worlds.probe import AttributeProbe
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear warm-up length in optimiser steps."""
+
+
+def adamw(params, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    warm = max(1, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    return opt, sched
+
+
+class GeneratorState:
+    """A torch.Generator whose state goes into checkpoints (the data position of a run)."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+def write_sample_grid(videos: torch.Tensor, prompts: list[str], path: Path) -> dict[str, float]:
+    """Save a captioned grid gif and return the probe's prompt accuracy on it."""
+    write_video(path, captioned_grid(videos, prompts, cols=4), fps=6)
+    acc, _ = AttributeProbe().prompt_accuracy(videos, prompts)
+    return {"sample_prompt_accuracy": acc}

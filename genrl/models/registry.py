@@ -1,0 +1,104 @@
+"""One resolver from model names and paths to built models, used by every command.
+
+A weights file is a safetensors file whose metadata carries the model kind and
+its config, so a file alone rebuilds its model. Built-in names resolve to files
+shipped in ``genrl/assets``; anything else is a path (a .safetensors file or a
+run/checkpoint folder holding one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import UsageError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUILTIN: dict[str, str] = {
+    "shapes-autoencoder": "shapes-autoencoder.safetensors",
+    "shapes-teacher": "shapes-teacher.safetensors",
+}
+_KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {}
+
+
+def register_kind(kind: str, config_cls: type, build: Callable[[Any], nn.Module]) -> None:
+    _KINDS[kind] = (config_cls, build)
+
+
+def _register_defaults() -> None:
+    from .autoencoder import Autoencoder, AutoencoderConfig
+    from .video_model import VideoModel, VideoModelConfig
+
+    register_kind("autoencoder", AutoencoderConfig, Autoencoder)
+    register_kind("video_model", VideoModelConfig, VideoModel)
+
+
+def save_weights(module: nn.Module, path: str | Path, kind: str, config: Any, dtype: torch.dtype | None = None) -> Path:
+    """Write ``module``'s state as safetensors with its kind and config in the metadata (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in module.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        state[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v.clone()
+    meta = {"genrl_kind": kind, "genrl_config": json.dumps(dataclasses.asdict(config))}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """Built-in name or path -> the safetensors file to load."""
+    if name_or_path in BUILTIN:
+        path = ASSETS / BUILTIN[name_or_path]
+        if not path.exists():
+            raise UsageError(f"built-in model {name_or_path!r} has no weights in this install ({path} missing)")
+        return path
+    path = Path(name_or_path)
+    if path.is_dir():
+        for candidate in (path / "model.safetensors", *sorted(path.glob("*.safetensors"))):
+            if candidate.exists():
+                return candidate
+        latest = path / "checkpoints" / "latest"
+        if latest.exists():
+            return resolve_path(str(path / "checkpoints" / latest.read_text().strip()))
+        raise UsageError(f"{path}: folder holds no .safetensors weights")
+    if not path.exists():
+        known = ", ".join(BUILTIN)
+        raise UsageError(f"model {name_or_path!r} is neither a built-in name ({known}) nor an existing path")
+    if path.suffix != ".safetensors":
+        raise UsageError(f"{path}: expected a .safetensors weights file")
+    return path
+
+
+def load_model(name_or_path: str, kind: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Build and load the model a name or path refers to (float32, eval mode)."""
+    if not _KINDS:
+        _register_defaults()
+    path = resolve_path(name_or_path)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+    found = meta.get("genrl_kind")
+    if found not in _KINDS:
+        raise UsageError(f"{path}: no genrl model metadata (kind {found!r}); was it written by genrl?")
+    if kind is not None and found != kind:
+        raise UsageError(f"{path}: holds a {found!r}, expected a {kind!r}")
+    config_cls, build = _KINDS[found]
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_cls), json.loads(meta["genrl_config"])))
+    model = build(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state)
+    return model.to(device).eval()

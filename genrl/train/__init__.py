@@ -1,0 +1,1 @@
+"""The one training loop (accumulation, checkpoint/resume, logging, progress, Accelerate)."""

@@ -1,0 +1,241 @@
+"""Trainer = Method x Models x Config: the one loop every training command runs.
+
+A :class:`Method` owns its role models, optimisers and maths; it implements
+``train_step(step, ctx)`` and lists what to checkpoint. The trainer owns the
+run folder, Accelerate, gradient accumulation, clipping, logging
+(``metrics.jsonl`` + optional trackers), periodic samples, progress, Ctrl-C and
+checkpoint/resume (models, optimisers, schedulers, RNG, step, method state).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import save_config
+from ..progress import progress_bar
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings shared by every training command."""
+
+    steps: int = 1000
+    """Optimiser steps to train for (in total, counting resumed ones)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimiser step."""
+    grad_clip: float = 1.0
+    """Max gradient norm (0 = no clipping)."""
+    log_every: int = 10
+    """Steps between metric lines in metrics.jsonl."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (one is always written at the end and on Ctrl-C)."""
+    sample_every: int = 0
+    """Steps between sample videos written to the run folder (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+    seed: int = 0
+    """Seed of every random stream of the run."""
+    resume: bool = True
+    """Continue from the run folder's latest checkpoint when there is one."""
+    tracker: str = "none"
+    """Also log to 'tensorboard' or 'wandb' through Accelerate (when installed), or 'none'."""
+
+
+class StepContext:
+    """What a method's train_step gets: accumulation, backward and clipping done one way."""
+
+    def __init__(self, accelerator, cfg: TrainConfig):
+        self.accelerator, self.cfg = accelerator, cfg
+
+    def optimize(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], micro_loss: Callable[[int], torch.Tensor], scheduler=None) -> dict[str, float]:
+        """Run ``grad_accum`` micro-batches of ``micro_loss(i)``, clip, step, zero. Returns loss and grad norm."""
+        params = [p for p in params if p.requires_grad]
+        total = 0.0
+        n = self.cfg.grad_accum
+        for i in range(n):
+            loss = micro_loss(i) / n
+            self.accelerator.backward(loss)
+            total += float(loss.detach())
+        if self.cfg.grad_clip > 0:
+            gn = self.accelerator.clip_grad_norm_(params, self.cfg.grad_clip)
+        else:
+            gn = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params if p.grad is not None))
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": total, "grad_norm": float(gn)}
+
+
+class Method:
+    """Base of every training method. Subclasses fill in the hooks."""
+
+    name = "method"
+
+    def prepare(self, accelerator) -> None:
+        """Wrap trainable modules / optimisers with the accelerator."""
+
+    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
+        raise NotImplementedError
+
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        """Modules whose weights go into checkpoints (trainable ones and EMAs)."""
+        raise NotImplementedError
+
+    def stateful(self) -> dict[str, Any]:
+        """Objects with state_dict/load_state_dict (optimisers, schedulers) to checkpoint."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """Plain method state (e.g. data generator state) to checkpoint."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def write_samples(self, step: int, folder: Path) -> dict[str, float]:
+        """Write sample videos for ``step`` into ``folder``; may return metrics."""
+        return {}
+
+    def export(self, run_dir: Path) -> Path | None:
+        """Write the final model weights (safetensors) into ``run_dir``."""
+        return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, method: Method, run_dir: str | Path, full_config: Any = None, quiet: bool = False):
+        from accelerate import Accelerator
+
+        self.cfg, self.method, self.quiet = cfg, method, quiet
+        self.run_dir = Path(run_dir)
+        log_with = None if cfg.tracker == "none" else cfg.tracker
+        self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.run_dir))
+        self.is_main = self.accelerator.is_main_process
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if full_config is not None:
+                save_config(full_config, self.run_dir / "config.yaml")
+        if log_with:
+            self.accelerator.init_trackers(method.name)
+        self.method.prepare(self.accelerator)
+        self.ckpt_root = self.run_dir / "checkpoints"
+
+    # -------------------------------------------------------------- checkpoints
+    def save(self, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return
+        weights = {n: self.accelerator.unwrap_model(m).state_dict() for n, m in self.method.checkpoint_modules().items()}
+        state = {
+            "step": step,
+            "stateful": {n: o.state_dict() for n, o in self.method.stateful().items()},
+            "method": self.method.extra_state(),
+            "rng": _rng_state(),
+        }
+        save_checkpoint(self.ckpt_root, step, weights, state, keep=self.cfg.keep_checkpoints)
+
+    def maybe_resume(self) -> int:
+        path = latest_checkpoint(self.ckpt_root) if self.cfg.resume else None
+        if path is None:
+            return 0
+        step, weights, state = load_checkpoint(path)
+        for n, m in self.method.checkpoint_modules().items():
+            self.accelerator.unwrap_model(m).load_state_dict(weights[n])
+        for n, o in self.method.stateful().items():
+            o.load_state_dict(state["stateful"][n])
+        self.method.load_extra_state(state["method"])
+        _set_rng_state(state["rng"])
+        return step
+
+    # --------------------------------------------------------------------- loop
+    def fit(self) -> dict[str, float]:
+        seed_everything(self.cfg.seed)
+        start = self.maybe_resume()
+        ctx = StepContext(self.accelerator, self.cfg)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        last: dict[str, float] = {}
+        step = start
+        t0 = time.time()
+        if start and self.is_main and not self.quiet:
+            print(f"resumed {self.run_dir} at step {start}")
+        with _graceful_interrupt() as stop, progress_bar(self.cfg.steps - start, self.method.name, self.quiet or not self.is_main) as advance:
+            for step in range(start + 1, self.cfg.steps + 1):
+                last = self.method.train_step(step, ctx)
+                if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
+                    row = {"step": step, "time": round(time.time() - t0, 2), **{k: float(v) for k, v in last.items()}}
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    self.accelerator.log(last, step=step)
+                if self.cfg.sample_every and step % self.cfg.sample_every == 0 and self.is_main:
+                    self.method.write_samples(step, self.run_dir / "samples")
+                if stop():  # Ctrl-C: finish the step, checkpoint it, leave
+                    self.save(step)
+                    raise KeyboardInterrupt
+                if step % self.cfg.checkpoint_every == 0 and step != self.cfg.steps:
+                    self.save(step)
+                advance(1, " ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:3]))
+        if step > start:
+            self.save(self.cfg.steps)
+        if self.is_main:
+            self.method.write_samples(self.cfg.steps, self.run_dir / "samples")
+            self.method.export(self.run_dir)
+        self.accelerator.end_training()
+        return last
+
+
+@contextmanager
+def _graceful_interrupt():
+    """First Ctrl-C asks the loop to stop after the current step; a second one stops at once."""
+    flag = {"stop": False}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        print("\nstopping after this step (Ctrl-C again to abort at once)", flush=True)
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield lambda: flag["stop"]
+        return
+    try:
+        yield lambda: flag["stop"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

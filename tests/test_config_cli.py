@@ -1,0 +1,90 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from genrl.config import ConfigError, load_config
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-3
+    name: str = "x"
+
+
+@dataclass
+class Outer:
+    steps: int = 10
+    optim: Inner = field(default_factory=Inner)
+
+
+def test_yaml_and_overrides_merge(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("steps: 5\noptim:\n  lr: 0.5\n")
+    cfg = load_config(Outer, p, ["optim.name=y"])
+    assert (cfg.steps, cfg.optim.lr, cfg.optim.name) == (5, 0.5, "y")
+
+
+@pytest.mark.parametrize(
+    "yaml_text, overrides, message",
+    [
+        ("stepz: 3\n", [], "unknown config key 'stepz'; valid here: steps, optim"),
+        ("", ["optim.lrr=1"], "unknown config key 'optim.lrr'; valid here: lr, name"),
+        ("steps: many\n", [], "config key 'steps' got 'many', expected int"),
+        ("", ["optim.lr=fast"], "config key 'optim.lr' got 'fast', expected float"),
+        ("", ["steps"], "override 'steps' is not of the form key=value"),
+        ("- a\n- b\n", [], "must hold a mapping of keys"),
+        ("a: [1\n", [], "is not valid YAML"),
+    ],
+)
+def test_bad_configs_name_the_problem(tmp_path, yaml_text, overrides, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        load_config(Outer, p, overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_bad_config_exit_2(run_cli, tmp_path):
+    code, out, err = run_cli("pretrain", "--config", str(tmp_path / "missing.yaml"))
+    assert code == 2 and err.strip() == f"error: config file {tmp_path / 'missing.yaml'} does not exist"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    code, out, err = run_cli("pretrain", "--config", str(bad))
+    assert code == 2 and "unknown config key 'train.stepz'" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("pretrain", "--config", "configs/teacher_shapes.yaml", "optim.lr=fast")
+    assert code == 2 and "config key 'optim.lr' got 'fast', expected float" in err
+    code, out, err = run_cli("pretrain", "method=gan", "train.steps=0")
+    assert code == 2 and "valid: flow, autoencoder" in err
+
+
+def test_cli_bad_arguments_exit_2(run_cli, tmp_path):
+    code, _, err = run_cli("data", "preview", "--out", str(tmp_path / "x.png"))
+    assert code == 2 and "must end in .gif or .mp4" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("data", "preview", "--num", "0")
+    assert code == 2 and "--num" in err
+    code, _, err = run_cli("nonsense")
+    assert code == 2 and "No such command 'nonsense'" in err
+    code, _, err = run_cli("sample", "--prompt", "a red square", "--out", str(tmp_path / "a.gif"))
+    assert code == 2 and "give exactly one of --model NAME or --checkpoint PATH" in err
+    code, _, err = run_cli("sample", "--model", "no-such-model", "--prompt", "x", "--out", str(tmp_path / "a.gif"))
+    assert code == 2 and "neither a built-in name" in err
+
+
+def test_print_config_shows_resolved_values(run_cli):
+    code, out, _ = run_cli("pretrain", "--config", "configs/autoencoder_shapes.yaml", "optim.lr=0.01", "--print-config")
+    assert code == 0 and "lr: 0.01" in out and "method: autoencoder" in out
+
+
+def test_data_preview_writes_a_grid(run_cli, tmp_path):
+    from genrl.io.video import read_video
+
+    code, out, _ = run_cli("data", "preview", "--out", str(tmp_path / "g.gif"), "--num", "4", "--quiet")
+    assert code == 0
+    grid = read_video(tmp_path / "g.gif")
+    assert grid.shape[0] == 9 and grid.shape[2] > 128 and grid.std() > 0.05
+
+
+def test_data_probe_command_reports_accuracy(run_cli, tmp_path):
+    code, out, _ = run_cli("data", "probe", "--num", "16", "--quiet", "--out", str(tmp_path / "p.json"))
+    assert code == 0 and "prompt_accuracy=1.0000" in out
