@@ -60,11 +60,9 @@ def pretrain(cfg: PretrainConfig, quiet: bool):
       genrl pretrain --config configs/teacher_shapes.yaml train.steps=20000
       genrl pretrain --config configs/teacher_shapes.yaml out_dir=runs/t2 optim.lr=1e-4
     """
-    import torch
+    from ..train.trainer import Trainer, seed_everything
 
-    from ..train.trainer import Trainer
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    seed_everything(cfg.train.seed)  # model initialisation is part of the run's randomness
     method = build_method(cfg)
     trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet)
     last = trainer.fit()

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genrl.models.autoencoder import Autoencoder, AutoencoderConfig
+from genrl.models.registry import save_weights
+
+TINY = [
+    "flow.model.dit.dim=24", "flow.model.dit.depth=1", "flow.model.dit.heads=2", "flow.model.dit.text_dim=16",
+    "flow.model.dit.mlp_ratio=1.0", "flow.model.text.dim=16", "flow.model.text.layers=1", "flow.model.text.heads=2",
+    "flow.model.autoencoder.width=8", "flow.batch_size=2", "flow.num_samples=2", "flow.sample_steps=2",
+    "world.frames=3", "train.log_every=1", "train.checkpoint_every=2", "optim.warmup_steps=1",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_autoencoder(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
+    return str(save_weights(Autoencoder(AutoencoderConfig(width=8)), path, "autoencoder", AutoencoderConfig(width=8)))
+
+
+def _pretrain(run_cli, out, steps, ae, *extra):
+    code, stdout, err = run_cli("pretrain", f"out_dir={out}", f"train.steps={steps}", f"flow.autoencoder={ae}", *TINY, *extra, "--quiet")
+    assert code == 0, err
+    return stdout
+
+
+def test_resume_is_bit_identical(run_cli, tmp_path, tiny_autoencoder):
+    _pretrain(run_cli, tmp_path / "a", 5, tiny_autoencoder, "train.grad_accum=2")
+    _pretrain(run_cli, tmp_path / "b", 3, tiny_autoencoder, "train.grad_accum=2")  # stopped at k = 3
+    _pretrain(run_cli, tmp_path / "b", 5, tiny_autoencoder, "train.grad_accum=2")  # resumed to k + m = 5
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000005" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "step_0000005" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ea = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000005" / "ema.safetensors"))
+    eb = load_file(str(tmp_path / "b" / "checkpoints" / "step_0000005" / "ema.safetensors"))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_training_changes_parameters_and_writes_a_run_folder(run_cli, tmp_path, tiny_autoencoder):
+    _pretrain(run_cli, tmp_path / "r", 2, tiny_autoencoder)
+    run = tmp_path / "r"
+    assert (run / "config.yaml").exists() and (run / "model.safetensors").exists()
+    assert (run / "samples" / "step_0000002.gif").exists()
+    first = load_file(str(run / "checkpoints" / "step_0000002" / "model.safetensors"))
+    torch.manual_seed(0)
+    from genrl.models.registry import load_model
+
+    exported = load_model(str(run / "model.safetensors"), kind="video_model")
+    assert exported.dit.head.weight.abs().sum() > 0  # the zero-initialised head has moved
+    assert any(not torch.equal(first[k], v.to(first[k].dtype)) for k, v in exported.state_dict().items() if k in first)
+
+
+def test_damaged_checkpoint_is_refused(run_cli, tmp_path, tiny_autoencoder):
+    _pretrain(run_cli, tmp_path / "d", 2, tiny_autoencoder)
+    state = tmp_path / "d" / "checkpoints" / "step_0000002" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-10])
+    code, _, err = run_cli("pretrain", f"out_dir={tmp_path / 'd'}", "train.steps=3", f"flow.autoencoder={tiny_autoencoder}", *TINY, "--quiet")
+    assert code == 2 and "checksum mismatch" in err
+
+
+def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path):
+    from genrl.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    root = tmp_path / "ck"
+    save_checkpoint(root, 1, {"m": {"w": torch.ones(2)}}, {"step": 1})
+    # a crash mid-write leaves only a temporary folder behind
+    (root / ".tmp_step_0000002").mkdir()
+    (root / ".tmp_step_0000002" / "m.safetensors").write_bytes(b"half")
+    step, weights, _ = load_checkpoint(latest_checkpoint(root))
+    assert step == 1 and torch.equal(weights["m"]["w"], torch.ones(2))
