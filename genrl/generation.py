@@ -7,6 +7,7 @@ model is a bidirectional teacher or a streaming student.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +34,32 @@ class Generated:
     """Network evaluations each frame went through (CFG counts twice)."""
 
 
+def is_streaming(model: VideoModel) -> bool:
+    return bool(model.cfg.streaming.enabled)
+
+
+def nfe_per_frame(model: VideoModel, sampling: SamplingConfig) -> float:
+    """Teacher: steps x (2 with CFG). Student: its few steps + the cache refresh pass."""
+    if is_streaming(model):
+        return float(len(model.cfg.streaming.timesteps) + 1)
+    return float(sampling.steps * (2 if sampling.guidance != 1.0 else 1))
+
+
 @torch.no_grad()
-def generate(model: VideoModel, prompts: list[str], frames: int, sampling: SamplingConfig, seed: int = 0) -> Generated:
+def generate(model: VideoModel, prompts: list[str], frames: int, sampling: SamplingConfig, seed: int = 0,
+             on_chunk: Callable[[int, torch.Tensor], None] | None = None) -> Generated:
+    """Pixels for ``prompts``. Streaming students hand each decoded chunk to ``on_chunk(start, pixels)`` as it is made."""
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    latents = model.sample(prompts, frames, sampling.steps, sampling.guidance, g)
-    videos = model.decode(latents)
-    nfe = sampling.steps * (2 if sampling.guidance != 1.0 else 1)
-    return Generated(videos, time.perf_counter() - start, float(nfe))
+    if is_streaming(model):
+        chunks, done = [], 0
+        for lat in model.stream(prompts, frames, g):
+            pixels = model.decode(lat)
+            if on_chunk is not None:
+                on_chunk(done, pixels)
+            chunks.append(pixels)
+            done += lat.shape[1]
+        videos = torch.cat(chunks, dim=1)[:, :frames]
+    else:
+        videos = model.decode(model.sample(prompts, frames, sampling.steps, sampling.guidance, g))
+    return Generated(videos, time.perf_counter() - start, nfe_per_frame(model, sampling))

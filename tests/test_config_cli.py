@@ -88,3 +88,19 @@ def test_data_preview_writes_a_grid(run_cli, tmp_path):
 def test_data_probe_command_reports_accuracy(run_cli, tmp_path):
     code, out, _ = run_cli("data", "probe", "--num", "16", "--quiet", "--out", str(tmp_path / "p.json"))
     assert code == 0 and "prompt_accuracy=1.0000" in out
+
+
+def test_readme_command_table_matches_the_cli():
+    import re
+    from pathlib import Path
+
+    from genrl.cli.main import cli
+
+    text = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    table = text.split("<!-- commands -->")[1].split("<!-- /commands -->")[0]
+    documented = re.findall(r"`genrl ([a-z -]+?)`", table)
+    actual = []
+    for name, cmd in cli.commands.items():
+        subs = getattr(cmd, "commands", None)
+        actual += [f"{name} {s}" for s in subs] if subs else [name]
+    assert sorted(documented) == sorted(actual)

@@ -36,10 +36,11 @@ def cli():
 
 
 def _register() -> None:
-    from . import data, pretrain, sample
+    from . import data, distill, pretrain, sample
 
     cli.add_command(data.data)
     cli.add_command(pretrain.pretrain)
+    cli.add_command(distill.distill)
     cli.add_command(sample.sample)
     cli.add_command(sample.evaluate)
 

@@ -51,9 +51,11 @@ def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str
 @sampling_options
 @click.option("--out", type=output_file((".gif", ".mp4")), required=True, help="Video to write; several prompts make a captioned grid.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Pixel enlargement in the written file.")
+@click.option("--frames-dir", type=click.Path(file_okay=False), default=None,
+              help="Also write every frame as PNG the moment its chunk is generated (streaming students).")
 @seed_option
 @quiet_option
-def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out, scale, seed, quiet):
+def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out, scale, frames_dir, seed, quiet):
     """Generate videos from text prompts.
 
     \b
@@ -71,13 +73,30 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out
     gen = load_generator(model, checkpoint)
     frames = frames or 9
     torch.manual_seed(seed)
-    result = generate(gen, prompts, frames, SamplingConfig(steps, guidance), seed)
+    on_chunk = _png_writer(Path(frames_dir), scale) if frames_dir else None
+    result = generate(gen, prompts, frames, SamplingConfig(steps, guidance), seed, on_chunk)
     if len(prompts) == 1:
         write_video(out, upscale(result.videos[0], scale), fps=6)
     else:
         write_video(out, captioned_grid(result.videos, prompts, cols=4, scale=scale), fps=6)
     fps = len(prompts) * frames / result.seconds
     click.echo(f"wrote {out}: {len(prompts)} video(s) x {frames} frames in {result.seconds:.2f}s ({fps:.1f} frames/s, {result.nfe_per_frame:g} NFE/frame)")
+
+
+def _png_writer(folder: Path, scale: int):
+    """on_chunk callback writing video_<b>/<frame>.png as chunks arrive."""
+    import imageio.v3 as iio
+
+    from ..io.video import to_uint8, upscale
+
+    def write(start: int, pixels) -> None:
+        for b, video in enumerate(pixels):
+            sub = folder / f"video_{b:03d}"
+            sub.mkdir(parents=True, exist_ok=True)
+            for i, frame in enumerate(to_uint8(upscale(video, scale))):
+                iio.imwrite(sub / f"{start + i:05d}.png", frame)
+
+    return write
 
 
 @click.command(name="eval")
@@ -108,6 +127,8 @@ def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out,
     world, probe = ShapesWorld(WorldConfig()), AttributeProbe()
     frames = frames or world.cfg.frames
     hits, per_attr, gen_seconds, nfe = [], {a: 0 for a in ATTRIBUTES}, 0.0, 0.0
+    quarter = frames // 4
+    first_hits, last_hits = [], []
     start = time.time()
     with progress_bar(num, "eval", quiet) as advance:
         for lo in range(0, num, batch):
@@ -116,6 +137,9 @@ def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out,
             result = generate(gen, prompts, frames, SamplingConfig(steps, guidance), seed=seed * 7919 + lo)
             gen_seconds += result.seconds
             nfe = result.nfe_per_frame
+            if quarter >= 2:
+                first_hits += probe.prompt_accuracy(result.videos[:, :quarter], prompts)[1]
+                last_hits += probe.prompt_accuracy(result.videos[:, -quarter:], prompts)[1]
             for r, p in zip(probe.read(result.videos), prompts):
                 want = parse_caption(p)
                 ok = [r.attributes[a] == want[a] for a in ATTRIBUTES]
@@ -130,6 +154,8 @@ def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out,
         "frames": frames,
         "prompt_accuracy": sum(hits) / num,
         "attribute_accuracy": {a: v / num for a, v in per_attr.items()},
+        "first_quarter_accuracy": sum(first_hits) / num if first_hits else None,
+        "last_quarter_accuracy": sum(last_hits) / num if last_hits else None,
         "seconds": round(time.time() - start, 2),
         "frames_per_second": round(num * frames / gen_seconds, 2),
         "nfe_per_frame": nfe,

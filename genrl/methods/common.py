@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +26,26 @@ class OptimConfig:
     """AdamW weight decay."""
     warmup_steps: int = 100
     """Linear warm-up length in optimiser steps."""
+    decay_steps: int = 0
+    """Cosine decay to ``min_lr_ratio * lr`` over this many steps after warm-up (0 = constant)."""
+    min_lr_ratio: float = 0.05
+    """Final learning rate of the cosine decay, relative to ``lr``."""
+
+
+def lr_factor(step: int, cfg: OptimConfig) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): warm-up, then constant or cosine."""
+    warm = max(1, cfg.warmup_steps)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.decay_steps <= 0:
+        return 1.0
+    progress = min(1.0, (step - warm) / cfg.decay_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def adamw(params, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, cfg=cfg))
     return opt, sched
 
 

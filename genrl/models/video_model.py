@@ -19,6 +19,22 @@ from .text import TextEncoder, TextEncoderConfig, WordTokenizer
 
 
 @dataclass
+class StreamingConfig:
+    """How a block-causal student generates: chunk by chunk against a KV cache."""
+
+    enabled: bool = False
+    """True for streaming students; False for bidirectional teachers."""
+    timesteps: list[float] = field(default_factory=lambda: [1000.0, 750.0, 500.0, 250.0])
+    """Denoising timesteps per chunk (shifted by the model's shift)."""
+    local_frames: int = 9
+    """Frames a chunk attends to (cache + itself); the training length keeps positions in range."""
+    sink_frames: int = 3
+    """First frames kept in the cache forever once the window rolls."""
+    context_noise: float = 0.0
+    """Timestep at which clean chunks are re-encoded into the cache."""
+
+
+@dataclass
 class VideoModelConfig:
     """A text-to-video flow-matching model on autoencoder latents."""
 
@@ -27,6 +43,7 @@ class VideoModelConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     shift: float = 3.0
     """Time shift k used for training noise levels and sampling steps."""
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
     height: int = 32
     """Pixel height of generated frames."""
     width: int = 32
@@ -105,6 +122,53 @@ class VideoModel(nn.Module):
             v = self.velocity(x, torch.full((x.shape[0],), s, device=x.device), text, null, guidance)
             x = fm.euler_step(x, v, s, s_next)
         return x
+
+
+    # ------------------------------------------------------------------ streaming
+    def new_cache(self) -> KVCache:
+        st = self.cfg.streaming
+        return self.dit.new_cache(self.latent_hw, st.local_frames, st.sink_frames)
+
+    def streaming_sigmas(self) -> list[float]:
+        return fm.sigmas_from_timesteps(list(self.cfg.streaming.timesteps), self.cfg.shift).tolist()
+
+    def predict_x0_streaming(self, xt: torch.Tensor, sigma: float, text, cache: KVCache) -> torch.Tensor:
+        """x0-prediction for one chunk against the cache (reads it, does not write it)."""
+        sig = torch.full((xt.shape[0],), float(sigma), device=xt.device)
+        return self.predict_x0(xt, sig, text, cache=cache)
+
+    def write_cache(self, x0_chunk: torch.Tensor, text, cache: KVCache) -> None:
+        """Re-encode a finished chunk at the context noise level into the cache (no gradient)."""
+        sigma = self.cfg.streaming.context_noise / fm.NUM_TRAIN_TIMESTEPS
+        with torch.no_grad():
+            cache.writing = True
+            try:
+                self.velocity(x0_chunk.detach(), torch.full((x0_chunk.shape[0],), sigma, device=x0_chunk.device), text, cache=cache)
+            finally:
+                cache.writing = False
+
+    @torch.no_grad()
+    def stream(self, prompts: list[str], frames: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
+        """Generate chunk by chunk; yields each finished chunk's latents (B, chunk, C, h, w).
+
+        Each chunk runs the few-step schedule (predict x0, re-noise to the next level with
+        fresh noise), then is written into the rolling KV cache for the chunks after it.
+        """
+        text = self.encode_text(prompts)
+        cache = self.new_cache()
+        sigmas = self.streaming_sigmas()
+        chunk = self.cfg.dit.chunk_frames
+        noise = noise if noise is not None else torch.randn(self.latent_shape(len(prompts), frames), generator=generator)
+        noise = noise.to(self.device)
+        for start in range(0, frames, chunk):
+            x = noise[:, start : start + chunk]
+            for i, s in enumerate(sigmas[:-1]):
+                x0 = self.predict_x0_streaming(x, s, text, cache)
+                if i + 1 < len(sigmas) - 1:
+                    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+                    x = fm.add_noise(x0, eps, sigmas[i + 1])
+            self.write_cache(x0, text, cache)
+            yield x0
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

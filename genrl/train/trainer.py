@@ -176,12 +176,20 @@ class Trainer:
         _set_rng_state(state["rng"])
         return step
 
+    def _log(self, step: int, metrics: dict[str, float], seconds: float) -> None:
+        """Append one row to metrics.jsonl and hand it to the trackers."""
+        if not metrics:
+            return
+        row = {"step": step, "time": round(seconds, 2), **{k: float(v) for k, v in metrics.items()}}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.accelerator.log(metrics, step=step)
+
     # --------------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
         seed_everything(self.cfg.seed)
         start = self.maybe_resume()
         ctx = StepContext(self.accelerator, self.cfg)
-        metrics_path = self.run_dir / "metrics.jsonl"
         last: dict[str, float] = {}
         step = start
         t0 = time.time()
@@ -191,12 +199,9 @@ class Trainer:
             for step in range(start + 1, self.cfg.steps + 1):
                 last = self.method.train_step(step, ctx)
                 if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
-                    row = {"step": step, "time": round(time.time() - t0, 2), **{k: float(v) for k, v in last.items()}}
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    self.accelerator.log(last, step=step)
+                    self._log(step, last, time.time() - t0)
                 if self.cfg.sample_every and step % self.cfg.sample_every == 0 and self.is_main:
-                    self.method.write_samples(step, self.run_dir / "samples")
+                    self._log(step, self.method.write_samples(step, self.run_dir / "samples"), time.time() - t0)
                 if stop():  # Ctrl-C: finish the step, checkpoint it, leave
                     self.save(step)
                     raise KeyboardInterrupt
@@ -206,7 +211,7 @@ class Trainer:
         if step > start:
             self.save(self.cfg.steps)
         if self.is_main:
-            self.method.write_samples(self.cfg.steps, self.run_dir / "samples")
+            self._log(self.cfg.steps, self.method.write_samples(self.cfg.steps, self.run_dir / "samples"), time.time() - t0)
             self.method.export(self.run_dir)
         self.accelerator.end_training()
         return last

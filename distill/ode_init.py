@@ -1,0 +1,137 @@
+"""ODE initialisation: regress the streaming student onto teacher ODE trajectories.
+
+Pairs are made by sampling the teacher (Euler with CFG) on a grid that contains
+the student's few noise levels, recording the state at each of them, together
+with the teacher's final clean output. The student then learns, chunk by chunk
+against a cache holding the teacher's clean earlier chunks (the condition it
+meets when streaming), to map the state at a random one of its levels to the
+final output.
+
+Departure from CausVid/Self-Forcing: the pair set is small and generated at the
+start of the run (and stored in the run folder, so resuming does not redo it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genrl import schedulers as fm
+from genrl.methods.common import GeneratorState, OptimConfig, adamw, write_sample_grid
+from genrl.models.registry import save_weights
+from genrl.models.video_model import VideoModel
+from genrl.progress import track
+from genrl.train.ema import EMA
+from genrl.train.trainer import Method, StepContext
+from genrl.worlds.shapes import ShapesWorld
+
+
+@dataclass
+class ODEInitConfig:
+    """ODE-init settings."""
+
+    num_pairs: int = 512
+    """Teacher trajectories generated at the start of the run."""
+    teacher_steps: int = 30
+    """Teacher Euler steps per trajectory (the student's levels are added to the grid)."""
+    guidance: float = 4.0
+    """Teacher CFG scale."""
+    batch_size: int = 16
+    """Trajectories per micro-batch."""
+    ema_decay: float = 0.99
+    """Student EMA decay (the EMA is exported)."""
+    num_samples: int = 8
+    """Clips in each sample grid."""
+
+
+@torch.no_grad()
+def teacher_trajectories(teacher: VideoModel, prompts: list[str], noise: torch.Tensor, levels: list[float], steps: int, guidance: float):
+    """Teacher Euler-CFG sampling through a grid containing ``levels``.
+
+    Returns states (B, len(levels), F, C, h, w) at each level and the final output (B, F, C, h, w).
+    """
+    grid = sorted(set(fm.sampling_sigmas(steps, teacher.cfg.shift).tolist()) | set(levels), reverse=True)
+    text = teacher.encode_text(prompts)
+    null = teacher.encode_text([""] * len(prompts))
+    x, states = noise.clone(), {}
+    for s, s_next in zip(grid[:-1], grid[1:]):
+        if s in levels:
+            states[s] = x.clone()
+        v = teacher.velocity(x, torch.full((x.shape[0],), s), text, null, guidance)
+        x = fm.euler_step(x, v, s, s_next)
+    return torch.stack([states[s] for s in levels], dim=1), x
+
+
+class ODEInitMethod(Method):
+    name = "ode_init"
+
+    def __init__(self, cfg: ODEInitConfig, student: VideoModel, teacher: VideoModel, world: ShapesWorld,
+                 optim: OptimConfig, seed: int, run_dir: Path, quiet: bool = False):
+        self.cfg, self.world = cfg, world
+        self.student, self.teacher = student, teacher.requires_grad_(False).eval()
+        self.student.requires_grad_(False)
+        self.student.dit.requires_grad_(True)
+        self.opt, self.sched = adamw(self.student.dit.parameters(), optim)
+        self.ema = EMA(self.student, cfg.ema_decay)
+        self.data = GeneratorState(seed)
+        self.frames = world.cfg.frames
+        self.levels = student.streaming_sigmas()[:-1]
+        self.pairs = self._pairs(run_dir / "ode_pairs.pt", seed, quiet)
+
+    def _pairs(self, path: Path, seed: int, quiet: bool) -> dict:
+        if path.exists():
+            return torch.load(path)
+        g = torch.Generator().manual_seed(seed + 1)
+        _, prompts, _ = self.world.random_clips("train", self.cfg.num_pairs, g, frames=1)
+        noise = torch.randn(self.student.latent_shape(len(prompts), self.frames), generator=g)
+        states, finals = [], []
+        batches = range(0, len(prompts), 32)
+        for lo in track(batches, len(batches), "teacher ODE pairs", quiet):
+            s, f = teacher_trajectories(self.teacher, prompts[lo : lo + 32], noise[lo : lo + 32], self.levels, self.cfg.teacher_steps, self.cfg.guidance)
+            states.append(s)
+            finals.append(f)
+        pairs = {"prompts": prompts, "states": torch.cat(states), "finals": torch.cat(finals)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".ode_pairs.tmp")
+        torch.save(pairs, tmp)
+        tmp.replace(path)
+        return pairs
+
+    def regression_loss(self) -> torch.Tensor:
+        g = self.data.generator
+        idx = torch.randint(len(self.pairs["prompts"]), (self.cfg.batch_size,), generator=g)
+        prompts = [self.pairs["prompts"][i] for i in idx.tolist()]
+        states, target = self.pairs["states"][idx], self.pairs["finals"][idx]
+        with torch.no_grad():
+            text = self.teacher.encode_text(prompts)
+        cache, chunk, losses = self.student.new_cache(), self.student.cfg.dit.chunk_frames, []
+        for start in range(0, self.frames, chunk):
+            k = int(torch.randint(len(self.levels), (1,), generator=g))
+            x = states[:, k, start : start + chunk]
+            pred = self.student.predict_x0_streaming(x, self.levels[k], text, cache)
+            losses.append(F.mse_loss(pred, target[:, start : start + chunk]))
+            self.student.write_cache(target[:, start : start + chunk], text, cache)
+        return torch.stack(losses).mean()
+
+    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
+        out = ctx.optimize(self.opt, self.student.dit.parameters(), lambda i: self.regression_loss(), self.sched)
+        self.ema.update(self.student)
+        return out
+
+    def checkpoint_modules(self):
+        return {"student": self.student, "ema": self.ema.module}
+
+    def stateful(self):
+        return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
+
+    @torch.no_grad()
+    def write_samples(self, step: int, folder: Path) -> dict[str, float]:
+        _, prompts, _ = self.world.clips("val", range(self.cfg.num_samples))
+        lat = torch.cat(list(self.ema.module.stream(prompts, self.frames, torch.Generator().manual_seed(0))), dim=1)
+        return write_sample_grid(self.ema.module.decode(lat), prompts, folder / f"step_{step:07d}.gif")
+
+    def export(self, run_dir: Path) -> Path:
+        return save_weights(self.ema.module, run_dir / "model.safetensors", "video_model", self.ema.module.cfg)

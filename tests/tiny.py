@@ -1,0 +1,23 @@
+"""Tiny random-config models shared by the tests."""
+
+import torch
+
+from genrl.models.autoencoder import AutoencoderConfig
+from genrl.models.dit import DiTConfig
+from genrl.models.text import TextEncoderConfig
+from genrl.models.video_model import StreamingConfig, VideoModel, VideoModelConfig
+
+
+def tiny_video_model(seed: int = 0, streaming: bool = False, depth: int = 1) -> VideoModel:
+    cfg = VideoModelConfig(
+        dit=DiTConfig(dim=24, depth=depth, heads=2, text_dim=16, mlp_ratio=1.0, chunk_frames=3),
+        text=TextEncoderConfig(dim=16, layers=1, heads=2),
+        autoencoder=AutoencoderConfig(width=8),
+        streaming=StreamingConfig(enabled=streaming, timesteps=[1000.0, 750.0, 500.0, 250.0], local_frames=6, sink_frames=3),
+    )
+    torch.manual_seed(seed)
+    m = VideoModel(cfg)
+    with torch.no_grad():
+        for p in m.dit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
