@@ -36,13 +36,15 @@ def cli():
 
 
 def _register() -> None:
-    from . import data, distill, pretrain, sample
+    from . import data, distill, pretrain, reward, sample, score
 
     cli.add_command(data.data)
     cli.add_command(pretrain.pretrain)
+    cli.add_command(reward.train_reward)
     cli.add_command(distill.distill)
     cli.add_command(sample.sample)
     cli.add_command(sample.evaluate)
+    cli.add_command(score.score)
 
 
 _register()

@@ -9,6 +9,7 @@ run/checkpoint folder holding one).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -24,8 +25,11 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN: dict[str, str] = {
     "shapes-autoencoder": "shapes-autoencoder.safetensors",
     "shapes-teacher": "shapes-teacher.safetensors",
+    "shapes-reward": "shapes-reward.safetensors",
+    "shapes-student-dmd": "shapes-student-dmd.safetensors",
 }
 _KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {}
+PLUGINS = ("rewards.registry",)
 
 
 def register_kind(kind: str, config_cls: type, build: Callable[[Any], nn.Module]) -> None:
@@ -38,6 +42,11 @@ def _register_defaults() -> None:
 
     register_kind("autoencoder", AutoencoderConfig, Autoencoder)
     register_kind("video_model", VideoModelConfig, VideoModel)
+    for plugin in PLUGINS:  # packages layered on genrl register their own kinds
+        try:
+            importlib.import_module(plugin)
+        except ImportError:
+            pass
 
 
 def save_weights(module: nn.Module, path: str | Path, kind: str, config: Any, dtype: torch.dtype | None = None) -> Path:
@@ -81,7 +90,7 @@ def resolve_path(name_or_path: str) -> Path:
 
 def load_model(name_or_path: str, kind: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Build and load the model a name or path refers to (float32, eval mode)."""
-    if not _KINDS:
+    if "video_model" not in _KINDS:
         _register_defaults()
     path = resolve_path(name_or_path)
     from safetensors import safe_open

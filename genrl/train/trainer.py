@@ -69,6 +69,8 @@ class StepContext:
             loss = micro_loss(i) / n
             self.accelerator.backward(loss)
             total += float(loss.detach())
+        if self.accelerator.num_processes > 1:
+            total = self._average_gradients(params, total)
         if self.cfg.grad_clip > 0:
             gn = self.accelerator.clip_grad_norm_(params, self.cfg.grad_clip)
         else:
@@ -80,13 +82,39 @@ class StepContext:
         return {"loss": total, "grad_norm": float(gn)}
 
 
+    def _average_gradients(self, params: list[nn.Parameter], loss: float) -> float:
+        """Data parallelism without wrappers: average gradients (and the loss) over processes.
+
+        Methods call their models several times per backward (rollouts, chunks), which
+        DDP's reducer does not allow; an explicit all-reduce before the step does.
+        """
+        import torch.distributed as dist
+
+        world = self.accelerator.num_processes
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss], device=grads[0].device)])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
+        return float(flat[-1])
+
+
 class Method:
     """Base of every training method. Subclasses fill in the hooks."""
 
     name = "method"
 
     def prepare(self, accelerator) -> None:
-        """Wrap trainable modules / optimisers with the accelerator."""
+        """Called once the accelerator exists: move models to its device and give each
+        process its own data stream (models start identical: same seed)."""
+        data = self.stateful().get("data")
+        if data is not None and accelerator.num_processes > 1:
+            data.generator.manual_seed(int(data.generator.initial_seed()) + 1_000_003 * accelerator.process_index)
+        for m in self.checkpoint_modules().values():
+            m.to(accelerator.device)
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
         raise NotImplementedError

@@ -1,0 +1,5 @@
+"""`python -m genrl.cli ...` (what `accelerate launch -m genrl.cli` runs)."""
+
+from .main import entry
+
+entry()

@@ -1,0 +1,99 @@
+"""The one reward interface: (videos, prompts) -> per-axis scores, differentiable to the pixels.
+
+Videos are (B, F, 3, H, W) in [0, 1]. Every backend returns raw scores for the
+axes it knows (vq = visual quality, mq = motion quality, ta = text alignment),
+z-normalised with its stored mean/std, and gradient saliency maps over
+(F, H, W). Backends register by name so a config says ``reward.name: shapes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+AXES = ("vq", "mq", "ta")
+
+
+@dataclass
+class RewardScores:
+    raw: dict[str, torch.Tensor]
+    """Axis -> (B,) raw head outputs (keep the autograd graph)."""
+    z: dict[str, torch.Tensor]
+    """Axis -> (B,) z-normalised scores."""
+
+    @property
+    def overall(self) -> torch.Tensor:
+        return torch.stack([self.z[a] for a in self.z]).mean(dim=0)
+
+
+class RewardModel(nn.Module):
+    """Base class: subclasses implement ``raw_scores`` and say which frames they read."""
+
+    axes: tuple[str, ...] = AXES
+    frames_read: str = "all frames"
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("score_mean", torch.zeros(len(self.axes)))
+        self.register_buffer("score_std", torch.ones(len(self.axes)))
+
+    def raw_scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, videos: torch.Tensor, prompts: list[str]) -> RewardScores:
+        if videos.ndim != 5 or videos.shape[2] != 3:
+            raise ValueError(f"videos must be (B, F, 3, H, W), got {tuple(videos.shape)}")
+        if len(prompts) != videos.shape[0]:
+            raise ValueError(f"{videos.shape[0]} videos but {len(prompts)} prompts")
+        raw = self.raw_scores(videos, prompts)
+        z = {a: (raw[a] - self.score_mean[i]) / self.score_std[i] for i, a in enumerate(self.axes)}
+        return RewardScores(raw, z)
+
+    def saliency(self, videos: torch.Tensor, prompts: list[str], axes: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Axis -> (B, F, H, W) channel-norm of d(raw score)/d(pixels). The reward model stays frozen."""
+        axes = axes or self.axes
+        x = videos.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            raw = self.raw_scores(x, prompts)
+            out = {}
+            for i, a in enumerate(axes):
+                (g,) = torch.autograd.grad(raw[a].sum(), x, retain_graph=i < len(axes) - 1)
+                out[a] = g.norm(dim=2)
+        return out
+
+    @torch.no_grad()
+    def calibrate(self, videos: torch.Tensor, prompts: list[str]) -> None:
+        """Store mean/std of raw scores on reference videos (for z-normalisation)."""
+        raw = self.raw_scores(videos, prompts)
+        self.score_mean.copy_(torch.stack([raw[a].mean() for a in self.axes]))
+        self.score_std.copy_(torch.stack([raw[a].std().clamp_min(1e-4) for a in self.axes]))
+
+
+_REGISTRY: dict[str, Callable[..., RewardModel]] = {}
+
+
+def register_reward(name: str):
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def reward_names() -> list[str]:
+    from . import registry  # noqa: F401 - populates the registry
+
+    return sorted(_REGISTRY)
+
+
+def build_reward(name: str, **kwargs) -> RewardModel:
+    """Build a reward backend by name (``shapes``, ``clip``, ``videoreward``)."""
+    from genrl.errors import UsageError
+
+    names = reward_names()
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown reward model {name!r}; valid: {', '.join(names)}")
+    return _REGISTRY[name](**kwargs)

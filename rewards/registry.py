@@ -1,0 +1,17 @@
+"""Reward backends by name: shapes (embedded default), clip, videoreward."""
+
+from __future__ import annotations
+
+from genrl.models.registry import BUILTIN, load_model, register_kind
+
+from .base import register_reward
+from .shapes import ShapesReward, ShapesRewardConfig
+
+register_kind("shapes_reward", ShapesRewardConfig, ShapesReward)
+BUILTIN.setdefault("shapes-reward", "shapes-reward.safetensors")
+
+
+@register_reward("shapes")
+def shapes_reward(weights: str = "shapes-reward", **_) -> ShapesReward:
+    """The embedded shapes reward model (name or path of its weights)."""
+    return load_model(weights, kind="shapes_reward").requires_grad_(False)

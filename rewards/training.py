@@ -1,0 +1,152 @@
+"""Training the shapes reward model with Bradley–Terry-with-ties on corrupted pairs.
+
+Each pair shows the same clip (same attributes and start) twice, corrupted on
+one axis at two severities (0 = clean): the less corrupted side wins on that
+axis, equal severities tie; the other two axes tie. Loss (Rao–Kupper, k = 5):
+non-tie  -log σ(r_w - r_l - ln k);
+tie      -log σ(r_A - r_B - ln k) - log σ(r_B - r_A - ln k) - ln(k² - 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genrl.methods.common import GeneratorState, OptimConfig, adamw
+from genrl.models.registry import save_weights
+from genrl.train.trainer import Method, StepContext
+from genrl.worlds.shapes import ShapesWorld
+
+from .base import AXES
+from .corruptions import MQ_KINDS, VQ_KINDS, mq_corrupt, ta_corrupt, vq_corrupt
+from .shapes import ShapesReward, ShapesRewardConfig
+
+
+def bt_ties_loss(r_a: torch.Tensor, r_b: torch.Tensor, label: torch.Tensor, k: float = 5.0) -> torch.Tensor:
+    """Per-pair Bradley–Terry-with-ties loss. label: +1 A wins, -1 B wins, 0 tie."""
+    lnk = math.log(k)
+    d = r_a - r_b
+    win = -F.logsigmoid(d * label - lnk)
+    tie = -F.logsigmoid(d - lnk) - F.logsigmoid(-d - lnk) - math.log(k * k - 1)
+    return torch.where(label == 0, tie, win)
+
+
+def bt_ties_predict(r_a: torch.Tensor, r_b: torch.Tensor, k: float = 5.0) -> torch.Tensor:
+    """Most likely outcome under the model: +1, -1 or 0 (tie)."""
+    lnk, d = math.log(k), r_a - r_b
+    p_a, p_b = torch.sigmoid(d - lnk), torch.sigmoid(-d - lnk)
+    p_tie = 1 - p_a - p_b
+    return torch.stack((p_b, p_tie, p_a), dim=-1).argmax(dim=-1) - 1
+
+
+@dataclass
+class PairBatch:
+    a: torch.Tensor
+    b: torch.Tensor
+    prompts: list[str]
+    labels: dict[str, torch.Tensor]
+    """Axis -> (B,) outcome: +1 A wins, -1 B wins, 0 tie."""
+    axis: list[str]
+    """The axis each pair's corruption targets."""
+
+
+def make_pairs(world: ShapesWorld, split: str, n: int, g: torch.Generator, tie_prob: float = 0.2) -> PairBatch:
+    """``n`` pairs, each corrupted on one random axis at two severities."""
+    attrs, starts = world.random_attributes(split, n, g)
+    prompts = world.captions(attrs)
+    clean = world.render(attrs, starts)
+    a_list, b_list, axes, labels = [], [], [], {ax: torch.zeros(n) for ax in AXES}
+    for i in range(n):
+        axis = AXES[int(torch.randint(3, (1,), generator=g))]
+        axes.append(axis)
+        sa = int(torch.randint(4, (1,), generator=g))
+        sb = sa if torch.rand(1, generator=g).item() < tie_prob else int(torch.randint(4, (1,), generator=g))
+        va, vb = _corrupt_pair(world, clean[i : i + 1], attrs[i : i + 1], starts[i : i + 1], axis, sa, sb, g)
+        a_list.append(va)
+        b_list.append(vb)
+        labels[axis][i] = float((sb > sa) - (sa > sb))
+    return PairBatch(torch.cat(a_list), torch.cat(b_list), prompts, labels, axes)
+
+
+def _corrupt_pair(world, clean, attrs, starts, axis, sa, sb, g):
+    if axis == "ta":
+        return ta_corrupt(world, attrs, starts, sa, g), ta_corrupt(world, attrs, starts, sb, g)
+    kinds, fn = (VQ_KINDS, vq_corrupt) if axis == "vq" else (MQ_KINDS, mq_corrupt)
+    ka, kb = (kinds[int(torch.randint(len(kinds), (1,), generator=g))] for _ in range(2))
+    return fn(clean, ka, sa, g), fn(clean, kb, sb, g)
+
+
+@torch.no_grad()
+def pair_accuracy(model: ShapesReward, world: ShapesWorld, n: int = 512, seed: int = 12345, split: str = "test") -> dict[str, float]:
+    """Held-out pairwise accuracy per axis: non-tie (r_w > r_l) and 3-way with ties."""
+    g = torch.Generator().manual_seed(seed)
+    hits = {a: [] for a in AXES}
+    hits_ties = {a: [] for a in AXES}
+    for lo in range(0, n, 64):
+        batch = make_pairs(world, split, min(64, n - lo), g)
+        ra, rb = model.raw_scores(batch.a, batch.prompts), model.raw_scores(batch.b, batch.prompts)
+        for ax in AXES:
+            lab = batch.labels[ax]
+            axis_pairs = [i for i, a in enumerate(batch.axis) if a == ax]
+            d = ra[ax] - rb[ax]
+            hits[ax] += [(float(d[i]) * float(lab[i]) > 0) for i in axis_pairs if lab[i] != 0]
+            pred = bt_ties_predict(ra[ax], rb[ax])
+            hits_ties[ax] += [bool(pred[i] == lab[i]) for i in axis_pairs]
+    out = {}
+    for ax in AXES:
+        out[f"{ax}_accuracy"] = sum(hits[ax]) / max(1, len(hits[ax]))
+        out[f"{ax}_accuracy_with_ties"] = sum(hits_ties[ax]) / max(1, len(hits_ties[ax]))
+    return out
+
+
+@dataclass
+class RewardMethodConfig:
+    """Shapes reward model training."""
+
+    model: ShapesRewardConfig = field(default_factory=ShapesRewardConfig)
+    batch_size: int = 32
+    """Pairs per micro-batch."""
+    tie_prob: float = 0.2
+    """Probability that a pair has equal severities (a tie on its axis)."""
+    k: float = 5.0
+    """Rao–Kupper tie parameter."""
+    eval_pairs: int = 512
+    """Held-out test-split pairs for the accuracy figures."""
+
+
+class RewardMethod(Method):
+    name = "reward"
+
+    def __init__(self, cfg: RewardMethodConfig, optim: OptimConfig, world: ShapesWorld, seed: int):
+        self.cfg, self.world = cfg, world
+        self.model = ShapesReward(cfg.model)
+        self.opt, self.sched = adamw(self.model.parameters(), optim)
+        self.data = GeneratorState(seed)
+
+    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
+        g = self.data.generator
+
+        def micro(_: int) -> torch.Tensor:
+            batch = make_pairs(self.world, "train", self.cfg.batch_size, g, self.cfg.tie_prob)
+            ra, rb = self.model.raw_scores(batch.a, batch.prompts), self.model.raw_scores(batch.b, batch.prompts)
+            return torch.stack([bt_ties_loss(ra[a], rb[a], batch.labels[a], self.cfg.k).mean() for a in AXES]).sum()
+
+        return ctx.optimize(self.opt, self.model.parameters(), micro, self.sched)
+
+    def checkpoint_modules(self):
+        return {"reward": self.model}
+
+    def stateful(self):
+        return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
+
+    def write_samples(self, step: int, folder: Path) -> dict[str, float]:
+        return pair_accuracy(self.model, self.world, self.cfg.eval_pairs)
+
+    def export(self, run_dir: Path) -> Path:
+        videos, prompts, _ = self.world.clips("val", range(256))
+        self.model.calibrate(videos, prompts)
+        return save_weights(self.model, run_dir / "model.safetensors", "shapes_reward", self.cfg.model)
