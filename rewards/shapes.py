@@ -22,7 +22,7 @@ from .base import RewardModel
 class ShapesRewardConfig:
     """Shapes reward model sizes."""
 
-    width: int = 32
+    width: int = 16
     """Conv width of the frame encoder."""
     dim: int = 96
     """Feature width of frames, motion and text."""
