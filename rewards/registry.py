@@ -15,3 +15,5 @@ BUILTIN.setdefault("shapes-reward", "shapes-reward.safetensors")
 def shapes_reward(weights: str = "shapes-reward", **_) -> ShapesReward:
     """The embedded shapes reward model (name or path of its weights)."""
     return load_model(weights, kind="shapes_reward").requires_grad_(False)
+
+from . import clip, videoreward  # noqa: E402,F401 - register the other backends

@@ -1,9 +1,12 @@
-"""The embedded shapes reward model: small video encoder + text encoder + VQ/MQ/TA heads.
+"""The embedded shapes reward model: small video encoder + VQ/MQ/TA heads.
 
 Frames go through a small conv stack; a temporal conv over frame features and
-their differences gives motion features; prompts are a bag of word embeddings
-(each world word names one attribute value, so order carries nothing). VQ reads
-frame features, MQ motion features, TA both together with the text.
+their differences gives motion features. VQ reads frame features, MQ motion
+features. TA reads the prompt as the world's attribute words and scores how
+likely the video shows each named value: the mean log-probability of those
+values under per-attribute heads on the video features (attributes the prompt
+does not name do not count). That structure is what makes text alignment
+learnable from pairwise preferences alone in a few minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genrl.models.text import WordTokenizer
+from genrl.worlds.shapes import ATTRIBUTES, VALUES, parse_caption
 
 from .base import RewardModel
 
@@ -44,12 +47,10 @@ class ShapesReward(RewardModel):
             nn.Flatten(), nn.LazyLinear(d), act,
         )
         self.motion = nn.Sequential(nn.Conv1d(2 * d, d, 3, padding=1), act, nn.Conv1d(d, d, 3, padding=1), act)
-        self.tokenizer = WordTokenizer()
-        self.words = nn.EmbeddingBag(len(self.tokenizer.vocab), d, mode="mean", padding_idx=0)
-        self.text_mlp = nn.Sequential(nn.Linear(d, d), act)
+        self.sizes = [len(VALUES[a]) for a in ATTRIBUTES]
         self.vq_head = nn.Sequential(nn.Linear(d, d), act, nn.Linear(d, 1))
         self.mq_head = nn.Sequential(nn.Linear(2 * d, d), act, nn.Linear(d, 1))
-        self.ta_head = nn.Sequential(nn.Linear(4 * d, d), act, nn.Linear(d, 1))
+        self.attr_head = nn.Sequential(nn.Linear(3 * d, d), act, nn.Linear(d, sum(self.sizes)))
         with torch.no_grad():  # materialise the lazy layer at the world's frame size
             self.frame_encoder(torch.zeros(1, 3, 32, 32))
 
@@ -59,13 +60,24 @@ class ShapesReward(RewardModel):
         feats = self.frame_encoder(x.flatten(0, 1)).unflatten(0, (B, Fr))  # (B, F, d)
         diffs = torch.cat((torch.zeros_like(feats[:, :1]), feats[:, 1:] - feats[:, :-1]), dim=1)
         motion = self.motion(torch.cat((feats, diffs), dim=-1).transpose(1, 2)).transpose(1, 2)  # (B, F, d)
-        ids, _ = self.tokenizer(prompts)
-        text = self.text_mlp(self.words(ids.to(videos.device)))  # (B, d)
         f_pool, m_pool = feats.mean(1), motion.mean(1)
         m_var = motion.std(1) if Fr > 1 else torch.zeros_like(m_pool)
-        video = torch.cat((f_pool, m_pool), dim=-1)
         return {
             "vq": self.vq_head(f_pool).squeeze(-1),
             "mq": self.mq_head(torch.cat((m_pool, m_var), dim=-1)).squeeze(-1),
-            "ta": self.ta_head(torch.cat((video, text, video[:, : self.cfg.dim] * text), dim=-1)).squeeze(-1),
+            "ta": self.text_alignment(torch.cat((f_pool, m_pool, m_var), dim=-1), prompts),
         }
+
+    def attribute_logprobs(self, video_features: torch.Tensor) -> list[torch.Tensor]:
+        """Per attribute, log-probabilities (B, n_values) of each value being shown."""
+        logits = self.attr_head(video_features).split(self.sizes, dim=-1)
+        return [torch.log_softmax(l, dim=-1) for l in logits]
+
+    def text_alignment(self, video_features: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        logp = self.attribute_logprobs(video_features)
+        scores = []
+        for b, prompt in enumerate(prompts):
+            named = parse_caption(prompt)
+            terms = [logp[i][b, VALUES[a].index(named[a])] for i, a in enumerate(ATTRIBUTES) if named[a] is not None]
+            scores.append(torch.stack(terms).mean() if terms else logp[0][b].new_zeros(()))
+        return torch.stack(scores)

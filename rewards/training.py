@@ -2,7 +2,8 @@
 
 Each pair shows the same clip (same attributes and start) twice, corrupted on
 one axis at two severities (0 = clean): the less corrupted side wins on that
-axis, equal severities tie; the other two axes tie. Loss (Rao–Kupper, k = 5):
+axis, equal severities tie. Only that axis is labelled; the others carry no
+label (a pair says nothing about them), so no head is pulled towards constant. Loss (Rao–Kupper, k = 5):
 non-tie  -log σ(r_w - r_l - ln k);
 tie      -log σ(r_A - r_B - ln k) - log σ(r_B - r_A - ln k) - ln(k² - 1).
 """
@@ -133,7 +134,12 @@ class RewardMethod(Method):
         def micro(_: int) -> torch.Tensor:
             batch = make_pairs(self.world, "train", self.cfg.batch_size, g, self.cfg.tie_prob)
             ra, rb = self.model.raw_scores(batch.a, batch.prompts), self.model.raw_scores(batch.b, batch.prompts)
-            return torch.stack([bt_ties_loss(ra[a], rb[a], batch.labels[a], self.cfg.k).mean() for a in AXES]).sum()
+            losses = []
+            for a in AXES:
+                mine = torch.tensor([x == a for x in batch.axis])
+                if mine.any():
+                    losses.append(bt_ties_loss(ra[a][mine], rb[a][mine], batch.labels[a][mine], self.cfg.k).sum())
+            return torch.stack(losses).sum() / len(batch.axis)
 
         return ctx.optimize(self.opt, self.model.parameters(), micro, self.sched)
 

@@ -113,7 +113,7 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
             for (f, p), v in zip(ok, videos):
                 with torch.no_grad():
                     s = model(v[None], [p])
-                rows.append({"path": str(f), "prompt": p, **{a: round(float(s.z[a][0]), 4) for a in AXES},
+                rows.append({"path": str(f), "prompt": p, **{a: round(float(s.z[a][0]), 4) if a in s.z else None for a in AXES},
                              "overall": round(float(s.overall[0]), 4), "frames": v.shape[0]})
                 if saliency_dir:
                     _write_saliency(model, v, p, Path(saliency_dir), f)
@@ -172,5 +172,6 @@ def _render(rows: list[dict], fmt: str) -> str:
         if "error" in r:
             lines.append(f"{name:<40} error: {r['error']}")
         else:
-            lines.append(f"{name:<40} {r['vq']:>7.3f} {r['mq']:>7.3f} {r['ta']:>7.3f} {r['overall']:>8.3f}")
+            cells = " ".join(f"{r[a]:>7.3f}" if r[a] is not None else f"{'-':>7}" for a in AXES)
+            lines.append(f"{name:<40} {cells} {r['overall']:>8.3f}")
     return "\n".join(lines) + "\n"

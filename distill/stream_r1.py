@@ -1,0 +1,162 @@
+"""Stream-R1: DMD weighted by a video reward model, at the rollout and the element level.
+
+Inter-Reliability: each rollout's DMD loss is scaled by exp(beta * r), where r
+combines the reward model's z-normalised axes (VQ, MQ, TA) as
+    r = mean_m z_m - lambda * std_m(Delta_m),
+Delta_m = mean of axis m over the recent half of a history window minus its
+early half: when the axes improve unevenly the whole batch is trusted less,
+which keeps one axis from running away with the others. No gradient flows
+through r.
+
+Intra-Perplexity: the reward model is back-propagated to the decoded pixels
+(the reward model frozen, the student's graph untouched) to get per-axis
+saliency |dR_m/dx|, fused with softmax(-z/T) (weaker axes weigh more), resized
+to the latent grid and factored into a temporal weight per frame and a spatial
+weight per pixel, each floored and mean-normalised; W = T_f * S_fhw / mean.
+
+beta = 0 and ``intra = False`` give exactly plain DMD (same code path, same seeds).
+Departures from the paper: saliency is computed on the exit-step rollout that
+the DMD loss uses (one reward pass per generator step), and z-normalisation
+uses the reward model's stored statistics (fixed, not running).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .dmd import DMDMethod
+
+
+# ------------------------------------------------------------------------ maths
+def balance_penalty(history: torch.Tensor) -> torch.Tensor:
+    """std over axes of (recent-half mean - early-half mean) of a (T, M) history; 0 when T < 2."""
+    if history.shape[0] < 2:
+        return history.new_zeros(())
+    half = history.shape[0] // 2
+    delta = history[-half:].mean(0) - history[:half].mean(0)
+    return delta.std(unbiased=False)
+
+
+def combined_reward(z: torch.Tensor, history: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """r (B,) = mean over axes of z (B, M) minus lambda * balance penalty of the history."""
+    r = z.mean(dim=1)
+    if history is not None and lam:
+        r = r - lam * balance_penalty(history)
+    return r
+
+
+def rollout_weights(r: torch.Tensor, beta: float) -> torch.Tensor:
+    return torch.exp(beta * r.detach())
+
+
+def fuse_saliency(saliency: torch.Tensor, z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """S (B, F, H, W) = sum_m softmax(-z / T)_m S_m, from saliency (B, M, F, H, W) and z (B, M)."""
+    w = torch.softmax(-z.detach() / temperature, dim=1)
+    return (w[:, :, None, None, None] * saliency).sum(dim=1)
+
+
+def _minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    lo, hi = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    return torch.where(hi > lo, (x - lo) / (hi - lo).clamp_min(1e-12), torch.ones_like(x))
+
+
+def temporal_weights(S: torch.Tensor, tau_min: float) -> torch.Tensor:
+    """(B, F): per-frame mean saliency, min-max normalised, floored at tau_min, mean 1."""
+    p = _minmax(S.mean(dim=(2, 3)), (1,)).clamp_min(tau_min)
+    return p / p.mean(dim=1, keepdim=True)
+
+
+def spatial_weights(S: torch.Tensor, sigma_min: float) -> torch.Tensor:
+    """(B, F, H, W): per-frame min-max normalised saliency, floored at sigma_min, per-frame mean 1."""
+    s = _minmax(S, (2, 3)).clamp_min(sigma_min)
+    return s / s.mean(dim=(2, 3), keepdim=True)
+
+
+def element_weights(S: torch.Tensor, tau_min: float, sigma_min: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """W (B, F, H, W) = T_f * S_fhw normalised to mean 1 per rollout; also returns T (B, F)."""
+    t = temporal_weights(S, tau_min)
+    w = t[:, :, None, None] * spatial_weights(S, sigma_min)
+    return w / w.mean(dim=(1, 2, 3), keepdim=True), t
+
+
+# ----------------------------------------------------------------------- method
+@dataclass
+class StreamR1Config:
+    """Stream-R1 weighting knobs."""
+
+    beta: float = 2.0
+    """Inter-Reliability strength: rollout weight exp(beta * r). 0 = off."""
+    lam: float = 0.5
+    """Weight of the axis-balance penalty in r."""
+    window: int = 50
+    """History window (generator steps) of per-axis mean rewards for the balance penalty."""
+    temperature: float = 1.0
+    """T of the softmax(-z / T) fusing per-axis saliency."""
+    tau_min: float = 0.2
+    """Floor of the temporal weights (after min-max normalisation)."""
+    sigma_min: float = 0.15
+    """Floor of the spatial weights (after per-frame min-max normalisation)."""
+    intra: bool = True
+    """Use the saliency weights W (False = W = 1)."""
+    axes: list[str] = field(default_factory=lambda: ["vq", "mq", "ta"])
+    """Reward axes that count."""
+    reward: str = "shapes"
+    """Reward backend name."""
+    reward_weights: str = "shapes-reward"
+    """Weights of the reward backend (name or path)."""
+    max_weight: float = 10.0
+    """Upper clamp of the rollout weights (guards against a runaway exp)."""
+
+
+class StreamR1Method(DMDMethod):
+    """DMD whose loss weights come from the reward model (the only hook it overrides)."""
+
+    name = "stream_r1"
+
+    def __init__(self, sr1: StreamR1Config, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from rewards.base import build_reward
+
+        self.sr1 = sr1
+        self.reward = build_reward(sr1.reward, weights=sr1.reward_weights).eval().requires_grad_(False)
+        self.history: deque[list[float]] = deque(maxlen=sr1.window)
+
+    def loss_weights(self, x: torch.Tensor, prompts: list[str]):
+        cfg = self.sr1
+        pixels = self.student.decode(x.detach())
+        need_grad = cfg.intra
+        px = pixels.clone().requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            scores = self.reward(px, prompts)
+            z = torch.stack([scores.z[a] for a in cfg.axes], dim=1)  # (B, M)
+            sal = None
+            if need_grad:
+                grads = [torch.autograd.grad(scores.raw[a].sum(), px, retain_graph=i < len(cfg.axes) - 1)[0]
+                         for i, a in enumerate(cfg.axes)]
+                sal = torch.stack([g.norm(dim=2) for g in grads], dim=1)  # (B, M, F, H, W)
+        z = z.detach()
+        history = torch.tensor(list(self.history)) if self.history else None
+        r = combined_reward(z, history, cfg.lam)
+        self.history.append(z.mean(0).tolist())
+        rw = rollout_weights(r, cfg.beta).clamp_max(cfg.max_weight)
+        metrics = {f"reward_{a}": float(z[:, i].mean()) for i, a in enumerate(cfg.axes)}
+        metrics.update(reward_r=float(r.mean()), rollout_weight_max=float(rw.max()), rollout_weight_min=float(rw.min()))
+        W = None
+        if sal is not None:
+            S = fuse_saliency(sal, z, cfg.temperature)
+            S = F.adaptive_avg_pool2d(S, x.shape[-2:])  # pixel grid -> latent grid
+            W, t = element_weights(S, cfg.tau_min, cfg.sigma_min)
+            W = W[:, :, None]  # broadcast over latent channels
+            metrics.update({f"temporal_w{f}": float(v) for f, v in enumerate(t.mean(0).tolist())})
+        return W, rw, metrics
+
+    def extra_state(self):
+        return {"history": list(self.history)}
+
+    def load_extra_state(self, state):
+        self.history.clear()
+        self.history.extend(state.get("history", []))

@@ -1,0 +1,39 @@
+"""A tiny random Qwen2-VL with a tokenizer built in memory (no download), as transformers tests do."""
+
+import torch
+
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>",
+            "<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>", "<unk>", "<pad>"]
+
+
+def tiny_tokenizer(words=()):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    base = "abcdefghijklmnopqrstuvwxyz0123456789.,:;'()!?-\n{}_"
+    for w in [*base, *words]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # character level
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+    fast.add_special_tokens({"additional_special_tokens": SPECIALS[:9]})
+    return fast
+
+
+def tiny_qwen2vl(seed=0):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tok = tiny_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        video_token_id=ids["<|video_pad|>"], image_token_id=ids["<|image_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    return Qwen2VLForConditionalGeneration(cfg).eval(), tok
