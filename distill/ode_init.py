@@ -45,6 +45,10 @@ class ODEInitConfig:
     """Student EMA decay (the EMA is exported)."""
     num_samples: int = 8
     """Clips in each sample grid."""
+    stage_steps: int = 300
+    """Optimiser steps when ODE init runs as the first stage of a DMD / Stream-R1 recipe."""
+    stage_lr: float = 1.0e-4
+    """Learning rate of that first stage."""
 
 
 @torch.no_grad()

@@ -15,17 +15,18 @@ from ..train.trainer import TrainConfig
 from ..worlds.shapes import WorldConfig
 from .options import config_command, quiet_option
 
-METHODS = ("ode_init", "dmd")
+METHODS = ("ode_init", "dmd", "stream_r1")
 
 
 def _distill_configs():
     from distill.dmd import DMDConfig
     from distill.ode_init import ODEInitConfig
+    from distill.stream_r1 import StreamR1Config
 
-    return DMDConfig, ODEInitConfig
+    return DMDConfig, ODEInitConfig, StreamR1Config
 
 
-_DMD, _ODE = _distill_configs()
+_DMD, _ODE, _SR1 = _distill_configs()
 
 
 @dataclass
@@ -33,17 +34,20 @@ class DistillConfig:
     """`genrl distill` recipe."""
 
     method: str = "dmd"
-    """'ode_init' (regress teacher ODE pairs) or 'dmd' (distribution matching)."""
+    """'ode_init' (regress teacher ODE pairs), 'dmd' (distribution matching) or 'stream_r1' (reward-weighted DMD)."""
     out_dir: str = "runs/distill"
     """Run folder (config, metrics.jsonl, samples/, checkpoints/, model.safetensors)."""
     teacher: str = "shapes-teacher"
     """Teacher model: built-in name or path."""
     student: str = ""
     """Student initial weights: name or path (e.g. an ode_init run); empty = the teacher's weights."""
+    ode_init_first: bool = False
+    """Run an ODE-init stage (ode.stage_steps steps) into {out_dir}/ode_init first and start from it."""
     streaming: StreamingConfig = field(default_factory=lambda: StreamingConfig(enabled=True))
     world: WorldConfig = field(default_factory=WorldConfig)
     ode: _ODE = field(default_factory=_ODE)
     dmd: _DMD = field(default_factory=_DMD)
+    stream_r1: _SR1 = field(default_factory=_SR1)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=[0.0, 0.999], warmup_steps=10))
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.0, 0.999], warmup_steps=10))
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -63,6 +67,7 @@ def build_models(cfg: DistillConfig):
 def build_method(cfg: DistillConfig, quiet: bool):
     from distill.dmd import DMDMethod
     from distill.ode_init import ODEInitMethod
+    from distill.stream_r1 import StreamR1Method
 
     from ..worlds.shapes import ShapesWorld
 
@@ -74,7 +79,19 @@ def build_method(cfg: DistillConfig, quiet: bool):
     student, teacher = build_models(cfg)
     if cfg.method == "ode_init":
         return ODEInitMethod(cfg.ode, student, teacher, world, cfg.optim, cfg.train.seed, Path(cfg.out_dir), quiet)
-    return DMDMethod(cfg.dmd, student, teacher, world, cfg.optim, cfg.critic_optim, cfg.train.seed)
+    args = (cfg.dmd, student, teacher, world, cfg.optim, cfg.critic_optim, cfg.train.seed)
+    if cfg.method == "stream_r1":
+        return StreamR1Method(cfg.stream_r1, *args)
+    return DMDMethod(*args)
+
+
+def ode_init_stage(cfg: DistillConfig) -> DistillConfig:
+    """The ODE-init stage that precedes ``cfg`` when ``ode_init_first`` is set."""
+    train = dataclasses.replace(cfg.train, steps=cfg.ode.stage_steps, sample_every=0,
+                                checkpoint_every=max(1, cfg.ode.stage_steps // 3))
+    optim = OptimConfig(lr=cfg.ode.stage_lr, betas=[0.9, 0.999], warmup_steps=min(20, cfg.ode.stage_steps))
+    return dataclasses.replace(cfg, method="ode_init", out_dir=str(Path(cfg.out_dir) / "ode_init"),
+                               ode_init_first=False, train=train, optim=optim)
 
 
 @config_command(DistillConfig)
@@ -93,6 +110,11 @@ def distill(cfg: DistillConfig, quiet: bool):
     """
     from ..train.trainer import Trainer, seed_everything
 
+    if cfg.ode_init_first and cfg.method != "ode_init":
+        stage = ode_init_stage(cfg)
+        seed_everything(stage.train.seed)
+        Trainer(stage.train, build_method(stage, quiet), Path(stage.out_dir), full_config=stage, quiet=quiet).fit()
+        cfg = dataclasses.replace(cfg, student=stage.out_dir)
     seed_everything(cfg.train.seed)
     method = build_method(cfg, quiet)
     last = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet).fit()

@@ -241,6 +241,9 @@ class Trainer:
         if self.is_main:
             self._log(self.cfg.steps, self.method.write_samples(self.cfg.steps, self.run_dir / "samples"), time.time() - t0)
             self.method.export(self.run_dir)
+            from ..report import write_report
+
+            write_report(self.run_dir)
         self.accelerator.end_training()
         return last
 
