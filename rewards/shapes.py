@@ -54,18 +54,22 @@ class ShapesReward(RewardModel):
         with torch.no_grad():  # materialise the lazy layer at the world's frame size
             self.frame_encoder(torch.zeros(1, 3, 32, 32))
 
-    def raw_scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def video_features(self, videos: torch.Tensor) -> torch.Tensor:
+        """(B, 3d): pooled frame features, pooled motion features and their spread over time."""
         B, Fr = videos.shape[:2]
-        x = videos * 2 - 1
-        feats = self.frame_encoder(x.flatten(0, 1)).unflatten(0, (B, Fr))  # (B, F, d)
+        feats = self.frame_encoder((videos * 2 - 1).flatten(0, 1)).unflatten(0, (B, Fr))  # (B, F, d)
         diffs = torch.cat((torch.zeros_like(feats[:, :1]), feats[:, 1:] - feats[:, :-1]), dim=1)
         motion = self.motion(torch.cat((feats, diffs), dim=-1).transpose(1, 2)).transpose(1, 2)  # (B, F, d)
-        f_pool, m_pool = feats.mean(1), motion.mean(1)
-        m_var = motion.std(1) if Fr > 1 else torch.zeros_like(m_pool)
+        m_var = motion.std(1) if Fr > 1 else torch.zeros_like(motion[:, 0])
+        return torch.cat((feats.mean(1), motion.mean(1), m_var), dim=-1)
+
+    def raw_scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        v = self.video_features(videos)
+        d = self.cfg.dim
         return {
-            "vq": self.vq_head(f_pool).squeeze(-1),
-            "mq": self.mq_head(torch.cat((m_pool, m_var), dim=-1)).squeeze(-1),
-            "ta": self.text_alignment(torch.cat((f_pool, m_pool, m_var), dim=-1), prompts),
+            "vq": self.vq_head(v[:, :d]).squeeze(-1),
+            "mq": self.mq_head(v[:, d:]).squeeze(-1),
+            "ta": self.text_alignment(v, prompts),
         }
 
     def attribute_logprobs(self, video_features: torch.Tensor) -> list[torch.Tensor]:

@@ -228,7 +228,7 @@ class Trainer:
                 last = self.method.train_step(step, ctx)
                 if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
                     self._log(step, last, time.time() - t0)
-                if self.cfg.sample_every and step % self.cfg.sample_every == 0 and self.is_main:
+                if self.cfg.sample_every and step % self.cfg.sample_every == 0 and step != self.cfg.steps and self.is_main:
                     self._log(step, self.method.write_samples(step, self.run_dir / "samples"), time.time() - t0)
                 if stop():  # Ctrl-C: finish the step, checkpoint it, leave
                     self.save(step)
