@@ -46,6 +46,8 @@ def test_two_process_dmd_run_trains_and_checkpoints_once(tmp_path, tiny_teacher)
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]  # rank 0 logs, once per step
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_0000001", "step_0000002"]
+    state = torch.load(run / "checkpoints" / "step_0000002" / "state.pt", weights_only=False)
+    assert state["num_processes"] == 2  # really two gloo ranks, not two independent runs
     start = tiny_video_model(seed=0).state_dict()
     trained = load_file(str(run / "checkpoints" / "step_0000002" / "student.safetensors"))
     assert any(not torch.allclose(trained[k], start[k]) for k in trained if k.startswith("dit."))

@@ -166,7 +166,8 @@ class Trainer:
         self.cfg, self.method, self.quiet = cfg, method, quiet
         self.run_dir = Path(run_dir)
         log_with = None if cfg.tracker == "none" else cfg.tracker
-        self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.run_dir))
+        # without an accelerator, `accelerate launch`/torchrun processes run as gloo CPU ranks
+        self.accelerator = Accelerator(log_with=log_with, project_dir=str(self.run_dir), cpu=not torch.cuda.is_available())
         self.is_main = self.accelerator.is_main_process
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +186,7 @@ class Trainer:
         weights = {n: self.accelerator.unwrap_model(m).state_dict() for n, m in self.method.checkpoint_modules().items()}
         state = {
             "step": step,
+            "num_processes": self.accelerator.num_processes,
             "stateful": {n: o.state_dict() for n, o in self.method.stateful().items()},
             "method": self.method.extra_state(),
             "rng": _rng_state(),
