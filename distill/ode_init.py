@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from genrl import schedulers as fm
-from genrl.methods.common import GeneratorState, OptimConfig, adamw, write_sample_grid
+from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_write
 from genrl.models.registry import save_weights
 from genrl.models.video_model import VideoModel
 from genrl.progress import track
@@ -131,11 +131,8 @@ class ODEInitMethod(Method):
     def stateful(self):
         return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
 
-    @torch.no_grad()
     def write_samples(self, step: int, folder: Path) -> dict[str, float]:
-        _, prompts, _ = self.world.clips("val", range(self.cfg.num_samples))
-        lat = torch.cat(list(self.ema.module.stream(prompts, self.frames, torch.Generator().manual_seed(0))), dim=1)
-        return write_sample_grid(self.ema.module.decode(lat), prompts, folder / f"step_{step:07d}.gif")
+        return sample_and_write(self.ema.module, self.world, self.cfg.num_samples, folder / f"step_{step:07d}.gif")
 
     def export(self, run_dir: Path) -> Path:
         return save_weights(self.ema.module, run_dir / "model.safetensors", "video_model", self.ema.module.cfg)

@@ -19,7 +19,7 @@ from ..models.video_model import VideoModel, VideoModelConfig
 from ..train.ema import EMA
 from ..train.trainer import Method, StepContext
 from ..worlds.shapes import ShapesWorld
-from .common import GeneratorState, OptimConfig, adamw, write_sample_grid
+from .common import GeneratorState, OptimConfig, adamw, sample_and_write
 
 
 @dataclass
@@ -85,12 +85,9 @@ class FlowMethod(Method):
     def stateful(self):
         return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
 
-    @torch.no_grad()
     def write_samples(self, step: int, folder: Path) -> dict[str, float]:
-        _, prompts, _ = self.world.clips("val", range(self.cfg.num_samples))
-        g = torch.Generator().manual_seed(0)
-        lat = self.ema.module.sample(prompts, self.frames, self.cfg.sample_steps, self.cfg.sample_guidance, g)
-        return write_sample_grid(self.ema.module.decode(lat), prompts, folder / f"step_{step:07d}.gif")
+        path = folder / f"step_{step:07d}.gif"
+        return sample_and_write(self.ema.module, self.world, self.cfg.num_samples, path, self.cfg.sample_steps, self.cfg.sample_guidance)
 
     def export(self, run_dir: Path) -> Path:
         return save_weights(self.ema.module, run_dir / "model.safetensors", "video_model", self.cfg.model)
