@@ -1,0 +1,89 @@
+"""Group-relative policy optimisation maths, as pure functions.
+
+Shapes: a batch holds G rollouts per prompt, laid out prompt-major
+(rows [0, G) belong to prompt 0). Per-token tensors are (N, T) with a
+boolean completion mask.
+
+    A_i     = (r_i - mean_group) / (std_group + eps)         (or batch std, or none)
+    rho     = exp(logp - logp_old)
+    loss_t  = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta * k3
+    k3      = exp(ref - logp) - (ref - logp) - 1
+
+Aggregations: grpo (mean over each sequence's tokens, then over sequences),
+bnpo (mean over all tokens of the batch), dr_grpo (sum / (N * max_len)),
+dapo (token-level mean over the batch, as bnpo).
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCALES = ("group", "batch", "none")
+AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """Advantages (N,) from rewards (N,) of N = prompts * group_size rollouts."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown advantage scale {scale!r}; valid: {', '.join(SCALES)}")
+    g = rewards.view(-1, group_size)
+    centred = (g - g.mean(dim=1, keepdim=True)).reshape(-1)
+    if scale == "group":
+        return centred / (g.std(dim=1, keepdim=True).expand_as(g).reshape(-1) + eps)
+    if scale == "batch":
+        return centred / (rewards.std() + eps)
+    return centred
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token (>= 0, unbiased)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def clipped_token_loss(logp, old_logp, advantages, eps_low: float = 0.2, eps_high: float = 0.2) -> torch.Tensor:
+    """-min(rho A, clip(rho) A) per token; advantages (N,) broadcast over tokens."""
+    ratio = torch.exp(logp - old_logp)
+    a = advantages[:, None]
+    return -torch.minimum(ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a)
+
+
+def regression_token_loss(logp, old_logp, advantages) -> torch.Tensor:
+    """Reg-GRPO: regress the (log) ratio onto the advantage directly — no clip, no min."""
+    return (torch.exp(logp - old_logp) - 1 - advantages[:, None]) ** 2
+
+
+def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, mode: str = "grpo", max_len: int | None = None) -> torch.Tensor:
+    """Reduce (N, T) per-token losses over the completion mask."""
+    m = mask.to(token_loss.dtype)
+    if mode == "grpo":
+        return ((token_loss * m).sum(1) / m.sum(1).clamp_min(1)).mean()
+    if mode in ("bnpo", "dapo"):
+        return (token_loss * m).sum() / m.sum().clamp_min(1)
+    if mode == "dr_grpo":
+        return (token_loss * m).sum() / (token_loss.shape[0] * (max_len or token_loss.shape[1]))
+    raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float = 0.0, eps_low: float = 0.2,
+              eps_high: float = 0.2, mode: str = "grpo", token_weights: torch.Tensor | None = None,
+              regression: bool = False) -> torch.Tensor:
+    """The full per-batch objective; ``token_weights`` (N, T) scale each token (TW-GRPO)."""
+    if regression:
+        per_token = regression_token_loss(logp, old_logp, advantages)
+    else:
+        per_token = clipped_token_loss(logp, old_logp, advantages, eps_low, eps_high)
+    if beta and ref_logp is not None:
+        per_token = per_token + beta * k3_kl(logp, ref_logp)
+    if token_weights is not None:
+        per_token = per_token * token_weights
+    return aggregate(per_token, mask, mode)
+
+
+def tw_token_weights(token_kl: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """TW-GRPO: w_t = 1 + (alpha - 1) * minmax(KL_t) within each rollout (masked tokens -> 1)."""
+    big = torch.finfo(token_kl.dtype).max
+    lo = torch.where(mask, token_kl, big).amin(dim=1, keepdim=True)
+    hi = torch.where(mask, token_kl, -big).amax(dim=1, keepdim=True)
+    norm = torch.where(hi > lo, (token_kl - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(token_kl))
+    return torch.where(mask, 1 + (alpha - 1) * norm, torch.ones_like(token_kl))
