@@ -1,7 +1,8 @@
 """The embedded shapes reward model: small video encoder + VQ/MQ/TA heads.
 
-Frames go through a small conv stack; a temporal conv over frame features and
-their differences gives motion features. VQ reads frame features, MQ motion
+Frames go through a small conv stack, and so do the pixel differences between
+consecutive frames (jitter, freezes and teleports show up there directly); a
+temporal conv over both gives motion features. VQ reads frame features, MQ motion
 features. TA reads the prompt as the world's attribute words and scores how
 likely the video shows each named value: the mean log-probability of those
 values under per-attribute heads on the video features (attributes the prompt
@@ -31,6 +32,18 @@ class ShapesRewardConfig:
     """Feature width of frames, motion and text."""
 
 
+def _conv_encoder(w: int, d: int) -> nn.Sequential:
+    """3x32x32 -> d features: a 3x3 conv, three stride-2 convs, a linear layer."""
+    act = nn.SiLU()
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1), act,
+        nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), act,
+        nn.Conv2d(2 * w, 2 * w, 4, stride=2, padding=1), act,
+        nn.Conv2d(2 * w, 2 * w, 4, stride=2, padding=1), act,
+        nn.Flatten(), nn.LazyLinear(d), act,
+    )
+
+
 class ShapesReward(RewardModel):
     frames_read = "all frames, at 32x32"
 
@@ -39,26 +52,23 @@ class ShapesReward(RewardModel):
         self.cfg = cfg
         w, d = cfg.width, cfg.dim
         act = nn.SiLU()
-        self.frame_encoder = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), act,
-            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), act,
-            nn.Conv2d(2 * w, 2 * w, 4, stride=2, padding=1), act,
-            nn.Conv2d(2 * w, 2 * w, 4, stride=2, padding=1), act,
-            nn.Flatten(), nn.LazyLinear(d), act,
-        )
+        self.frame_encoder = _conv_encoder(w, d)
+        self.diff_encoder = _conv_encoder(w // 2, d)
         self.motion = nn.Sequential(nn.Conv1d(2 * d, d, 3, padding=1), act, nn.Conv1d(d, d, 3, padding=1), act)
         self.sizes = [len(VALUES[a]) for a in ATTRIBUTES]
         self.vq_head = nn.Sequential(nn.Linear(d, d), act, nn.Linear(d, 1))
         self.mq_head = nn.Sequential(nn.Linear(2 * d, d), act, nn.Linear(d, 1))
         self.attr_head = nn.Sequential(nn.Linear(3 * d, d), act, nn.Linear(d, sum(self.sizes)))
-        with torch.no_grad():  # materialise the lazy layer at the world's frame size
+        with torch.no_grad():  # materialise the lazy layers at the world's frame size
             self.frame_encoder(torch.zeros(1, 3, 32, 32))
+            self.diff_encoder(torch.zeros(1, 3, 32, 32))
 
     def video_features(self, videos: torch.Tensor) -> torch.Tensor:
         """(B, 3d): pooled frame features, pooled motion features and their spread over time."""
         B, Fr = videos.shape[:2]
         feats = self.frame_encoder((videos * 2 - 1).flatten(0, 1)).unflatten(0, (B, Fr))  # (B, F, d)
-        diffs = torch.cat((torch.zeros_like(feats[:, :1]), feats[:, 1:] - feats[:, :-1]), dim=1)
+        steps = torch.cat((torch.zeros_like(videos[:, :1]), videos[:, 1:] - videos[:, :-1]), dim=1)
+        diffs = self.diff_encoder(steps.flatten(0, 1)).unflatten(0, (B, Fr))  # (B, F, d)
         motion = self.motion(torch.cat((feats, diffs), dim=-1).transpose(1, 2)).transpose(1, 2)  # (B, F, d)
         m_var = motion.std(1) if Fr > 1 else torch.zeros_like(motion[:, 0])
         return torch.cat((feats.mean(1), motion.mean(1), m_var), dim=-1)
