@@ -86,9 +86,11 @@ def make_pairs(world: ShapesWorld, split: str, n: int, g: torch.Generator, tie_p
 def _corrupt_pair(world, clean, attrs, starts, axis, sa, sb, g):
     if axis == "ta":
         return ta_corrupt(world, attrs, starts, sa, g), ta_corrupt(world, attrs, starts, sb, g)
+    # one corruption kind for both sides: severities of different kinds (a 1-px jitter against
+    # a 12-px teleport) have no common scale, so comparing them would be a label with no truth
     kinds, fn = (VQ_KINDS, vq_corrupt) if axis == "vq" else (MQ_KINDS, mq_corrupt)
-    ka, kb = (kinds[int(torch.randint(len(kinds), (1,), generator=g))] for _ in range(2))
-    return fn(clean, ka, sa, g), fn(clean, kb, sb, g)
+    kind = kinds[int(torch.randint(len(kinds), (1,), generator=g))]
+    return fn(clean, kind, sa, g), fn(clean, kind, sb, g)
 
 
 @torch.no_grad()
