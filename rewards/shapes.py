@@ -33,14 +33,19 @@ class ShapesRewardConfig:
 
 
 def _conv_encoder(w: int, d: int) -> nn.Sequential:
-    """3x32x32 -> d features: a 3x3 conv, three stride-2 convs, a linear layer."""
+    """3x32x32 -> d features: a 3x3 conv, three stride-2 convs, a linear layer.
+
+    GroupNorm after every conv: without it the signal shrinks layer by layer and the
+    features of different clips were all but equal at initialisation (std ~1e-3).
+    """
     act = nn.SiLU()
+
+    def conv(cin, cout, k, s, p):
+        return [nn.Conv2d(cin, cout, k, stride=s, padding=p), nn.GroupNorm(4, cout), act]
+
     return nn.Sequential(
-        nn.Conv2d(3, w, 3, padding=1), act,
-        nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), act,
-        nn.Conv2d(2 * w, 2 * w, 4, stride=2, padding=1), act,
-        nn.Conv2d(2 * w, 2 * w, 4, stride=2, padding=1), act,
-        nn.Flatten(), nn.LazyLinear(d), act,
+        *conv(3, w, 3, 1, 1), *conv(w, 2 * w, 4, 2, 1), *conv(2 * w, 2 * w, 4, 2, 1), *conv(2 * w, 2 * w, 4, 2, 1),
+        nn.Flatten(), nn.LazyLinear(d), nn.LayerNorm(d), act,
     )
 
 
@@ -54,7 +59,8 @@ class ShapesReward(RewardModel):
         act = nn.SiLU()
         self.frame_encoder = _conv_encoder(w, d)
         self.diff_encoder = _conv_encoder(w // 2, d)
-        self.motion = nn.Sequential(nn.Conv1d(2 * d, d, 3, padding=1), act, nn.Conv1d(d, d, 3, padding=1), act)
+        self.motion = nn.Sequential(nn.Conv1d(2 * d, d, 3, padding=1), nn.GroupNorm(4, d), act,
+                                    nn.Conv1d(d, d, 3, padding=1), nn.GroupNorm(4, d), act)
         self.sizes = [len(VALUES[a]) for a in ATTRIBUTES]
         self.vq_head = nn.Sequential(nn.Linear(d, d), act, nn.Linear(d, 1))
         self.mq_head = nn.Sequential(nn.Linear(2 * d, d), act, nn.Linear(d, 1))
