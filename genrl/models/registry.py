@@ -25,8 +25,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN: dict[str, str] = {
     "shapes-autoencoder": "shapes-autoencoder.safetensors",
     "shapes-teacher": "shapes-teacher.safetensors",
-    "shapes-reward": "shapes-reward.safetensors",
-    "shapes-student-dmd": "shapes-student-dmd.safetensors",
 }
 _KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {}
 PLUGINS = ("rewards.registry",)
