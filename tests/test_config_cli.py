@@ -104,3 +104,8 @@ def test_readme_command_table_matches_the_cli():
         subs = getattr(cmd, "commands", None)
         actual += [f"{name} {s}" for s in subs] if subs else [name]
     assert sorted(documented) == sorted(actual)
+
+
+def test_data_probe_through_the_shipped_autoencoder(run_cli):
+    code, out, _ = run_cli("data", "probe", "--num", "8", "--quiet", "--autoencoder", "shapes-autoencoder")
+    assert code == 0 and "after shapes-autoencoder: 1.0000" in out

@@ -49,28 +49,45 @@ def preview(out: Path, split: str, num: int, frames: int | None, scale: int, see
 @click.option("--num", type=click.IntRange(1, 100_000), default=512, show_default=True, help="Number of clips to check.")
 @click.option("--frames", type=click.IntRange(2, 512), default=None, help="Frames per clip (default: the training length).")
 @click.option("--out", type=output_file((".json",)), default=None, help="Also write the figures as JSON.")
+@click.option("--autoencoder", default=None, help="Also probe the clips after a round trip through this autoencoder (name or path).")
 @seed_option
 @quiet_option
-def probe(split: str, num: int, frames: int | None, out: Path | None, seed: int, quiet: bool):
+def probe(split: str, num: int, frames: int | None, out: Path | None, autoencoder: str | None, seed: int, quiet: bool):
     """Check the attribute probe on real clips from the generator.
 
     Prints `prompt_accuracy`: the fraction of clips whose colour, shape, size,
     direction, speed and background are all read back from the pixels.
 
     \b
-    Example:
+    With --autoencoder, the same clips are also encoded and decoded first:
+    the accuracy a generator working in that latent space can reach at best.
+
+    \b
+    Examples:
       genrl data probe --split test --num 512
+      genrl data probe --autoencoder shapes-autoencoder
     """
+    from ..models.registry import load_model
     from ..progress import track
     from ..worlds.probe import AttributeProbe
 
     world, probe_ = ShapesWorld(WorldConfig()), AttributeProbe()
-    start, hits = time.time(), []
+    ae = load_model(autoencoder, kind="autoencoder") if autoencoder else None
+    start, hits, ae_hits = time.time(), [], []
     batches = [range(i, min(i + 64, num)) for i in range(0, num, 64)]
     for idx in track(batches, len(batches), "probe", quiet):
         videos, captions, _ = world.clips(split, [seed * 1_000_000 + i for i in idx], frames=frames)
         hits += probe_.prompt_accuracy(videos, captions)[1]
+        if ae is not None:
+            with torch.no_grad():
+                ae_hits += probe_.prompt_accuracy(ae.decode(ae.encode(videos)), captions)[1]
     result = {"split": split, "num_videos": num, "prompt_accuracy": sum(hits) / num, "seconds": round(time.time() - start, 2)}
+    if ae is not None:
+        result["autoencoder"] = autoencoder
+        result["autoencoder_prompt_accuracy"] = sum(ae_hits) / num
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
-    click.echo(f"probe on {num} real {split} clips: prompt_accuracy={result['prompt_accuracy']:.4f} ({result['seconds']}s)")
+    msg = f"probe on {num} real {split} clips: prompt_accuracy={result['prompt_accuracy']:.4f}"
+    if ae is not None:
+        msg += f", after {autoencoder}: {result['autoencoder_prompt_accuracy']:.4f}"
+    click.echo(f"{msg} ({result['seconds']}s)")
