@@ -128,17 +128,14 @@ class StreamR1Method(DMDMethod):
     def loss_weights(self, x: torch.Tensor, prompts: list[str]):
         cfg = self.sr1
         pixels = self.student.decode(x.detach())
-        need_grad = cfg.intra
-        px = pixels.clone().requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad):
-            scores = self.reward(px, prompts)
-            z = torch.stack([scores.z[a] for a in cfg.axes], dim=1)  # (B, M)
-            sal = None
-            if need_grad:
-                grads = [torch.autograd.grad(scores.raw[a].sum(), px, retain_graph=i < len(cfg.axes) - 1)[0]
-                         for i, a in enumerate(cfg.axes)]
-                sal = torch.stack([g.norm(dim=2) for g in grads], dim=1)  # (B, M, F, H, W)
-        z = z.detach()
+        sal = None
+        if cfg.intra:
+            scores, maps = self.reward.scores_and_saliency(pixels, prompts, cfg.axes)
+            sal = torch.stack([maps[a] for a in cfg.axes], dim=1)  # (B, M, F, H, W)
+        else:
+            with torch.no_grad():
+                scores = self.reward(pixels, prompts)
+        z = torch.stack([scores.z[a] for a in cfg.axes], dim=1)  # (B, M), detached
         history = torch.tensor(list(self.history)) if self.history else None
         r = combined_reward(z, history, cfg.lam)
         self.history.append(z.mean(0).tolist())

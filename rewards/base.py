@@ -54,15 +54,20 @@ class RewardModel(nn.Module):
 
     def saliency(self, videos: torch.Tensor, prompts: list[str], axes: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Axis -> (B, F, H, W) channel-norm of d(raw score)/d(pixels). The reward model stays frozen."""
-        axes = axes or self.axes
+        return self.scores_and_saliency(videos, prompts, axes)[1]
+
+    def scores_and_saliency(self, videos: torch.Tensor, prompts: list[str], axes=None) -> tuple[RewardScores, dict[str, torch.Tensor]]:
+        """One forward pass: detached scores, and per-axis saliency maps (B, F, H, W) for ``axes``."""
+        axes = tuple(axes or self.axes)
         x = videos.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            raw = self.raw_scores(x, prompts)
-            out = {}
+            scores = self(x, prompts)
+            sal = {}
             for i, a in enumerate(axes):
-                (g,) = torch.autograd.grad(raw[a].sum(), x, retain_graph=i < len(axes) - 1)
-                out[a] = g.norm(dim=2)
-        return out
+                (g,) = torch.autograd.grad(scores.raw[a].sum(), x, retain_graph=i < len(axes) - 1)
+                sal[a] = g.norm(dim=2)
+        detached = RewardScores({k: v.detach() for k, v in scores.raw.items()}, {k: v.detach() for k, v in scores.z.items()})
+        return detached, sal
 
     @torch.no_grad()
     def calibrate(self, videos: torch.Tensor, prompts: list[str]) -> None:
