@@ -32,7 +32,8 @@ def _launch(nproc, out, teacher):
     if nproc == 1:
         cmd = [sys.executable, "-m", "genrl.cli", "distill", *args]
     else:
-        launcher = shutil.which("accelerate") or "accelerate"
+        beside = os.path.join(os.path.dirname(sys.executable), "accelerate")  # the venv's own launcher
+        launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
         cmd = [launcher, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl.cli", "distill", *args]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
