@@ -71,7 +71,9 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out
 
     prompts = _read_prompts(prompt, prompts_file)
     gen = load_generator(model, checkpoint)
-    frames = frames or 9
+    from ..worlds.shapes import WorldConfig
+
+    frames = frames or WorldConfig().frames
     torch.manual_seed(seed)
     on_chunk = _png_writer(Path(frames_dir), scale) if frames_dir else None
     result = generate(gen, prompts, frames, SamplingConfig(steps, guidance), seed, on_chunk)

@@ -134,9 +134,6 @@ class KVCache:
             ids = self.frame_ids + list(range(self.next_frame, self.next_frame + new))
             self.frame_ids = ids[: self.sink] + ids[self.sink :][-(keep - self.sink) :] if len(ids) > keep else ids
 
-    def clear(self) -> None:
-        self.__init__(self.depth, self.tpf, self.chunk, self.local, self.sink)
-
 
 # --------------------------------------------------------------------------- layers
 class RMSNorm(nn.Module):
