@@ -59,6 +59,15 @@ def test_rolling_cache_keeps_sink_and_recent_frames_and_is_bounded():
     assert cache.frame_ids == [0, 1, 14, 15]
 
 
+def test_rolling_cache_whose_window_is_only_sinks_keeps_only_sinks():
+    m, (x, t, text, mask) = _model(), _inputs(F=2)
+    cache = m.new_cache((8, 8), local_frames=4, sink_frames=2)  # room for the sinks and the current chunk
+    cache.writing = True
+    for _ in range(4):
+        m(torch.randn_like(x), t, text, mask, cache=cache)
+        assert cache.k[0].shape[2] == 2 * 16 and cache.frame_ids == [0, 1]
+
+
 def test_rolling_cache_position_layout_matches_training():
     # once the window rolls, a chunk sees [sink, recent, itself] at positions 0..local-1,
     # exactly like the last chunk of a training-length video: same output for the same content.

@@ -132,7 +132,9 @@ class KVCache:
         if block == self.depth - 1:
             new = k.shape[2] // self.tpf
             ids = self.frame_ids + list(range(self.next_frame, self.next_frame + new))
-            self.frame_ids = ids[: self.sink] + ids[self.sink :][-(keep - self.sink) :] if len(ids) > keep else ids
+            if len(ids) > keep:  # sinks + the last (keep - sink) frames; slice by index, as [-0:] would keep all
+                ids = ids[: self.sink] + ids[len(ids) - (keep - self.sink) :]
+            self.frame_ids = ids
 
 
 # --------------------------------------------------------------------------- layers
