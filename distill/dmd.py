@@ -85,6 +85,10 @@ class DMDConfig:
     """Generator EMA decay (the EMA is what is exported)."""
     num_samples: int = 8
     """Clips in each sample grid."""
+    max_rollout_frames: int = 0
+    """Longer-than-window training: each iteration rolls out a random whole number of chunks
+    between world.frames and this many frames (rolling the KV cache as in long sampling), and
+    the DMD and critic losses see its last world.frames frames. 0 = world.frames."""
 
 
 class DMDMethod(Method):
@@ -119,15 +123,25 @@ class DMDMethod(Method):
             if self.null is None:
                 self.null = self.teacher.encode_text([""])
         null = tuple(t.expand(len(prompts), *t.shape[1:]) for t in self.null)
-        noise = torch.randn(self.student.latent_shape(len(prompts), self.frames), generator=g)
+        noise = torch.randn(self.student.latent_shape(len(prompts), self.rollout_frames(g)), generator=g)
         exit_step = int(torch.randint(len(self.student.cfg.streaming.timesteps), (1,), generator=g))
         return prompts, text, null, noise, exit_step
+
+    def rollout_frames(self, g: torch.Generator) -> int:
+        """Frames to roll out this iteration: world.frames, or a random number of chunks up to max_rollout_frames."""
+        chunk = self.student.cfg.dit.chunk_frames
+        lo, hi = self.frames // chunk, max(self.frames, self.cfg.max_rollout_frames) // chunk
+        return chunk * (lo if hi <= lo else int(torch.randint(lo, hi + 1, (1,), generator=g)))
+
+    def window(self, x: torch.Tensor) -> torch.Tensor:
+        """The frames the teacher and critic judge: all of a training-length rollout, the last window of a longer one."""
+        return x[:, -self.frames :]
 
     def critic_loss(self) -> torch.Tensor:
         g = self.data.generator
         _, text, _, noise, exit_step = self._batch()
         with torch.no_grad():
-            x0 = self_forcing_rollout(self.student, text, noise, exit_step, g, grad=False).latents
+            x0 = self.window(self_forcing_rollout(self.student, text, noise, exit_step, g, grad=False).latents)
         sigma = fm.sample_training_sigma(x0.shape[0], self.critic.cfg.shift, g)
         eps = torch.randn(x0.shape, generator=g)
         v = self.critic.velocity(fm.add_noise(x0, eps, sigma), sigma, text)
@@ -136,7 +150,7 @@ class DMDMethod(Method):
     def generator_loss(self, metrics: dict[str, float]) -> torch.Tensor:
         g = self.data.generator
         prompts, text, null, noise, exit_step = self._batch()
-        x = self_forcing_rollout(self.student, text, noise, exit_step, g).latents
+        x = self.window(self_forcing_rollout(self.student, text, noise, exit_step, g).latents)
         sigma = sample_dmd_sigma(x.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g)
         xt = fm.add_noise(x.detach(), torch.randn(x.shape, generator=g), sigma)
         with torch.no_grad():

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -66,3 +67,40 @@ def test_stream_r1_with_beta_zero_and_no_intra_matches_dmd(run_cli, tmp_path, as
     a = load_file(str(tmp_path / "d" / "checkpoints" / "step_0000001" / "student.safetensors"))
     b = load_file(str(tmp_path / "s" / "checkpoints" / "step_0000001" / "student.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_reports_drift_rewards_and_cost_for_a_streaming_student(run_cli, tmp_path, assets):
+    _, reward = assets
+    m = tiny_video_model(seed=1, streaming=True)
+    student = str(save_weights(m, tmp_path / "student.safetensors", "video_model", m.cfg))
+    out = tmp_path / "e.json"
+    code, _, err = run_cli("eval", "--checkpoint", student, "--num", "3", "--batch", "2", "--frames", "12",
+                           "--reward", reward, "--out", str(out), "--quiet")
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    assert r["num_videos"] == 3 and r["frames"] == 12 and r["nfe_per_frame"] == 5.0  # 4 steps + cache pass
+    assert 0 <= r["prompt_accuracy"] <= 1 and r["first_quarter_accuracy"] is not None
+    z = r["reward"]
+    assert set(z) == {"vq", "mq", "ta", "overall"}
+    assert abs(z["overall"] - (z["vq"] + z["mq"] + z["ta"]) / 3) < 1e-5 and z["vq"] != 0
+
+
+def test_dmd_trains_on_longer_than_window_rollouts(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    _distill(run_cli, tmp_path / "long", teacher, "method=dmd", "train.steps=2", "dmd.max_rollout_frames=12")
+    rows = [json.loads(l) for l in (tmp_path / "long" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
+    from genrl.cli.distill import DistillConfig, build_method
+    from genrl.worlds.shapes import WorldConfig
+    from genrl.models.video_model import StreamingConfig
+    from distill.dmd import DMDConfig
+
+    cfg = DistillConfig(method="dmd", teacher=teacher, world=WorldConfig(frames=6),
+                        streaming=StreamingConfig(enabled=True, local_frames=6, sink_frames=3),
+                        dmd=DMDConfig(batch_size=1, max_rollout_frames=12))
+    method = build_method(cfg, quiet=True)
+    g = torch.Generator().manual_seed(0)
+    assert sorted({method.rollout_frames(g) for _ in range(60)}) == [6, 9, 12]  # whole chunks, world length up
+    x = torch.arange(12.0).view(1, 12)
+    assert method.window(x).tolist() == [[6.0, 7.0, 8.0, 9.0, 10.0, 11.0]]

@@ -29,6 +29,11 @@ def test_bt_ties_loss_hand_computed():
     assert bt_ties_predict(torch.tensor([5.0, 0.0, 0.0]), torch.tensor([0.0, 5.0, 0.1])).tolist() == [1, -1, 0]
 
 
+def _shift(moved: torch.Tensor, clean: torch.Tensor) -> tuple[int, int]:
+    return next((dy, dx) for dy in range(-16, 16) for dx in range(-16, 16)
+                if torch.equal(torch.roll(clean, (dy, dx), dims=(-2, -1)), moved))
+
+
 def test_corruptions_hit_their_axis():
     v, caps, attrs = WORLD.clips("val", range(4))
     g = torch.Generator().manual_seed(0)
@@ -38,7 +43,18 @@ def test_corruptions_hit_their_axis():
     assert torch.equal(fr[:, 0], fr[:, -1])
     rv = reverse(v, 3)
     assert torch.equal(rv[:, -1], v[:, rv.shape[1] - 1 - 2 * (v.shape[1] // 2)])
-    assert not torch.equal(jitter(v, 2, g), v) and not torch.equal(teleport(v, 2, g), v)
+    for sev, amp in ((1, 1), (2, 2), (3, 4)):  # every frame after the first moved by exactly amp
+        j = jitter(v, sev, g)
+        assert torch.equal(j[:, 0], v[:, 0])
+        for f in range(1, v.shape[1]):
+            offs = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
+                    if torch.equal(torch.roll(v[:, f], (dy, dx), dims=(-2, -1)), j[:, f])]
+            assert offs and max(abs(offs[0][0]), abs(offs[0][1])) == amp
+    for sev in (1, 2, 3):  # a teleport is a frame whose content is not the clean frame rolled like the one before
+        t = teleport(v, sev, g)
+        jumps = sum(not torch.equal(t[:, f], torch.roll(v[:, f], _shift(t[:, f - 1], v[:, f - 1]), dims=(-2, -1)))
+                    for f in range(1, v.shape[1]))
+        assert jumps == sev
     wrong = wrong_attributes(attrs, 2, g)
     assert ((wrong != attrs).sum(dim=1) == 2).all()
 
