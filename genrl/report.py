@@ -75,6 +75,12 @@ def write_report(run_dir: str | Path) -> Path:
         last = [r for r in rows if "loss" in r]
         if last:
             lines += ["## Final step", "", "```", json.dumps(last[-1], indent=1), "```", ""]
+        periodic = [r for r in rows if "loss" not in r and len(r) > 2]  # sample / held-out figures
+        if periodic:
+            lines += [f"## Last periodic evaluation (step {periodic[-1]['step']})", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4g} |" for k, v in periodic[-1].items()
+                      if k not in ("step", "time") and isinstance(v, (int, float))]
+            lines.append("")
         lines += ["## Plots", ""]
         for title, keys in GROUPS.items():
             name = title.split(" (")[0].replace(" ", "_") + ".png"

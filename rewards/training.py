@@ -116,6 +116,18 @@ def pair_accuracy(model: ShapesReward, world: ShapesWorld, n: int = 512, seed: i
     return out
 
 
+def calibration_set(world: ShapesWorld, n: int = 768, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """Reference clips for the z-scores: val clips, each corrupted on one axis at severity 0-3.
+
+    Clean clips alone made a poor reference: the TA head is near-certain on them, so the
+    spread was tiny and any mismatch scored around z = -150, which is useless as an
+    exp(beta * z) rollout weight. Against this mix, z = 0 is a typical clip of mixed quality
+    and clean clips score above it.
+    """
+    batch = make_pairs(world, "val", n, torch.Generator().manual_seed(seed), tie_prob=0.0)
+    return batch.a, batch.prompts
+
+
 @dataclass
 class RewardMethodConfig:
     """Shapes reward model training."""
@@ -174,6 +186,5 @@ class RewardMethod(Method):
         return pair_accuracy(self.model, self.world, self.cfg.eval_pairs)
 
     def export(self, run_dir: Path) -> Path:
-        videos, prompts, _ = self.world.clips("val", range(256))
-        self.model.calibrate(videos, prompts)
+        self.model.calibrate(*calibration_set(self.world))
         return save_weights(self.model, run_dir / "model.safetensors", "shapes_reward", self.cfg.model)

@@ -108,18 +108,25 @@ def _png_writer(folder: Path, scale: int):
 @click.option("--batch", type=click.IntRange(1, 1024), default=32, show_default=True, help="Videos generated at once.")
 @sampling_options
 @click.option("--out", type=output_file((".json",)), default=None, help="Write the figures as JSON.")
+@click.option("--reward", "reward_name", default="shapes", show_default=True,
+              help="Reward model whose z-scores (vq, mq, ta, overall) are averaged into the report: "
+                   "a backend name, a shapes-reward .safetensors file, or 'none'.")
 @seed_option
 @quiet_option
-def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out, seed, quiet):
+def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out, reward_name, seed, quiet):
     """Generate videos for held-out prompts and measure them with the attribute probe.
 
     Reports `prompt_accuracy` (every attribute of the prompt read back from the
-    pixels), per-attribute accuracy, frames/s and NFE per frame.
+    pixels), per-attribute accuracy, accuracy on the first and last quarter of
+    the frames (drift on long videos), the reward model's mean z-scores,
+    frames/s and NFE per frame.
 
     \b
     Example:
       genrl eval --model shapes-teacher --split test --num 128 --out eval.json
     """
+    import torch
+
     from ..generation import SamplingConfig, generate
     from ..progress import progress_bar
     from ..worlds.probe import AttributeProbe
@@ -127,6 +134,15 @@ def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out,
 
     gen = load_generator(model, checkpoint)
     world, probe = ShapesWorld(WorldConfig()), AttributeProbe()
+    rm = None
+    if reward_name != "none":
+        from rewards.base import build_reward
+
+        if reward_name.endswith(".safetensors"):
+            rm = build_reward("shapes", weights=reward_name)
+        else:
+            rm = build_reward(reward_name)
+    reward_sums: dict[str, float] = {}
     frames = frames or world.cfg.frames
     hits, per_attr, gen_seconds, nfe = [], {a: 0 for a in ATTRIBUTES}, 0.0, 0.0
     quarter = frames // 4
@@ -139,6 +155,11 @@ def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out,
             result = generate(gen, prompts, frames, SamplingConfig(steps, guidance), seed=seed * 7919 + lo)
             gen_seconds += result.seconds
             nfe = result.nfe_per_frame
+            if rm is not None:
+                with torch.no_grad():
+                    scores = rm(result.videos, prompts)
+                for k, v in {**scores.z, "overall": scores.overall}.items():
+                    reward_sums[k] = reward_sums.get(k, 0.0) + float(v.sum())
             if quarter >= 2:
                 first_hits += probe.prompt_accuracy(result.videos[:, :quarter], prompts)[1]
                 last_hits += probe.prompt_accuracy(result.videos[:, -quarter:], prompts)[1]
@@ -158,6 +179,8 @@ def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out,
         "attribute_accuracy": {a: v / num for a, v in per_attr.items()},
         "first_quarter_accuracy": sum(first_hits) / num if first_hits else None,
         "last_quarter_accuracy": sum(last_hits) / num if last_hits else None,
+        "reward": {k: v / num for k, v in reward_sums.items()} if rm is not None else None,
+        "reward_model": reward_name if rm is not None else None,
         "seconds": round(time.time() - start, 2),
         "frames_per_second": round(num * frames / gen_seconds, 2),
         "nfe_per_frame": nfe,
