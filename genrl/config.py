@@ -33,6 +33,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     """
     base = OmegaConf.structured(schema)
     OmegaConf.set_struct(base, True)
+    _open_dicts(base, schema)
     layers: list[tuple[str, Any]] = []
     if path is not None:
         layers.append((str(path), _read_yaml(Path(path))))
@@ -54,6 +55,15 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid config: {_first_line(e)}") from None
     return obj  # type: ignore[return-value]
+
+
+def _open_dicts(node: DictConfig, schema: type) -> None:
+    """Let ``dict[str, ...]`` fields take keys of the user's choosing (struct mode stays on elsewhere)."""
+    for name, t in _hints(schema).items():
+        if typing.get_origin(t) is dict:
+            OmegaConf.set_struct(node[name], False)
+        elif isinstance(t, type) and dataclasses.is_dataclass(t):
+            _open_dicts(node[name], t)
 
 
 def _read_yaml(path: Path) -> DictConfig:

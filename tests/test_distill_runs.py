@@ -104,3 +104,47 @@ def test_dmd_trains_on_longer_than_window_rollouts(run_cli, tmp_path, assets):
     assert sorted({method.rollout_frames(g) for _ in range(60)}) == [6, 9, 12]  # whole chunks, world length up
     x = torch.arange(12.0).view(1, 12)
     assert method.window(x).tolist() == [[6.0, 7.0, 8.0, 9.0, 10.0, 11.0]]
+
+
+def test_sweep_runs_variants_by_seeds_and_tabulates_mean_and_spread(run_cli, tmp_path, assets):
+    teacher, reward = assets
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: stream_r1\nteacher: " + teacher + "\nstream_r1:\n  reward_weights: " + reward + "\n")
+    plan = tmp_path / "sweep.yaml"
+    plan.write_text(
+        f"out_dir: {tmp_path / 'sw'}\nrecipe: {recipe}\nseeds: [0, 1]\n"
+        "overrides: [" + ", ".join(t for t in TINY if t != "--quiet") + ", train.steps=1]\n"
+        "variants:\n  dmd: [stream_r1.beta=0, stream_r1.intra=false]\n  full: []\n"
+        f"eval:\n  num: 2\n  rewards: [{reward}]\n")
+    code, out, err = run_cli("sweep", "--config", str(plan), "--quiet")
+    assert code == 0, err
+    sw = tmp_path / "sw"
+    summary = json.loads((sw / "results.json").read_text())
+    for variant in ("dmd", "full"):
+        evals = [json.loads((sw / variant / f"seed_{s}" / "eval.json").read_text()) for s in (0, 1)]
+        accs = [e["prompt_accuracy"] for e in evals]
+        mean, std = summary["variants"][variant]["prompt_accuracy"]
+        assert abs(mean - sum(accs) / 2) < 1e-9 and abs(std - abs(accs[0] - accs[1]) / math.sqrt(2)) < 1e-9
+        vq = [e["reward"]["vq"] for e in evals]
+        assert abs(summary["variants"][variant]["vq"][0] - sum(vq) / 2) < 1e-9
+    assert "| dmd |" in out and (sw / "results.png").exists() and (sw / "results.csv").exists()
+    # the two variants differ only in the weighting, so their students differ after a step
+    a = load_file(str(sw / "dmd" / "seed_0" / "model.safetensors"))
+    b = load_file(str(sw / "full" / "seed_0" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    before = (sw / "dmd" / "seed_0" / "eval.json").stat().st_mtime_ns
+    code, _, err = run_cli("sweep", "--config", str(plan), "--quiet")  # finished runs are skipped
+    assert code == 0, err
+    assert (sw / "dmd" / "seed_0" / "eval.json").stat().st_mtime_ns == before
+
+
+def test_bench_reports_both_methods_and_their_ratio(run_cli, tmp_path, assets):
+    teacher, reward = assets
+    out = tmp_path / "bench.json"
+    code, stdout, err = run_cli("bench", f"teacher={teacher}", f"stream_r1.reward_weights={reward}",
+                                *[t for t in TINY if t != "--quiet"], "--steps", "1", "--samples", "1", "--out", str(out), "--quiet")
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    s = r["step_seconds"]
+    assert s["dmd"] > 0 and s["stream_r1"] > 0 and abs(r["step_ratio"] - s["stream_r1"] / s["dmd"]) < 1e-12
+    assert "| training step (s) |" in stdout and "sample_ratio" in r

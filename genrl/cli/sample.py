@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -108,89 +107,35 @@ def _png_writer(folder: Path, scale: int):
 @click.option("--batch", type=click.IntRange(1, 1024), default=32, show_default=True, help="Videos generated at once.")
 @sampling_options
 @click.option("--out", type=output_file((".json",)), default=None, help="Write the figures as JSON.")
-@click.option("--reward", "reward_name", default="shapes", show_default=True,
-              help="Reward model whose z-scores (vq, mq, ta, overall) are averaged into the report: "
-                   "a backend name, a shapes-reward .safetensors file, or 'none'.")
+@click.option("--reward", "rewards", multiple=True, default=("shapes",), show_default=True,
+              help="Reward model whose mean z-scores (vq, mq, ta, overall) go into the report: a backend name or "
+                   "shapes-reward weights (name or .safetensors). Repeat to add more (e.g. one not used in training); "
+                   "'none' skips rewards.")
 @seed_option
 @quiet_option
-def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out, reward_name, seed, quiet):
+def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out, rewards, seed, quiet):
     """Generate videos for held-out prompts and measure them with the attribute probe.
 
     Reports `prompt_accuracy` (every attribute of the prompt read back from the
     pixels), per-attribute accuracy, accuracy on the first and last quarter of
-    the frames (drift on long videos), the reward model's mean z-scores,
+    the frames (drift on long videos), the reward models' mean z-scores,
     frames/s and NFE per frame.
 
     \b
-    Example:
+    Examples:
       genrl eval --model shapes-teacher --split test --num 128 --out eval.json
+      genrl eval --model shapes-student-dmd --frames 36 --reward shapes --reward shapes-reward-b
     """
-    import torch
-
-    from ..generation import SamplingConfig, generate
-    from ..progress import progress_bar
-    from ..worlds.probe import AttributeProbe
-    from ..worlds.shapes import ATTRIBUTES, ShapesWorld, WorldConfig, parse_caption
+    from ..evaluation import evaluate as run_eval
+    from ..generation import SamplingConfig
 
     gen = load_generator(model, checkpoint)
-    world, probe = ShapesWorld(WorldConfig()), AttributeProbe()
-    rm = None
-    if reward_name != "none":
-        from rewards.base import build_reward
-
-        if reward_name.endswith(".safetensors"):
-            rm = build_reward("shapes", weights=reward_name)
-        else:
-            rm = build_reward(reward_name)
-    reward_sums: dict[str, float] = {}
-    frames = frames or world.cfg.frames
-    hits, per_attr, gen_seconds, nfe = [], {a: 0 for a in ATTRIBUTES}, 0.0, 0.0
-    quarter = frames // 4
-    first_hits, last_hits = [], []
-    start = time.time()
-    with progress_bar(num, "eval", quiet) as advance:
-        for lo in range(0, num, batch):
-            idx = list(range(seed * 1_000_000 + lo, seed * 1_000_000 + min(lo + batch, num)))
-            _, prompts, _ = world.clips(split, idx)
-            result = generate(gen, prompts, frames, SamplingConfig(steps, guidance), seed=seed * 7919 + lo)
-            gen_seconds += result.seconds
-            nfe = result.nfe_per_frame
-            if rm is not None:
-                with torch.no_grad():
-                    scores = rm(result.videos, prompts)
-                for k, v in {**scores.z, "overall": scores.overall}.items():
-                    reward_sums[k] = reward_sums.get(k, 0.0) + float(v.sum())
-            if quarter >= 2:
-                first_hits += probe.prompt_accuracy(result.videos[:, :quarter], prompts)[1]
-                last_hits += probe.prompt_accuracy(result.videos[:, -quarter:], prompts)[1]
-            for r, p in zip(probe.read(result.videos), prompts):
-                want = parse_caption(p)
-                ok = [r.attributes[a] == want[a] for a in ATTRIBUTES]
-                hits.append(all(ok))
-                for a, o in zip(ATTRIBUTES, ok):
-                    per_attr[a] += o
-            advance(len(idx), f"acc={sum(hits) / len(hits):.3f}")
-    report = {
-        "model": model or checkpoint,
-        "split": split,
-        "num_videos": num,
-        "frames": frames,
-        "prompt_accuracy": sum(hits) / num,
-        "attribute_accuracy": {a: v / num for a, v in per_attr.items()},
-        "first_quarter_accuracy": sum(first_hits) / num if first_hits else None,
-        "last_quarter_accuracy": sum(last_hits) / num if last_hits else None,
-        "reward": {k: v / num for k, v in reward_sums.items()} if rm is not None else None,
-        "reward_model": reward_name if rm is not None else None,
-        "seconds": round(time.time() - start, 2),
-        "frames_per_second": round(num * frames / gen_seconds, 2),
-        "nfe_per_frame": nfe,
-        "steps": steps,
-        "guidance": guidance,
-        "seed": seed,
-    }
+    rewards = [] if "none" in rewards else list(rewards)
+    report = {"model": model or checkpoint,
+              **run_eval(gen, split, num, batch, frames, SamplingConfig(steps, guidance), rewards, seed, quiet)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
     click.echo(
         f"{report['model']} on {num} {split} prompts: prompt_accuracy={report['prompt_accuracy']:.4f} "
-        f"frames/s={report['frames_per_second']} nfe/frame={nfe:g}"
+        f"frames/s={report['frames_per_second']} nfe/frame={report['nfe_per_frame']:g}"
     )

@@ -1,0 +1,176 @@
+"""`genrl sweep`: the same distillation recipe over variants x seeds, evaluated alike, in one table.
+
+Each run is an ordinary `genrl distill` run folder (``{out_dir}/{variant}/seed_{s}``)
+followed by `genrl eval` into its ``eval.json``; a finished run is skipped, an
+unfinished one resumes, so re-running the command after an interruption picks up
+where it stopped. The summary (mean and spread over seeds per variant) is written
+as ``results.md``, ``results.json``, ``results.csv`` and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+from .options import config_command, quiet_option
+
+
+@dataclass
+class SweepEval:
+    """How every run is evaluated."""
+
+    split: str = "test"
+    num: int = 128
+    """Held-out prompts per run."""
+    frames: int = 0
+    """Frames per video (0 = the world's clip length)."""
+    rewards: list[str] = field(default_factory=lambda: ["shapes"])
+    """Reward models averaged into each eval: the first is the one used in training; add held-out ones."""
+    seed: int = 0
+    """Eval seed: the same prompts and noise for every run."""
+
+
+@dataclass
+class SweepConfig:
+    """`genrl sweep` plan."""
+
+    out_dir: str = "runs/sweep"
+    """Sweep folder: one run folder per variant and seed, plus the results files."""
+    recipe: str = "configs/stream_r1.yaml"
+    """The `genrl distill` config every run starts from."""
+    overrides: list[str] = field(default_factory=list)
+    """key=value overrides applied to every run (e.g. train.steps=150)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """train.seed of each run of a variant."""
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    """Variant name -> its key=value overrides (an empty list runs the recipe as is)."""
+    eval: SweepEval = field(default_factory=SweepEval)
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def _metrics(report: dict, rewards: list[str]) -> dict[str, float]:
+    out = {"prompt_accuracy": report["prompt_accuracy"]}
+    for i, name in enumerate(rewards):
+        tag = "" if i == 0 else f"{name}:"
+        for axis, v in report["rewards"][name].items():
+            out[f"{tag}{axis}"] = v
+    return out
+
+
+def step_seconds(run: Path) -> float | None:
+    """Median wall time of a generator step in a run's metrics (the time column is cumulative)."""
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    pts = [(r["step"], r["time"]) for r in rows if "loss" in r and "time" in r]
+    per = sorted((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(pts, pts[1:]) if s1 > s0 and t1 > t0)
+    return per[len(per) // 2] if per else None
+
+
+def summarise(cfg: SweepConfig, reports: dict[str, list[dict]], steps: dict[str, list[float]]) -> dict:
+    rewards = list(cfg.eval.rewards)
+    table = {}
+    for variant, reps in reports.items():
+        per_seed = [_metrics(r, rewards) for r in reps]
+        table[variant] = {k: _mean_std([m[k] for m in per_seed]) for k in per_seed[0]}
+        if steps.get(variant):
+            table[variant]["step_seconds"] = _mean_std(steps[variant])
+    return {"seeds": list(cfg.seeds), "rewards": rewards, "variants": table}
+
+
+def write_results(cfg: SweepConfig, summary: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    variants = summary["variants"]
+    keys = list(next(iter(variants.values())))
+    lines = [f"Mean ± std over seeds {', '.join(map(str, summary['seeds']))}; rewards are mean z-scores "
+             f"({summary['rewards'][0]} = the training reward"
+             + (f"; {', '.join(summary['rewards'][1:])} held out" if len(summary["rewards"]) > 1 else "") + ").", "",
+             "| variant | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for v, row in variants.items():
+        lines.append(f"| {v} | " + " | ".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    csv = ["variant," + ",".join(f"{k}_mean,{k}_std" for k in keys)]
+    csv += [f"{v}," + ",".join(f"{row[k][0]:.6g},{row[k][1]:.6g}" for k in keys) for v, row in variants.items()]
+    (out / "results.csv").write_text("\n".join(csv) + "\n")
+    _plot(summary, out / "results.png")
+
+
+def _plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = summary["variants"]
+    keys = [k for k in next(iter(variants.values())) if k != "step_seconds"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 2.8), dpi=100)
+    for ax, k in zip(axes if len(keys) > 1 else [axes], keys):
+        names = list(variants)
+        ax.bar(range(len(names)), [variants[v][k][0] for v in names], yerr=[variants[v][k][1] for v in names],
+               color=[f"C{i}" for i in range(len(names))], capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(k, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@config_command(SweepConfig)
+@quiet_option
+def sweep(cfg: SweepConfig, quiet: bool):
+    """Run a distillation recipe over variants x seeds and tabulate the evals.
+
+    Finished runs are skipped and unfinished ones resume, so the command can be
+    re-run after an interruption. Results: {out_dir}/results.{md,json,csv,png}.
+
+    \b
+    Example (plain DMD vs Inter-only vs Intra-only vs Stream-R1, 3 seeds):
+      genrl sweep --config configs/experiments/stream_r1_ablation.yaml
+    """
+    from ..evaluation import evaluate
+    from ..generation import SamplingConfig
+    from ..models.registry import load_model
+    from .main import main
+
+    if not cfg.variants:
+        raise UsageError("config key 'variants' is empty: give at least one name -> list of key=value overrides")
+    if not Path(cfg.recipe).is_file():
+        raise UsageError(f"config key 'recipe' is {cfg.recipe!r}, which is not a file")
+    out = Path(cfg.out_dir)
+    plan = [(v, s) for v in cfg.variants for s in cfg.seeds]
+    reports: dict[str, list[dict]] = {v: [] for v in cfg.variants}
+    steps: dict[str, list[float]] = {v: [] for v in cfg.variants}
+    for i, (variant, seed) in enumerate(plan, 1):
+        run = out / variant / f"seed_{seed}"
+        report_path = run / "eval.json"
+        if not report_path.exists():
+            click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: distill -> {run}", err=True)
+            t0 = time.time()
+            args = ["distill", "--config", cfg.recipe, *cfg.overrides, *cfg.variants[variant],
+                    f"out_dir={run}", f"train.seed={seed}"] + (["--quiet"] if quiet else [])
+            code = main(args)
+            if code != 0:
+                raise click.ClickException(f"run {run} failed (exit code {code}); re-run the sweep to resume it")
+            report = evaluate(load_model(str(run / "model.safetensors"), kind="video_model"), cfg.eval.split,
+                              cfg.eval.num, frames=cfg.eval.frames or None, sampling=SamplingConfig(),
+                              rewards=list(cfg.eval.rewards), seed=cfg.eval.seed, quiet=quiet)
+            report["model"] = str(run)
+            report_path.write_text(json.dumps(report, indent=2) + "\n")
+            click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: prompt_accuracy={report['prompt_accuracy']:.4f} "
+                       f"({time.time() - t0:.0f} s)", err=True)
+        reports[variant].append(json.loads(report_path.read_text()))
+        if (sec := step_seconds(run)) is not None:
+            steps[variant].append(sec)
+    summary = summarise(cfg, reports, steps)
+    write_results(cfg, summary, out)
+    click.echo((out / "results.md").read_text(), nl=False)
