@@ -49,6 +49,11 @@ class ODEInitConfig:
     """Optimiser steps when ODE init runs as the first stage of a DMD / Stream-R1 recipe."""
     stage_lr: float = 1.0e-4
     """Learning rate of that first stage."""
+    real_weight: float = 0.0
+    """Weight of a flow-matching loss on real clips, chunk by chunk with the clean earlier chunks
+    in the cache (teacher forcing). The teacher's weights know nothing of causal generation, and
+    ODE pairs alone taught it motion slowly: a chunk's teacher target depends on noise the student
+    never sees, so early on the regression averages motion away. Real clips show it directly."""
 
 
 @torch.no_grad()
@@ -120,10 +125,37 @@ class ODEInitMethod(Method):
             self.student.write_cache(target[:, start : start + chunk], text, cache)
         return torch.stack(losses).mean()
 
+    def teacher_forcing_loss(self) -> torch.Tensor:
+        """Velocity loss on real clips: each chunk noised to its own level, the clean earlier chunks cached."""
+        g = self.data.generator
+        video, prompts, _ = self.world.random_clips("train", self.cfg.batch_size, g)
+        with torch.no_grad():
+            x0, text = self.student.encode(video), self.teacher.encode_text(prompts)
+        cache, chunk, losses = self.student.new_cache(), self.student.cfg.dit.chunk_frames, []
+        for start in range(0, self.frames, chunk):
+            clean = x0[:, start : start + chunk]
+            sigma = fm.sample_training_sigma(clean.shape[0], self.student.cfg.shift, g)
+            eps = torch.randn(clean.shape, generator=g)
+            v = self.student.velocity(fm.add_noise(clean, eps, sigma), sigma, text, cache=cache)
+            losses.append(F.mse_loss(v, fm.velocity_target(clean, eps)))
+            self.student.write_cache(clean, text, cache)
+        return torch.stack(losses).mean()
+
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
-        out = ctx.optimize(self.opt, self.student.dit.parameters(), lambda i: self.regression_loss(), self.sched)
+        metrics: dict[str, float] = {}
+
+        def loss(_: int) -> torch.Tensor:
+            ode = self.regression_loss()
+            metrics["ode_loss"] = float(ode.detach())
+            if not self.cfg.real_weight:
+                return ode
+            real = self.teacher_forcing_loss()
+            metrics["real_loss"] = float(real.detach())
+            return ode + self.cfg.real_weight * real
+
+        out = ctx.optimize(self.opt, self.student.dit.parameters(), loss, self.sched)
         self.ema.update(self.student)
-        return out
+        return {**out, **metrics}
 
     def checkpoint_modules(self):
         return {"student": self.student, "ema": self.ema.module}

@@ -148,3 +148,14 @@ def test_bench_reports_both_methods_and_their_ratio(run_cli, tmp_path, assets):
     s = r["step_seconds"]
     assert s["dmd"] > 0 and s["stream_r1"] > 0 and abs(r["step_ratio"] - s["stream_r1"] / s["dmd"]) < 1e-12
     assert "| training step (s) |" in stdout and "sample_ratio" in r
+
+
+def test_ode_init_with_teacher_forcing_on_real_clips_adds_its_loss(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    _distill(run_cli, tmp_path / "o", teacher, "method=ode_init", "train.steps=2", "ode.real_weight=0.5",
+             "train.grad_clip=0")
+    rows = [json.loads(l) for l in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["real_loss"] > 0 and abs(r["loss"] - (r["ode_loss"] + 0.5 * r["real_loss"])) < 1e-5
