@@ -46,8 +46,11 @@ def test_dmd_resume_is_bit_identical(run_cli, tmp_path, assets):
 def test_stream_r1_recipe_runs_ode_init_first_and_logs_weights(run_cli, tmp_path, assets):
     teacher, reward = assets
     _distill(run_cli, tmp_path / "s", teacher, "method=stream_r1", "ode_init_first=true", "ode.stage_steps=2",
-             "train.steps=2", f"stream_r1.reward_weights={reward}")
+             "train.steps=2", f"stream_r1.reward_weights={reward}", "eval_num=2")
     run = tmp_path / "s"
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["num_videos"] == 2 and set(ev["reward"]) == {"vq", "mq", "ta", "overall"}
+    assert "prompt_accuracy" in (run / "report.md").read_text()
     assert (run / "ode_init" / "model.safetensors").exists() and (run / "model.safetensors").exists()
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     step_rows = [r for r in rows if "loss" in r]

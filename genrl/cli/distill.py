@@ -51,6 +51,9 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=[0.0, 0.999], warmup_steps=10))
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.0, 0.999], warmup_steps=10))
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval_num: int = 0
+    """After training, evaluate the exported student on this many test prompts into {out_dir}/eval.json
+    (prompt accuracy, reward z-scores, frames/s; shown in report.md). 0 = skip."""
 
 
 def build_models(cfg: DistillConfig):
@@ -94,6 +97,26 @@ def ode_init_stage(cfg: DistillConfig) -> DistillConfig:
                                ode_init_first=False, train=train, optim=optim)
 
 
+def final_eval(cfg: DistillConfig, quiet: bool) -> dict:
+    """Evaluate the run's exported student on the test split; write eval.json and refresh the report."""
+    import json
+
+    from ..evaluation import evaluate
+    from ..models.registry import load_model
+    from ..report import write_report
+
+    run = Path(cfg.out_dir)
+    sr1 = cfg.stream_r1  # the training reward of a Stream-R1 run; for DMD the same model, for comparison
+    rewards = [sr1.reward_weights if sr1.reward == "shapes" else sr1.reward]
+    report = {"model": str(run), **evaluate(load_model(str(run / "model.safetensors"), kind="video_model"), "test",
+                                            cfg.eval_num, rewards=rewards, quiet=quiet)}
+    (run / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(run)
+    click.echo(f"eval on {cfg.eval_num} test prompts: prompt_accuracy={report['prompt_accuracy']:.4f} "
+               + " ".join(f"{k}={v:+.3f}" for k, v in report["reward"].items()))
+    return report
+
+
 @config_command(DistillConfig)
 @quiet_option
 def distill(cfg: DistillConfig, quiet: bool):
@@ -118,4 +141,6 @@ def distill(cfg: DistillConfig, quiet: bool):
     seed_everything(cfg.train.seed)
     method = build_method(cfg, quiet)
     last = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet).fit()
+    if cfg.eval_num and cfg.method != "ode_init" and (Path(cfg.out_dir) / "model.safetensors").exists():
+        final_eval(cfg, quiet)
     click.echo(f"{cfg.method} run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:4]))

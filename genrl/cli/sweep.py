@@ -157,7 +157,7 @@ def sweep(cfg: SweepConfig, quiet: bool):
             click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: distill -> {run}", err=True)
             t0 = time.time()
             args = ["distill", "--config", cfg.recipe, *cfg.overrides, *cfg.variants[variant],
-                    f"out_dir={run}", f"train.seed={seed}"] + (["--quiet"] if quiet else [])
+                    f"out_dir={run}", f"train.seed={seed}", "eval_num=0"] + (["--quiet"] if quiet else [])
             code = main(args)
             if code != 0:
                 raise click.ClickException(f"run {run} failed (exit code {code}); re-run the sweep to resume it")

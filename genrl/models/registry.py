@@ -25,6 +25,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN: dict[str, str] = {
     "shapes-autoencoder": "shapes-autoencoder.safetensors",
     "shapes-teacher": "shapes-teacher.safetensors",
+    "shapes-student-ode": "shapes-student-ode.safetensors",
 }
 _KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {}
 PLUGINS = ("rewards.registry",)
