@@ -1,10 +1,12 @@
-"""The shipped DMD student streams 4x its training length without collapsing to flat colour or noise."""
+"""Shipped streaming students run 4x their training length without collapsing to flat colour or noise."""
+
+import pytest
 
 import torch
 import torch.nn.functional as F
 
 from genrl.generation import SamplingConfig, generate
-from genrl.models.registry import load_model
+from genrl.models.registry import ASSETS, BUILTIN, load_model
 from genrl.worlds.shapes import ShapesWorld
 
 WORLD = ShapesWorld()
@@ -22,8 +24,16 @@ def frame_statistics(videos: torch.Tensor) -> dict[str, float]:
     }
 
 
-def test_last_quarter_of_a_4x_long_video_is_neither_flat_nor_noise():
-    student = load_model("shapes-student-dmd")
+STUDENTS = sorted(n for n in BUILTIN if n.startswith("shapes-student"))
+
+
+def test_every_student_name_has_its_weights():
+    assert STUDENTS and all((ASSETS / BUILTIN[n]).exists() for n in STUDENTS)
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_last_quarter_of_a_4x_long_video_is_neither_flat_nor_noise(name):
+    student = load_model(name)
     frames = 4 * WORLD.cfg.frames
     real, prompts, _ = WORLD.clips("test", range(8), frames=frames)
     out = generate(student, prompts, frames, SamplingConfig(), seed=0).videos

@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "shapes-autoencoder": "shapes-autoencoder.safetensors",
     "shapes-teacher": "shapes-teacher.safetensors",
     "shapes-student-ode": "shapes-student-ode.safetensors",
+    "shapes-student-dmd": "shapes-student-dmd.safetensors",
 }
 _KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {}
 PLUGINS = ("rewards.registry",)
