@@ -9,6 +9,8 @@ from .shapes import ShapesReward, ShapesRewardConfig
 
 register_kind("shapes_reward", ShapesRewardConfig, ShapesReward)
 BUILTIN.setdefault("shapes-reward", "shapes-reward.safetensors")
+# the same recipe trained on another seed: a reward model *not* used in training, to catch reward hacking
+BUILTIN.setdefault("shapes-reward-b", "shapes-reward-b.safetensors")
 
 
 @register_reward("shapes")

@@ -1,5 +1,6 @@
 """The shipped shapes reward model: saliency points at the object, scores rank corruptions."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -8,10 +9,12 @@ from rewards.corruptions import blur, wrong_attributes
 from genrl.worlds.shapes import ShapesWorld
 
 WORLD = ShapesWorld()
+SHIPPED = ["shapes-reward", "shapes-reward-b"]  # the training default and the held-out one (another seed)
 
 
-def test_ta_saliency_of_a_wrong_clip_concentrates_on_the_shape():
-    rm = build_reward("shapes")
+@pytest.mark.parametrize("weights", SHIPPED)
+def test_ta_saliency_of_a_wrong_clip_concentrates_on_the_shape(weights):
+    rm = build_reward("shapes", weights=weights)
     attrs, starts = WORLD.attributes("test", range(16))
     prompts = WORLD.captions(attrs)
     wrong = WORLD.render(wrong_attributes(attrs, 1, torch.Generator().manual_seed(0)), starts)
@@ -24,8 +27,9 @@ def test_ta_saliency_of_a_wrong_clip_concentrates_on_the_shape():
     assert float((share / area).median()) > 2.0 and float(share.median()) > 0.5
 
 
-def test_shipped_scores_prefer_clean_clips():
-    rm = build_reward("shapes")
+@pytest.mark.parametrize("weights", SHIPPED)
+def test_shipped_scores_prefer_clean_clips(weights):
+    rm = build_reward("shapes", weights=weights)
     v, prompts, attrs = WORLD.clips("test", range(32))
     with torch.no_grad():
         clean = rm(v, prompts)
