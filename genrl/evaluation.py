@@ -8,7 +8,9 @@ frames per second of generation and network evaluations per frame.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -86,3 +88,15 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "guidance": sampling.guidance,
         "seed": seed,
     }
+
+
+def evaluate_run(run: str | Path, num: int, rewards: list[str], split: str = "test", frames: int | None = None,
+                 seed: int = 0, quiet: bool = False) -> dict:
+    """Evaluate a run folder's exported model and write the report to ``{run}/eval.json``."""
+    from .models.registry import load_model
+
+    run = Path(run)
+    gen = load_model(str(run / "model.safetensors"), kind="video_model")
+    report = {"model": str(run), **evaluate(gen, split, num, frames=frames, rewards=rewards, seed=seed, quiet=quiet)}
+    (run / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -77,12 +77,12 @@ class ShapesReward(RewardModel):
         self.diff_encoder = _conv_encoder(w // 2, d, cin=6)
         self.motion = nn.Sequential(nn.Conv1d(d, d, 3, padding=1), nn.GroupNorm(4, d), act,
                                     nn.Conv1d(d, d, 3, padding=1), nn.GroupNorm(4, d), act)
-        self.sizes = [len(VALUES[a]) for a in ATTRIBUTES]
-        n_look = sum(n for a, n in zip(ATTRIBUTES, self.sizes) if a not in MOTION_ATTRIBUTES)
+        self.look_sizes = [len(VALUES[a]) for a in ATTRIBUTES if a not in MOTION_ATTRIBUTES]
+        self.move_sizes = [len(VALUES[a]) for a in ATTRIBUTES if a in MOTION_ATTRIBUTES]
         self.vq_head = nn.Sequential(nn.Linear(d, d), act, nn.Linear(d, 1))
         self.mq_head = nn.Sequential(nn.Linear(2 * d, d), act, nn.Linear(d, 1))
-        self.look_head = nn.Sequential(nn.Linear(d, d), act, nn.Linear(d, n_look))
-        self.move_head = nn.Sequential(nn.Linear(2 * d, d), act, nn.Linear(d, sum(self.sizes) - n_look))
+        self.look_head = nn.Sequential(nn.Linear(d, d), act, nn.Linear(d, sum(self.look_sizes)))
+        self.move_head = nn.Sequential(nn.Linear(2 * d, d), act, nn.Linear(d, sum(self.move_sizes)))
 
     def video_features(self, videos: torch.Tensor) -> torch.Tensor:
         """(B, 3d): pooled frame features, pooled motion features and their spread over time."""
@@ -108,10 +108,8 @@ class ShapesReward(RewardModel):
     def attribute_logprobs(self, video_features: torch.Tensor) -> list[torch.Tensor]:
         """Per attribute, log-probabilities (B, n_values) of each value being shown."""
         d = self.cfg.dim
-        look = iter(self.look_head(video_features[:, :d]).split(
-            [n for a, n in zip(ATTRIBUTES, self.sizes) if a not in MOTION_ATTRIBUTES], dim=-1))
-        move = iter(self.move_head(video_features[:, d:]).split(
-            [n for a, n in zip(ATTRIBUTES, self.sizes) if a in MOTION_ATTRIBUTES], dim=-1))
+        look = iter(self.look_head(video_features[:, :d]).split(self.look_sizes, dim=-1))
+        move = iter(self.move_head(video_features[:, d:]).split(self.move_sizes, dim=-1))
         logits = [next(move) if a in MOTION_ATTRIBUTES else next(look) for a in ATTRIBUTES]
         return [torch.log_softmax(l, dim=-1) for l in logits]
 

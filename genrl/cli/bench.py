@@ -42,27 +42,17 @@ def bench(cfg: DistillConfig, steps: int, samples: int, out, quiet: bool):
       genrl bench --config configs/stream_r1.yaml --steps 5
     """
     import torch
+    from accelerate import Accelerator
 
     from ..generation import SamplingConfig, generate
     from ..train.trainer import StepContext, seed_everything
     from .distill import build_method
 
-    class _CPU:  # the few Accelerator calls StepContext makes, for one process
-        num_processes = 1
-
-        @staticmethod
-        def backward(loss):
-            loss.backward()
-
-        @staticmethod
-        def clip_grad_norm_(params, max_norm):
-            return torch.nn.utils.clip_grad_norm_(params, max_norm)
-
     methods = {}
     for name in ("dmd", "stream_r1"):
         seed_everything(cfg.train.seed)
         methods[name] = build_method(dataclasses.replace(cfg, method=name), quiet=True)
-    ctx = StepContext(_CPU(), cfg.train)
+    ctx = StepContext(Accelerator(cpu=not torch.cuda.is_available()), cfg.train)  # as the Trainer builds it
     times: dict[str, list[float]] = {n: [] for n in methods}
     for i in range(steps + 1):
         for name, m in methods.items():

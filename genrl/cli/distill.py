@@ -99,19 +99,13 @@ def ode_init_stage(cfg: DistillConfig) -> DistillConfig:
 
 def final_eval(cfg: DistillConfig, quiet: bool) -> dict:
     """Evaluate the run's exported student on the test split; write eval.json and refresh the report."""
-    import json
-
-    from ..evaluation import evaluate
-    from ..models.registry import load_model
+    from ..evaluation import evaluate_run
     from ..report import write_report
 
-    run = Path(cfg.out_dir)
     sr1 = cfg.stream_r1  # the training reward of a Stream-R1 run; for DMD the same model, for comparison
     rewards = [sr1.reward_weights if sr1.reward == "shapes" else sr1.reward]
-    report = {"model": str(run), **evaluate(load_model(str(run / "model.safetensors"), kind="video_model"), "test",
-                                            cfg.eval_num, rewards=rewards, quiet=quiet)}
-    (run / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_report(run)
+    report = evaluate_run(cfg.out_dir, cfg.eval_num, rewards, quiet=quiet)
+    write_report(cfg.out_dir)
     click.echo(f"eval on {cfg.eval_num} test prompts: prompt_accuracy={report['prompt_accuracy']:.4f} "
                + " ".join(f"{k}={v:+.3f}" for k, v in report["reward"].items()))
     return report

@@ -137,9 +137,7 @@ def sweep(cfg: SweepConfig, quiet: bool):
     Example (plain DMD vs Inter-only vs Intra-only vs Stream-R1, 3 seeds):
       genrl sweep --config configs/experiments/stream_r1_ablation.yaml
     """
-    from ..evaluation import evaluate
-    from ..generation import SamplingConfig
-    from ..models.registry import load_model
+    from ..evaluation import evaluate_run
     from .main import main
 
     if not cfg.variants:
@@ -159,13 +157,12 @@ def sweep(cfg: SweepConfig, quiet: bool):
             args = ["distill", "--config", cfg.recipe, *cfg.overrides, *cfg.variants[variant],
                     f"out_dir={run}", f"train.seed={seed}", "eval_num=0"] + (["--quiet"] if quiet else [])
             code = main(args)
-            if code != 0:
-                raise click.ClickException(f"run {run} failed (exit code {code}); re-run the sweep to resume it")
-            report = evaluate(load_model(str(run / "model.safetensors"), kind="video_model"), cfg.eval.split,
-                              cfg.eval.num, frames=cfg.eval.frames or None, sampling=SamplingConfig(),
-                              rewards=list(cfg.eval.rewards), seed=cfg.eval.seed, quiet=quiet)
-            report["model"] = str(run)
-            report_path.write_text(json.dumps(report, indent=2) + "\n")
+            if code != 0:  # distill printed why; keep its exit code (2 = bad config, 1 = failed work)
+                err = click.ClickException(f"run {run} failed (exit code {code}); re-run the sweep to resume it")
+                err.exit_code = code
+                raise err
+            report = evaluate_run(run, cfg.eval.num, list(cfg.eval.rewards), cfg.eval.split,
+                                  cfg.eval.frames or None, cfg.eval.seed, quiet)
             click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: prompt_accuracy={report['prompt_accuracy']:.4f} "
                        f"({time.time() - t0:.0f} s)", err=True)
         reports[variant].append(json.loads(report_path.read_text()))
