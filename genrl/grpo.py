@@ -87,3 +87,28 @@ def tw_token_weights(token_kl: torch.Tensor, mask: torch.Tensor, alpha: float) -
     hi = torch.where(mask, token_kl, -big).amax(dim=1, keepdim=True)
     norm = torch.where(hi > lo, (token_kl - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(token_kl))
     return torch.where(mask, 1 + (alpha - 1) * norm, torch.ones_like(token_kl))
+
+
+def temporal_bonus(ordered_correct: torch.Tensor, shuffled_correct: torch.Tensor, alpha: float = 0.3, mu: float = 1.0) -> torch.Tensor:
+    """Video-R1 T-GRPO: (P, G) bonus ``alpha`` on correct ordered-frame rollouts of the prompts
+    whose ordered accuracy reaches ``mu`` x the accuracy with shuffled frames (P, G')."""
+    ok = ordered_correct.float().mean(1) >= mu * shuffled_correct.float().mean(1)
+    return alpha * ordered_correct.float() * ok[:, None].float()
+
+
+def group_mean_kl(logits: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """TW-GRPO token divergence: KL(p_i,t || mean over the group of p_t) per token (N, T);
+    the mean runs over the group's rollouts that are still generating at t."""
+    logp = logits.float().log_softmax(-1)
+    p = logp.exp() * mask[..., None]
+    G = group_size
+    mean = p.view(-1, G, *p.shape[1:]).sum(1) / mask.view(-1, G, mask.shape[1]).sum(1).clamp_min(1)[..., None]
+    mean = mean.repeat_interleave(G, 0).clamp_min(1e-12)
+    return ((logp.exp() * (logp - mean.log())).sum(-1) * mask).detach()
+
+
+def saturated_groups(rewards: torch.Tensor, group_size: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """Reg-GRPO difficulty: per prompt, +1 when every rollout scored >= ``high`` (too easy),
+    -1 when every rollout scored <= ``low`` (too hard), else 0. Such groups carry no advantage."""
+    g = rewards.view(-1, group_size)
+    return (g >= high).all(1).long() - (g <= low).all(1).long()

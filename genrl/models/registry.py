@@ -27,6 +27,8 @@ BUILTIN: dict[str, str] = {
     "shapes-teacher": "shapes-teacher.safetensors",
     "shapes-student-ode": "shapes-student-ode.safetensors",
     "shapes-student-dmd": "shapes-student-dmd.safetensors",
+    "shapes-vlm-sft": "shapes-vlm-sft.safetensors",
+    "shapes-vlm": "shapes-vlm.safetensors",
 }
 _KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {}
 PLUGINS = ("rewards.registry",)
@@ -39,9 +41,11 @@ def register_kind(kind: str, config_cls: type, build: Callable[[Any], nn.Module]
 def _register_defaults() -> None:
     from .autoencoder import Autoencoder, AutoencoderConfig
     from .video_model import VideoModel, VideoModelConfig
+    from .vlm import TinyVLM, VLMConfig
 
     register_kind("autoencoder", AutoencoderConfig, Autoencoder)
     register_kind("video_model", VideoModelConfig, VideoModel)
+    register_kind("vlm", VLMConfig, TinyVLM)
     for plugin in PLUGINS:  # packages layered on genrl register their own kinds
         try:
             importlib.import_module(plugin)

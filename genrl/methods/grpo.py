@@ -1,0 +1,360 @@
+"""GRPO for video question answering, and the seed variants as one-hook overrides (`genrl grpo`).
+
+One step: draw ``prompts_per_step`` questions, roll out ``group_size``
+answers each with the KV-cached sampler, score them with verifiable task
+rewards (accuracy + ``format_weight`` x format), turn rewards into group
+advantages, then ``iterations`` clipped-ratio updates with a k3 KL to the
+frozen starting policy. The maths are the pure functions of
+:mod:`genrl.grpo`; this file only wires them.
+
+**Cached video embeddings** (LongVILA-R1's MR-SP stage 1, ``cache_video``):
+the vision tower is frozen during RL and runs once per prompt; rollout,
+old/reference log-probs and every update reuse the embeddings. Without the
+cache every row of every pass recomputes it, as a plain VLM trainer does.
+
+Variants (``variant``), each overriding one hook of :class:`GRPOMethod`:
+
+- ``t_grpo`` (Video-R1): extra rollouts on frame-shuffled videos; correct
+  answers gain ``alpha`` when ordered frames answer at least ``mu`` x as well.
+  Departure: the shuffled rollouts only feed the bonus (as in Video-R1) and
+  are drawn per prompt with one permutation.
+- ``tw_grpo`` (TW-GRPO): token weights from each rollout's divergence to the
+  group's mean next-token distribution; choice questions are inverted
+  ("which options are not right") with probability ``inversion_prob`` and
+  scored by the soft multi-choice reward.
+- ``reg_grpo`` (DeepVideo-R1): regression of the ratio onto the advantage
+  instead of the clipped surrogate; groups that are all right (too easy) are
+  rolled again on noised videos, all wrong (too hard) with a hint in the
+  question, so they carry an advantage.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from rewards.tasks import TASK_REWARDS
+
+from .. import grpo as G
+from ..models.registry import load_model, save_weights
+from ..models.vlm import TinyVLM
+from ..train.trainer import Method, StepContext
+from ..worlds.qa import QAConfig, QAItem, ShapesQA, invert, with_hint
+from .common import GeneratorState, OptimConfig, adamw
+from .qa import accuracy_reward_name, evaluate_qa, prompts
+
+VARIANTS = ("grpo", "t_grpo", "tw_grpo", "reg_grpo")
+
+
+@dataclass
+class TGRPOConfig:
+    """Video-R1 temporal GRPO."""
+
+    alpha: float = 0.3
+    """Bonus added to correct answers when frame order helped."""
+    mu: float = 1.0
+    """Ordered accuracy must reach mu x shuffled accuracy for the bonus."""
+    shuffled: int = 4
+    """Rollouts per prompt on frame-shuffled videos."""
+
+
+@dataclass
+class TWGRPOConfig:
+    """TW-GRPO token weighting and soft multi-choice."""
+
+    alpha: float = 2.0
+    """Weight of the most divergent token of a rollout (least: 1)."""
+    inversion_prob: float = 0.3
+    """Chance a choice question is inverted into a several-answer one."""
+    soft_reward: bool = True
+    """Score several-answer questions with the soft multi-choice reward (else exact match)."""
+
+
+@dataclass
+class RegGRPOConfig:
+    """DeepVideo-R1 regression GRPO with difficulty-aware augmentation."""
+
+    noise_std: float = 0.25
+    """Pixel noise added to the videos of too-easy groups."""
+    augment: bool = True
+    """Re-roll saturated groups (all right: noised video; all wrong: hinted question)."""
+
+
+@dataclass
+class GRPOMethodConfig:
+    """GRPO on shapes video QA."""
+
+    variant: str = "grpo"
+    """'grpo', 't_grpo' (Video-R1), 'tw_grpo' (TW-GRPO) or 'reg_grpo' (DeepVideo-R1)."""
+    policy: str = "shapes-vlm-sft"
+    """Starting VLM weights (name or path); also the frozen KL reference."""
+    qa: QAConfig = field(default_factory=QAConfig)
+    prompts_per_step: int = 8
+    """Questions per step."""
+    group_size: int = 8
+    """Rollouts per question (G)."""
+    max_new_tokens: int = 8
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    iterations: int = 1
+    """Updates per rollout batch (the mu of GRPO); > 1 uses the rollout policy's log-probs as old."""
+    beta: float = 0.04
+    """Weight of the k3 KL to the reference (0 = no reference pass)."""
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    """Clip range of the ratio: [1 - eps_low, 1 + eps_high] (DAPO raises eps_high)."""
+    scale: str = "group"
+    """Advantage scaling: 'group' std, 'batch' std or 'none' (Dr. GRPO)."""
+    loss: str = "grpo"
+    """Loss aggregation: 'grpo', 'bnpo', 'dr_grpo' or 'dapo'."""
+    format_weight: float = 0.5
+    """Weight of the format reward next to accuracy."""
+    cache_video: bool = True
+    """Encode each video once per prompt group and reuse it (MR-SP stage 1)."""
+    eval_num: int = 256
+    """Held-out (test split) questions scored at each sample step."""
+    t_grpo: TGRPOConfig = field(default_factory=TGRPOConfig)
+    tw_grpo: TWGRPOConfig = field(default_factory=TWGRPOConfig)
+    reg_grpo: RegGRPOConfig = field(default_factory=RegGRPOConfig)
+
+
+@dataclass
+class Rollouts:
+    """A step's rollouts: P prompts x G rows, prompt-major."""
+
+    videos: torch.Tensor  # (P, F, 3, H, W)
+    items: list[QAItem]  # (P,)
+    video_emb: torch.Tensor | None  # (P, V, D) when cached
+    prompt_ids: torch.Tensor  # (N, L)
+    prompt_mask: torch.Tensor
+    ids: torch.Tensor  # (N, T)
+    mask: torch.Tensor
+    accuracy: torch.Tensor  # (N,)
+    fmt: torch.Tensor  # (N,)
+    rewards: torch.Tensor  # (N,)
+
+
+class GRPOMethod(Method):
+    name = "grpo"
+    regression = False  # Reg-GRPO's hook
+
+    def __init__(self, cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: TinyVLM | None = None):
+        for key, value, valid in (("variant", cfg.variant, VARIANTS), ("scale", cfg.scale, G.SCALES), ("loss", cfg.loss, G.AGGREGATIONS)):
+            if value not in valid:
+                raise ValueError(f"config key '{key}' is {value!r}; valid: {', '.join(valid)}")
+        self.cfg = cfg
+        self.qa = ShapesQA(cfg.qa)
+        self.policy = (policy or load_model(cfg.policy, "vlm")).train()
+        self.policy.visual.requires_grad_(False)  # the vision tower is frozen during RL
+        self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if cfg.beta else None
+        self.opt, self.sched = adamw(self.policy.parameters(), optim)
+        self.data = GeneratorState(seed)
+        self.vision_rows = 0  # rows the vision tower encoded (cache on: one per prompt)
+
+    # ------------------------------------------------------------------ hooks
+    def sample(self) -> tuple[torch.Tensor, list[QAItem]]:
+        """The step's videos and questions."""
+        return self.qa.random_items("train", self.cfg.prompts_per_step, self.data.generator)
+
+    def adjust(self, ro: Rollouts) -> Rollouts:
+        """Change rewards or rollouts after scoring (T-GRPO, Reg-GRPO)."""
+        return ro
+
+    def token_weights(self, ro: Rollouts, logits: torch.Tensor) -> torch.Tensor | None:
+        """Per-token loss weights (TW-GRPO), None for uniform."""
+        return None
+
+    def accuracy_reward(self, item: QAItem, text: str) -> float:
+        return TASK_REWARDS[accuracy_reward_name(item)](text, item.answer)
+
+    # -------------------------------------------------------------- machinery
+    def _encode(self, model: TinyVLM, videos: torch.Tensor) -> torch.Tensor:
+        self.vision_rows += videos.shape[0]
+        with torch.no_grad():
+            return model.encode_video(videos)
+
+    def embeddings(self, ro: Rollouts, model: TinyVLM | None = None) -> torch.Tensor:
+        """(N, V, D) video embeddings for every row: the cache, or the vision tower again."""
+        Gs = ro.prompt_ids.shape[0] // len(ro.items)
+        if ro.video_emb is not None:
+            return ro.video_emb.repeat_interleave(Gs, 0)
+        return self._encode(model or self.policy, ro.videos.repeat_interleave(Gs, 0))
+
+    @torch.no_grad()
+    def rollout(self, videos: torch.Tensor, items: list[QAItem], group: int | None = None) -> Rollouts:
+        """Generate ``group`` answers per question and score them."""
+        Gs = group or self.cfg.group_size
+        dev = next(self.policy.parameters()).device
+        videos = videos.to(dev)
+        emb = self._encode(self.policy, videos) if self.cfg.cache_video else None
+        p_ids, p_mask = prompts(self.policy, items, dev)
+        p_ids, p_mask = p_ids.repeat_interleave(Gs, 0), p_mask.repeat_interleave(Gs, 0)
+        ro = Rollouts(videos, items, emb, p_ids, p_mask, *(None,) * 5)
+        ro.ids, ro.mask = self.policy.generate(self.embeddings(ro), p_ids, p_mask, self.cfg.max_new_tokens,
+                                               self.cfg.temperature, self.data.generator)
+        texts = [self.policy.tokenizer.decode(r) for r in ro.ids]
+        rows = [it for it in items for _ in range(Gs)]
+        ro.accuracy = torch.tensor([self.accuracy_reward(it, t) for it, t in zip(rows, texts)])
+        ro.fmt = torch.tensor([TASK_REWARDS["format"](t, "") for t in texts])
+        ro.rewards = ro.accuracy + self.cfg.format_weight * ro.fmt
+        return ro
+
+    def objective(self, ro: Rollouts, adv, old_logp, ref_logp) -> tuple[torch.Tensor, dict[str, float]]:
+        logp, logits = self.policy.token_logprobs(self.embeddings(ro), ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask,
+                                                  return_logits=True)
+        old = logp.detach() if old_logp is None else old_logp
+        w = self.token_weights(ro, logits)
+        loss = G.grpo_loss(logp, old, ref_logp, adv.to(logp.device), ro.mask, self.cfg.beta, self.cfg.eps_low,
+                           self.cfg.eps_high, self.cfg.loss, w, self.regression)
+        m = ro.mask.float()
+        stats = {}
+        if ref_logp is not None:
+            stats["kl"] = float((G.k3_kl(logp.detach(), ref_logp) * m).sum() / m.sum())
+        ratio = torch.exp(logp.detach() - old)
+        clipped = ((ratio < 1 - self.cfg.eps_low) | (ratio > 1 + self.cfg.eps_high)).float()
+        stats["clip_fraction"] = float((clipped * m).sum() / m.sum())
+        return loss, stats
+
+    @torch.no_grad()
+    def _logprobs(self, model: TinyVLM, ro: Rollouts) -> torch.Tensor:
+        return model.token_logprobs(self.embeddings(ro, model), ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask)
+
+    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
+        videos, items = self.sample()
+        ro = self.adjust(self.rollout(videos, items))
+        adv = G.group_advantages(ro.rewards, self.cfg.group_size, self.cfg.scale)
+        old = self._logprobs(self.policy, ro) if self.cfg.iterations > 1 else None
+        ref = self._logprobs(self.ref, ro) if self.ref is not None else None
+        stats: dict[str, float] = {}
+        for _ in range(self.cfg.iterations):
+            box = {}
+
+            def micro(_: int) -> torch.Tensor:
+                loss, box["stats"] = self.objective(ro, adv, old, ref)
+                return loss
+
+            out = ctx.optimize(self.opt, [p for p in self.policy.parameters() if p.requires_grad], micro, self.sched)
+            stats = {**out, **box["stats"]}
+        return {**stats, "reward": float(ro.rewards.mean()), "reward_accuracy": float(ro.accuracy.mean()),
+                "reward_format": float(ro.fmt.mean()), "completion_tokens": float(ro.mask.sum(1).float().mean()),
+                "zero_advantage_groups": float((ro.rewards.view(-1, self.cfg.group_size).std(1) == 0).float().mean())}
+
+    # ------------------------------------------------------------- bookkeeping
+    def checkpoint_modules(self):
+        return {"policy": self.policy}
+
+    def stateful(self):
+        return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
+
+    def write_samples(self, step: int, folder: Path) -> dict[str, float]:
+        if not self.cfg.eval_num:
+            return {}
+        r = evaluate_qa(self.policy, "test", self.cfg.eval_num, qa=self.qa)
+        return {"heldout_accuracy": r["accuracy"], **{f"heldout_{k}": v for k, v in r["per_type"].items()}}
+
+    def export(self, run_dir: Path) -> Path:
+        return save_weights(self.policy, run_dir / "model.safetensors", "vlm", self.policy.cfg)
+
+
+class TGRPOMethod(GRPOMethod):
+    """Video-R1 T-GRPO: a bonus for answers that needed the frames in order."""
+
+    name = "t_grpo"
+
+    def adjust(self, ro: Rollouts) -> Rollouts:
+        c = self.cfg.t_grpo
+        perm = torch.stack([torch.randperm(ro.videos.shape[1], generator=self.data.generator) for _ in ro.items])
+        shuffled = torch.stack([v[p] for v, p in zip(ro.videos, perm)])
+        sh = self.rollout(shuffled, ro.items, group=c.shuffled)
+        bonus = G.temporal_bonus(ro.accuracy.view(len(ro.items), -1) >= 1, sh.accuracy.view(len(ro.items), -1) >= 1, c.alpha, c.mu)
+        ro.rewards = ro.rewards + bonus.reshape(-1)
+        return ro
+
+
+class TWGRPOMethod(GRPOMethod):
+    """TW-GRPO: divergence-weighted tokens, inverted questions, soft multi-choice reward."""
+
+    name = "tw_grpo"
+
+    def sample(self):
+        videos, items = super().sample()
+        flip = torch.rand(len(items), generator=self.data.generator) < self.cfg.tw_grpo.inversion_prob
+        return videos, [invert(it) if f else it for it, f in zip(items, flip.tolist())]
+
+    def accuracy_reward(self, item: QAItem, text: str) -> float:
+        return TASK_REWARDS[accuracy_reward_name(item, self.cfg.tw_grpo.soft_reward)](text, item.answer)
+
+    def token_weights(self, ro: Rollouts, logits: torch.Tensor) -> torch.Tensor:
+        kl = G.group_mean_kl(logits.detach(), ro.mask, self.cfg.group_size)
+        return G.tw_token_weights(kl, ro.mask, self.cfg.tw_grpo.alpha)
+
+
+class RegGRPOMethod(GRPOMethod):
+    """DeepVideo-R1 Reg-GRPO: advantage regression and difficulty-aware re-rolls."""
+
+    name = "reg_grpo"
+    regression = True
+
+    def adjust(self, ro: Rollouts) -> Rollouts:
+        if not self.cfg.reg_grpo.augment:
+            return ro
+        sat = G.saturated_groups(ro.accuracy, self.cfg.group_size)
+        idx = torch.nonzero(sat).flatten().tolist()
+        if not idx:
+            return ro
+        videos = ro.videos[idx].clone()
+        items = [ro.items[i] for i in idx]
+        easy = (sat[idx] > 0).tolist()
+        noise = torch.randn(videos.shape, generator=self.data.generator).to(videos.device) * self.cfg.reg_grpo.noise_std
+        videos = torch.where(torch.tensor(easy, device=videos.device)[:, None, None, None, None], (videos + noise).clamp(0, 1), videos)
+        items = [it if e else with_hint(it) for it, e in zip(items, easy)]
+        return splice(ro, idx, self.rollout(videos, items))
+
+
+def splice(ro: Rollouts, idx: list[int], new: Rollouts) -> Rollouts:
+    """``ro`` with prompts ``idx`` (and their rows) replaced by ``new``'s prompts, in order."""
+    Gs = ro.ids.shape[0] // len(ro.items)
+    rows = torch.tensor([p * Gs + g for p in idx for g in range(Gs)])
+    videos, items = ro.videos.clone(), list(ro.items)
+    videos[idx] = new.videos
+    for j, p in enumerate(idx):
+        items[p] = new.items[j]
+    emb = None
+    if ro.video_emb is not None:
+        emb = ro.video_emb.clone()
+        emb[idx] = new.video_emb
+    out = replace(ro, videos=videos, items=items, video_emb=emb)
+    for name in ("prompt_ids", "prompt_mask", "ids", "mask"):
+        a, b = getattr(ro, name), getattr(new, name)
+        width = max(a.shape[1], b.shape[1])
+        left = name.startswith("prompt")
+        a, b = _pad_to(a, width, left), _pad_to(b, width, left)
+        a = a.clone()
+        a[rows] = b
+        setattr(out, name, a)
+    for name in ("accuracy", "fmt", "rewards"):
+        a = getattr(ro, name).clone()
+        a[rows] = getattr(new, name)
+        setattr(out, name, a)
+    return out
+
+
+def _pad_to(t: torch.Tensor, width: int, left: bool) -> torch.Tensor:
+    """Pad (N, L) ids/masks with zeros (<pad> / False) to ``width`` columns, on the left for prompts."""
+    extra = width - t.shape[1]
+    if extra <= 0:
+        return t
+    z = torch.zeros(t.shape[0], extra, dtype=t.dtype, device=t.device)
+    return torch.cat((z, t) if left else (t, z), 1)
+
+
+METHODS = {"grpo": GRPOMethod, "t_grpo": TGRPOMethod, "tw_grpo": TWGRPOMethod, "reg_grpo": RegGRPOMethod}
+
+
+def build_grpo(cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: TinyVLM | None = None) -> GRPOMethod:
+    if cfg.variant not in METHODS:
+        raise ValueError(f"config key 'variant' is {cfg.variant!r}; valid: {', '.join(VARIANTS)}")
+    return METHODS[cfg.variant](cfg, optim, seed, policy)

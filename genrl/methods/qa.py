@@ -1,0 +1,98 @@
+"""What SFT and GRPO on video QA share: model sizes, prompts, targets, rewards, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from ..models.vlm import EOS, TinyVLM, VLMConfig
+from ..worlds.qa import CHOICE_TYPES, QAItem, ShapesQA, vocabulary
+
+VLM_SIZES = {
+    "debug": dict(vision_dim=32, vision_depth=1, vision_heads=2, dim=32, depth=1, heads=2, kv_heads=1, mlp_hidden=64),
+    "shapes": dict(vision_dim=96, vision_depth=4, vision_heads=4, dim=96, depth=3, heads=4, kv_heads=2, mlp_hidden=256),
+}
+
+
+def build_vlm(size: str, qa: ShapesQA) -> TinyVLM:
+    """A fresh tiny VLM of a registered size, its tokenizer built from the QA vocabulary."""
+    if size not in VLM_SIZES:
+        raise ValueError(f"unknown VLM size {size!r}; valid: {', '.join(VLM_SIZES)}")
+    w = qa.cfg.world
+    return TinyVLM(VLMConfig(words=vocabulary(), frames=qa.cfg.frames, height=w.height, width=w.width, **VLM_SIZES[size]))
+
+
+def target_text(item: QAItem) -> str:
+    """The SFT completion: the value seen, then the answer, in the tags the format reward checks."""
+    return f"<think> {item.value} </think> <answer> {item.answer} </answer>"
+
+
+def prompts(model: TinyVLM, items: list[QAItem], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = model.tokenizer.batch([it.prompt() for it in items], left_pad=True)
+    return ids.to(device), mask.to(device)
+
+
+def targets(model: TinyVLM, items: list[QAItem], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Completion ids (B, T) ending in <eos> (right-padded) and their mask."""
+    ids, mask = model.tokenizer.batch([target_text(it) for it in items], left_pad=False)
+    ids = torch.cat((ids, torch.zeros(len(items), 1, dtype=torch.long)), 1)
+    mask = torch.cat((mask, torch.zeros(len(items), 1, dtype=torch.bool)), 1)
+    ends = mask.sum(1)
+    ids[torch.arange(len(items)), ends] = EOS
+    mask[torch.arange(len(items)), ends] = True
+    return ids.to(device), mask.to(device)
+
+
+def accuracy_reward_name(item: QAItem, soft: bool = True) -> str:
+    """Which task reward scores an item's answer: counts are numeric, choices exact match, and
+    several-letter (inverted) choices the soft multi-choice reward when ``soft``."""
+    if item.qtype not in CHOICE_TYPES:
+        return "numeric"
+    return "soft_choice" if soft and len(item.answer.split()) > 1 else "choice"
+
+
+@torch.no_grad()
+def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int = 64, qa: ShapesQA | None = None,
+                quiet: bool = True) -> dict:
+    """Greedy answers to ``num`` items of ``split``: accuracy overall and per question type."""
+    from rewards.tasks import TASK_REWARDS
+
+    from ..progress import progress_bar
+
+    qa = qa or ShapesQA(_qa_config_for(model))
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    hits: dict[str, list[float]] = {}
+    fmt = []
+    t0 = time.time()
+    with progress_bar(num, "eval qa", quiet) as advance:
+        for s in range(0, num, batch):
+            videos, items = qa.items(split, range(s, min(num, s + batch)))
+            p_ids, p_mask = prompts(model, items, dev)
+            ids, _ = model.generate(model.encode_video(videos.to(dev)), p_ids, p_mask, max_new_tokens=8, temperature=0)
+            for it, row in zip(items, ids):
+                text = model.tokenizer.decode(row)
+                hits.setdefault(it.qtype, []).append(TASK_REWARDS[accuracy_reward_name(it)](text, it.answer))
+                fmt.append(TASK_REWARDS["format"](text, ""))
+            advance(len(items), f"acc={sum(sum(v) for v in hits.values()) / len(fmt):.3f}")
+    model.train(was_training)
+    total = [x for v in hits.values() for x in v]
+    return {
+        "accuracy": sum(total) / len(total),
+        "per_type": {k: sum(v) / len(v) for k, v in sorted(hits.items())},
+        "format": sum(fmt) / len(fmt),
+        "num": len(total),
+        "split": split,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def _qa_config_for(model: TinyVLM):
+    from ..worlds.qa import QAConfig
+    from ..worlds.shapes import WorldConfig
+
+    c = model.cfg
+    return QAConfig(world=dataclasses.replace(WorldConfig(), height=c.height, width=c.width), frames=c.frames)

@@ -1,0 +1,281 @@
+"""A tiny video-language model in the Qwen2-VL family's shape, built from a config.
+
+- **Vision tower**: space-time patches (``temporal_patch`` frames x ``patch``
+  x ``patch`` pixels), pre-norm transformer blocks with 3-D RoPE, then a
+  merger that concatenates each ``merge`` x ``merge`` group of neighbouring
+  patches and maps it through an MLP to the language model's width.
+- **Language model**: decoder-only, RMSNorm, grouped-query attention, SwiGLU,
+  tied embeddings, and multimodal RoPE: video tokens sit at (time, row, col)
+  positions, text at (p, p, p), text positions continuing after the video's
+  largest one.
+- **Sequence**: ``[pad]* <vision_start> video <vision_end> prompt completion``.
+  Prompts are left-padded; pads are masked out of attention and do not move
+  any position, so a row's numbers do not depend on its batch.
+
+Primitives the methods use: :meth:`encode_video` (the vision tower, cacheable
+per prompt group), :meth:`token_logprobs` (teacher-forced log-probs of a
+completion, from cached embeddings or from pixels) and :meth:`generate`
+(KV-cached sampling). Departures from Qwen2-VL: a word-level tokenizer built
+from the task's vocabulary (no download), learned-free 3-D RoPE in the vision
+tower instead of 2-D, and no window attention.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import attention
+from .dit import RMSNorm, apply_rope, rope_angles, token_positions
+
+SPECIALS = ("<pad>", "<eos>", "<unk>", "<vision_start>", "<vision_end>", "<think>", "</think>", "<answer>", "</answer>")
+PAD, EOS, UNK, VSTART, VEND = range(5)
+
+
+class WordTokenizer:
+    """Whitespace word-level tokenizer over a fixed vocabulary (specials first)."""
+
+    def __init__(self, words: list[str]):
+        self.tokens = list(dict.fromkeys([*SPECIALS, *words]))
+        self.ids = {t: i for i, t in enumerate(self.tokens)}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids.get(w, UNK) for w in text.split()]
+
+    def decode(self, ids) -> str:
+        out = []
+        for i in ids:
+            if int(i) in (EOS, PAD):
+                break
+            out.append(self.tokens[int(i)])
+        return " ".join(out)
+
+    def batch(self, texts: list[str], left_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids (B, L) and mask (B, L) of ``texts``, padded on the left or right."""
+        seqs = [self.encode(t) for t in texts]
+        L = max(1, max(len(s) for s in seqs))
+        ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
+        mask = torch.zeros(len(seqs), L, dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            sl = slice(L - len(s), L) if left_pad else slice(0, len(s))
+            ids[i, sl] = torch.tensor(s, dtype=torch.long)
+            mask[i, sl] = True
+        return ids, mask
+
+
+@dataclass
+class VLMConfig:
+    """Tiny video-language model."""
+
+    words: list[str] = field(default_factory=list)
+    """Vocabulary besides the special tokens (stored with the weights: the file rebuilds its tokenizer)."""
+    frames: int = 8
+    height: int = 32
+    width: int = 32
+    patch: int = 4
+    temporal_patch: int = 2
+    merge: int = 2
+    """Neighbouring patches (merge x merge) folded into one language-model token."""
+    vision_dim: int = 96
+    vision_depth: int = 3
+    vision_heads: int = 4
+    dim: int = 96
+    depth: int = 3
+    heads: int = 4
+    kv_heads: int = 2
+    mlp_hidden: int = 256
+    rope_theta: float = 10000.0
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_heads: int):
+        super().__init__()
+        self.heads, self.kv_heads, self.hd = heads, kv_heads, dim // heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * kv_heads * self.hd)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, angles, mask, cache: dict | None = None):
+        B, N, D = x.shape
+        q = apply_rope(self.q(x).view(B, N, self.heads, self.hd).transpose(1, 2), angles)
+        k, v = self.kv(x).view(B, N, 2, self.kv_heads, self.hd).permute(2, 0, 3, 1, 4)
+        k = apply_rope(k, angles)
+        if cache is not None:  # decoding: extend this layer's keys/values
+            if "k" in cache:
+                k, v = torch.cat((cache["k"], k), 2), torch.cat((cache["v"], v), 2)
+            cache["k"], cache["v"] = k, v
+        rep = self.heads // self.kv_heads
+        o = attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), mask)
+        return self.out(o.transpose(1, 2).reshape(B, N, D))
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_heads: int, hidden: int):
+        super().__init__()
+        self.n1, self.n2 = RMSNorm(dim), RMSNorm(dim)
+        self.attn = _Attention(dim, heads, kv_heads)
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x, angles, mask, cache=None):
+        x = x + self.attn(self.n1(x), angles, mask, cache)
+        g, u = self.gate_up(self.n2(x)).chunk(2, -1)
+        return x + self.down(F.silu(g) * u)
+
+
+def _angles(pos: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """RoPE angles (B, 1, N, head_dim/2) for positions (B, N, 3)."""
+    B, N, _ = pos.shape
+    return rope_angles(pos.reshape(-1, 3), head_dim, theta).view(B, 1, N, -1)
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: VLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg
+        self.grid = (c.frames // c.temporal_patch, c.height // c.patch, c.width // c.patch)
+        self.embed = nn.Linear(3 * c.temporal_patch * c.patch * c.patch, c.vision_dim)
+        self.blocks = nn.ModuleList(_Block(c.vision_dim, c.vision_heads, c.vision_heads, 2 * c.vision_dim) for _ in range(c.vision_depth))
+        self.norm = RMSNorm(c.vision_dim)
+        self.merger = nn.Sequential(nn.Linear(c.merge * c.merge * c.vision_dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.dim))
+        self.register_buffer("pos", token_positions(*self.grid), persistent=False)
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, H, W) in [0, 1] -> (B, tokens, dim) with tokens = T' * (H'/m) * (W'/m)."""
+        c, (T, Hp, Wp) = self.cfg, self.grid
+        B = videos.shape[0]
+        x = videos.reshape(B, T, c.temporal_patch, 3, Hp, c.patch, Wp, c.patch)
+        x = x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(B, T * Hp * Wp, -1)
+        x = self.embed(x * 2 - 1)
+        angles = rope_angles(self.pos, c.vision_dim // c.vision_heads, c.rope_theta)
+        for blk in self.blocks:
+            x = blk(x, angles, None)
+        x = self.norm(x).view(B, T, Hp // c.merge, c.merge, Wp // c.merge, c.merge, -1)
+        x = x.permute(0, 1, 2, 4, 3, 5, 6).reshape(B, T * (Hp // c.merge) * (Wp // c.merge), -1)
+        return self.merger(x)
+
+
+class TinyVLM(nn.Module):
+    def __init__(self, cfg: VLMConfig):
+        super().__init__()
+        if cfg.frames % cfg.temporal_patch or cfg.height % (cfg.patch * cfg.merge) or cfg.width % (cfg.patch * cfg.merge):
+            raise ValueError("frames must divide by temporal_patch, height and width by patch * merge")
+        self.cfg = cfg
+        self.tokenizer = WordTokenizer(cfg.words)
+        self.visual = VisionTower(cfg)
+        self.embed = nn.Embedding(len(self.tokenizer), cfg.dim)
+        self.blocks = nn.ModuleList(_Block(cfg.dim, cfg.heads, cfg.kv_heads, cfg.mlp_hidden) for _ in range(cfg.depth))
+        self.norm = RMSNorm(cfg.dim)
+        T, Hp, Wp = self.visual.grid
+        grid = token_positions(T, Hp // cfg.merge, Wp // cfg.merge) + 1
+        self.register_buffer("video_pos", grid, persistent=False)
+        self.text_start = int(grid.max()) + 1  # position of <vision_end>; text continues from there
+        self.apply(_init)
+
+
+    @property
+    def video_tokens(self) -> int:
+        return self.video_pos.shape[0]
+
+    def encode_video(self, videos: torch.Tensor) -> torch.Tensor:
+        """The vision tower: (B, F, 3, H, W) in [0, 1] -> video embeddings (B, tokens, dim)."""
+        return self.visual(videos)
+
+    # ----------------------------------------------------------------- internals
+    def _positions(self, real: torch.Tensor) -> torch.Tensor:
+        """M-RoPE positions (B, L, 3) from the mask of real tokens: pads do not advance them."""
+        p = (real.long().cumsum(1) - 1).clamp_min(0)
+        V = self.video_tokens
+        vid = self.video_pos[(p - 1).clamp(0, V - 1)]
+        text = (self.text_start + p - V - 1)[..., None].expand(*p.shape, 3)
+        pos = torch.where((p <= V)[..., None], vid, text)
+        return torch.where((p == 0)[..., None], torch.zeros_like(pos), pos)
+
+    def _embed_prefix(self, video_emb, prompt_ids):
+        B = prompt_ids.shape[0]
+        special = self.embed(torch.tensor([VSTART, VEND], device=prompt_ids.device))
+        return torch.cat((special[0].expand(B, 1, -1), video_emb, special[1].expand(B, 1, -1), self.embed(prompt_ids)), 1)
+
+    def _forward(self, x, real, caches=None, past_real=None):
+        """Embeddings -> logits: a full causal pass with pads masked (filling ``caches`` when given),
+        or, with ``past_real``, decode steps against ``caches``."""
+        hd = self.cfg.dim // self.cfg.heads
+        if past_real is None:
+            L = x.shape[1]
+            causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+            mask = causal[None, None] & real[:, None, None, :]
+            angles = _angles(self._positions(real), hd, self.cfg.rope_theta)
+        else:
+            keys = torch.cat((past_real, real), 1)
+            mask = keys[:, None, None, :]
+            angles = _angles(self._positions(keys)[:, -x.shape[1]:], hd, self.cfg.rope_theta)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, angles, mask, None if caches is None else caches[i])
+        return self.norm(x) @ self.embed.weight.T
+
+    # ---------------------------------------------------------------- primitives
+    def logits(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        """Logits (B, T, vocab) predicting each completion token (teacher forcing)."""
+        x = torch.cat((self._embed_prefix(video_emb, prompt_ids), self.embed(completion_ids)), 1)
+        B, V = prompt_ids.shape[0], video_emb.shape[1]
+        ones = torch.ones(B, V + 2, dtype=torch.bool, device=x.device)
+        real = torch.cat((ones, prompt_mask, completion_mask), 1)
+        T = completion_ids.shape[1]
+        return self._forward(x, real)[:, -T - 1 : -1]
+
+    def token_logprobs(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask, return_logits=False):
+        """log pi(token) (B, T) of each completion token; with ``return_logits`` also the logits."""
+        logits = self.logits(video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask).float()
+        lp = torch.gather(logits.log_softmax(-1), 2, completion_ids[..., None]).squeeze(-1)
+        return (lp, logits) if return_logits else lp
+
+    @torch.no_grad()
+    def generate(self, video_emb, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample completions with a KV cache (greedy at temperature 0). Returns ids (B, T) and mask (B, T);
+        a completion ends with (and includes) <eos>; later positions are <pad>, masked."""
+        B, V = prompt_ids.shape[0], video_emb.shape[1]
+        x = self._embed_prefix(video_emb, prompt_ids)
+        real = torch.cat((torch.ones(B, V + 2, dtype=torch.bool, device=x.device), prompt_mask), 1)
+        caches = [{} for _ in self.blocks]
+        logits = self._forward(x, real, caches)[:, -1]
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=x.device)
+        mask = []
+        for _ in range(max_new_tokens):
+            if temperature > 0:
+                probs = (logits.float() / temperature).softmax(-1)
+                tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                tok = logits.argmax(-1)
+            tok = torch.where(done, torch.full_like(tok, PAD), tok)
+            out.append(tok)
+            mask.append(~done)
+            done = done | (tok == EOS)
+            if bool(done.all()):
+                break
+            step_real = torch.ones(B, 1, dtype=torch.bool, device=x.device)
+            logits = self._forward(self.embed(tok)[:, None], step_real, caches, real)[:, -1]
+            real = torch.cat((real, step_real), 1)
+        return torch.stack(out, 1), torch.stack(mask, 1)
+
+
+def _init(m: nn.Module) -> None:
+    """Small initial weights (GPT-2's 0.02): tied logits start near uniform."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=0.02)
+        if getattr(m, "bias", None) is not None:
+            nn.init.zeros_(m.bias)
+
+
+def parse_answer(text: str) -> str | None:
+    """The text between <answer> and </answer>, or None when the tags are missing."""
+    m = re.search(r"<answer>(.*?)</answer>", text)
+    return m.group(1).strip() if m else None

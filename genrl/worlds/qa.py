@@ -1,0 +1,156 @@
+"""Video question answering on the shapes world, with answers known exactly.
+
+Each item is a clip, a question, a tokenised option list and the ground truth.
+Question types:
+
+- multiple choice (answer is a letter): ``colour``, ``shape``, ``size``,
+  ``direction``, ``speed``; the options are that attribute's values in an
+  order drawn per item, so a letter carries no meaning on its own.
+  ``direction`` and ``speed`` can only be read from frames in order
+  (the T-GRPO contrast of ordered vs shuffled frames bites there).
+- numeric: ``count`` — how many shapes are in the clip (1-3; each shape moves
+  on its own), answered with a digit.
+
+Clips come from the world's splits: the test split holds out attribute
+combinations, so held-out accuracy measures generalisation, not memory.
+Item ``i`` of a split is the same on every machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .shapes import ATTRIBUTES, BACKGROUNDS, COLOURS, SIZES, SPEEDS, DIRECTIONS, VALUES, ShapesWorld, WorldConfig, shape_alpha
+
+CHOICE_TYPES = ("colour", "shape", "size", "direction", "speed")
+NUMERIC_TYPES = ("count",)
+QUESTION_TYPES = CHOICE_TYPES + NUMERIC_TYPES
+LETTERS = "abcd"
+MAX_COUNT = 3
+QUESTIONS = {
+    "colour": "what colour is the shape ?",
+    "shape": "what kind of shape is it ?",
+    "size": "how big is the shape ?",
+    "direction": "which way does the shape move ?",
+    "speed": "how fast does the shape move ?",
+    "count": "how many shapes are there ?",
+}
+_SALT = {"train": 0xA11CE0, "val": 0xA11CE1, "test": 0xA11CE2}
+
+
+@dataclass
+class QAConfig:
+    """The shapes QA task."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
+    """Question types to draw from (uniformly)."""
+    frames: int = 8
+    """Frames per clip (even: the VLM's vision tower groups frames in pairs)."""
+
+
+@dataclass
+class QAItem:
+    """One question about one clip."""
+
+    qtype: str
+    question: str
+    options: list[str]
+    """Option values in letter order (empty for numeric questions)."""
+    answer: str
+    """Ground truth: a letter for choice questions, a number for numeric ones."""
+    value: str
+    """The attribute value (or count) the answer stands for."""
+
+    def prompt(self) -> str:
+        """Question and lettered options (the text after the video)."""
+        opts = " ".join(f"( {LETTERS[i]} ) {v}" for i, v in enumerate(self.options))
+        return f"{self.question} {opts}".strip()
+
+
+class ShapesQA:
+    """Deterministic generator of (clip, question) items for the three splits."""
+
+    def __init__(self, cfg: QAConfig | None = None):
+        self.cfg = cfg or QAConfig()
+        bad = [t for t in self.cfg.types if t not in QUESTION_TYPES]
+        if bad or not self.cfg.types:
+            raise ValueError(f"unknown question type {bad[0] if bad else '(none)'!r}; valid: {', '.join(QUESTION_TYPES)}")
+        self.world = ShapesWorld(self.cfg.world)
+
+    def items(self, split: str, indices) -> tuple[torch.Tensor, list[QAItem]]:
+        """Videos (B, F, 3, H, W) and items for item ``indices`` of ``split``."""
+        return self._build(split, [torch.Generator().manual_seed(_SALT[split] * 1_000_003 + int(i)) for i in indices])
+
+    def random_items(self, split: str, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[QAItem]]:
+        """A random training batch drawn from ``generator``."""
+        seeds = torch.randint(2**62, (n,), generator=generator).tolist()
+        return self._build(split, [torch.Generator().manual_seed(s) for s in seeds])
+
+    def _build(self, split: str, gens: list[torch.Generator]):
+        videos, items = [], []
+        for g in gens:
+            qtype = self.cfg.types[int(torch.randint(len(self.cfg.types), (1,), generator=g))]
+            count = int(torch.randint(1, MAX_COUNT + 1, (1,), generator=g)) if qtype == "count" else 1
+            attrs, starts = self.world.random_attributes(split, count, g)
+            attrs[:, 5] = attrs[0, 5]  # one background per clip
+            videos.append(self.render(attrs, starts))
+            items.append(_item(qtype, attrs[0], count, g))
+        return torch.stack(videos), items
+
+    def render(self, attrs: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Composite ``len(attrs)`` moving shapes over the first one's background: (F, 3, H, W)."""
+        H, W, F = self.cfg.world.height, self.cfg.world.width, self.cfg.frames
+        t = torch.arange(F, dtype=torch.float32)
+        video = torch.full((F, 3, H, W), list(BACKGROUNDS.values())[int(attrs[0, 5])])
+        for row, start in zip(attrs.tolist(), starts):
+            d = torch.tensor(list(DIRECTIONS.values())[row[3]])
+            v = list(SPEEDS.values())[row[4]] * W
+            cx, cy = start[0] * W + d[0] * v * t, start[1] * H + d[1] * v * t
+            half = torch.full((F,), list(SIZES.values())[row[2]] * H)
+            alpha = shape_alpha(torch.full((F,), row[1]), half, cx, cy, H, W)[:, None]
+            colour = torch.tensor(list(COLOURS.values())[row[0]])[None, :, None, None]
+            video = video * (1 - alpha) + colour * alpha
+        return video
+
+
+def _item(qtype: str, row: torch.Tensor, count: int, g: torch.Generator) -> QAItem:
+    if qtype == "count":
+        return QAItem(qtype, QUESTIONS[qtype], [], str(count), str(count))
+    values = VALUES[qtype]
+    order = torch.randperm(len(values), generator=g).tolist()
+    options = [values[i] for i in order]
+    value = values[int(row[ATTRIBUTES.index(qtype)])]
+    return QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value)
+
+
+INVERTED = "which options are not right for :"
+HINT = "hint :"
+
+
+def invert(item: QAItem) -> QAItem:
+    """TW-GRPO question-answer inversion: ask for every *wrong* option of a choice question
+    (several right letters, which the soft multi-choice reward credits in part)."""
+    if item.qtype not in CHOICE_TYPES:
+        return item
+    wrong = [LETTERS[i] for i, v in enumerate(item.options) if v != item.value]
+    return QAItem(item.qtype, f"{INVERTED} {item.question}", item.options, " ".join(wrong), item.value)
+
+
+def with_hint(item: QAItem) -> QAItem:
+    """Reg-GRPO easier variant of a question: the prompt names the value to look for
+    (a choice question still needs the letter it sits at; a count the digit)."""
+    return QAItem(item.qtype, f"{item.question} {HINT} {item.value}", item.options, item.answer, item.value)
+
+
+def vocabulary() -> list[str]:
+    """Every word a shapes QA prompt or answer uses (the tiny VLM's tokenizer is built from it)."""
+    words: list[str] = []
+    for text in QUESTIONS.values():
+        words += text.split()
+    for name in CHOICE_TYPES:
+        words += list(VALUES[name])
+    words += ["(", ")", *LETTERS, *(str(i) for i in range(10)), *INVERTED.split(), *HINT.split()]
+    return list(dict.fromkeys(words))

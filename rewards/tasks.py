@@ -1,0 +1,96 @@
+"""Verifiable task rewards for GRPO on video understanding, as pure functions.
+
+Each takes a completion's text and the ground truth and returns a float in
+[0, 1]. ``TASK_REWARDS`` maps the names configs use to them; a completion's
+answer is what sits between ``<answer>`` and ``</answer>``.
+
+- ``choice``: exact match of the chosen option letter(s) (as a set).
+- ``soft_choice`` (TW-GRPO): |pred| / |gt| when pred is a non-empty subset of
+  gt, else 0 — partial credit for naming some of several right options.
+- ``numeric``: 1 for the right number; with ``tolerance`` > 0, linear credit
+  1 - |pred - gt| / (tolerance * max(|gt|, 1)) down to 0.
+- ``temporal_iou``: IoU of a predicted ``start end`` segment with the truth
+  (grounding rewards in VideoTG-R1 / STVG-R1).
+- ``progress``: 1 - |pred - gt| / 100 for task progress in percent (the MAE
+  reward of PRIMO / SOLE-R1), clipped at 0.
+- ``format``: 1 when the text is ``<think> ... </think> <answer> ... </answer>``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+_FORMAT = re.compile(r"^\s*<think>.*?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def answer_text(text: str) -> str | None:
+    """The text between the answer tags (stripped), or None without them."""
+    m = _ANSWER.search(text)
+    return m.group(1).strip() if m else None
+
+
+def _letters(s: str | None) -> set[str]:
+    return set(re.findall(r"[a-z]", s.lower())) if s else set()
+
+
+def _number(s: str | None) -> float | None:
+    m = re.search(r"-?\d+(?:\.\d+)?", s or "")
+    return float(m.group()) if m else None
+
+
+def format_reward(text: str, truth: str = "") -> float:
+    return 1.0 if _FORMAT.match(text) else 0.0
+
+
+def choice_reward(text: str, truth: str) -> float:
+    pred = _letters(answer_text(text))
+    return float(bool(pred) and pred == _letters(truth))
+
+
+def soft_choice_reward(text: str, truth: str) -> float:
+    pred, gt = _letters(answer_text(text)), _letters(truth)
+    return len(pred) / len(gt) if pred and gt and pred <= gt else 0.0
+
+
+def numeric_reward(text: str, truth: str, tolerance: float = 0.0) -> float:
+    pred, gt = _number(answer_text(text)), _number(truth)
+    if pred is None or gt is None:
+        return 0.0
+    if tolerance <= 0:
+        return float(pred == gt)
+    return max(0.0, 1.0 - abs(pred - gt) / (tolerance * max(abs(gt), 1.0)))
+
+
+def temporal_iou(pred: tuple[float, float], truth: tuple[float, float]) -> float:
+    """IoU of two [start, end] segments (0 for empty or disjoint ones)."""
+    (ps, pe), (ts, te) = sorted(pred), sorted(truth)
+    inter = max(0.0, min(pe, te) - max(ps, ts))
+    union = max(pe, te) - min(ps, ts)
+    return inter / union if union > 0 else 0.0
+
+
+def temporal_iou_reward(text: str, truth: str) -> float:
+    nums = re.findall(r"-?\d+(?:\.\d+)?", answer_text(text) or "")
+    gt = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", truth)]
+    if len(nums) < 2 or len(gt) < 2:
+        return 0.0
+    return temporal_iou((float(nums[0]), float(nums[1])), (gt[0], gt[1]))
+
+
+def progress_reward(text: str, truth: str) -> float:
+    pred, gt = _number(answer_text(text)), _number(truth)
+    if pred is None or gt is None:
+        return 0.0
+    return max(0.0, 1.0 - abs(pred - gt) / 100.0)
+
+
+TASK_REWARDS: dict[str, Callable[[str, str], float]] = {
+    "choice": choice_reward,
+    "soft_choice": soft_choice_reward,
+    "numeric": numeric_reward,
+    "temporal_iou": temporal_iou_reward,
+    "progress": progress_reward,
+    "format": format_reward,
+}
