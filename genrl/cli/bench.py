@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .distill import DistillConfig
+from .qa import GRPOConfig
 from .options import config_command, output_file, quiet_option
 
 
@@ -22,6 +23,20 @@ def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def _alternate(fns: dict, rounds: int, label: str, quiet: bool) -> dict[str, float]:
+    """Mean seconds of each ``fns[name](i)``, the callables taking turns for ``rounds`` timed rounds
+    (after one warm-up round, which fills caches and allocators)."""
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for i in range(rounds + 1):
+        for name, fn in fns.items():
+            t = _timed(lambda: fn(i))
+            if i:
+                times[name].append(t)
+        if not quiet and i:
+            click.echo(f"{label} {i}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in fns), err=True)
+    return {n: sum(t) / len(t) for n, t in times.items()}
 
 
 @config_command(DistillConfig)
@@ -53,26 +68,14 @@ def bench(cfg: DistillConfig, steps: int, samples: int, out, quiet: bool):
         seed_everything(cfg.train.seed)
         methods[name] = build_method(dataclasses.replace(cfg, method=name), quiet=True)
     ctx = StepContext(Accelerator(cpu=not torch.cuda.is_available()), cfg.train)  # as the Trainer builds it
-    times: dict[str, list[float]] = {n: [] for n in methods}
-    for i in range(steps + 1):
-        for name, m in methods.items():
-            t = _timed(lambda: m.train_step(i, ctx))
-            if i:  # the first step of each warms caches and allocators
-                times[name].append(t)
-        if not quiet:
-            click.echo(f"step {i}/{steps}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in methods if times[n]), err=True)
-    report = {"step_seconds": {n: sum(t) / len(t) for n, t in times.items()}}
+    fns = {n: (lambda i, m=m: m.train_step(i, ctx)) for n, m in methods.items()}
+    report = {"step_seconds": _alternate(fns, steps, "step", quiet)}
     report["step_ratio"] = report["step_seconds"]["stream_r1"] / report["step_seconds"]["dmd"]
     if samples:
         _, prompts, _ = methods["dmd"].world.clips("test", range(8))
         frames = methods["dmd"].world.cfg.frames
-        st = {n: [] for n in methods}
-        for i in range(samples + 1):
-            for n, m in methods.items():
-                t = _timed(lambda: generate(m.ema.module, prompts, frames, SamplingConfig(), seed=i))
-                if i:
-                    st[n].append(t)
-        report["sample_seconds"] = {n: sum(t) / len(t) for n, t in st.items()}
+        fns = {n: (lambda i, m=m: generate(m.ema.module, prompts, frames, SamplingConfig(), seed=i)) for n, m in methods.items()}
+        report["sample_seconds"] = _alternate(fns, samples, "sample", quiet)
         report["sample_ratio"] = report["sample_seconds"]["stream_r1"] / report["sample_seconds"]["dmd"]
     lines = ["| what | dmd | stream_r1 | ratio |", "|---|---|---|---|",
              f"| training step (s) | {report['step_seconds']['dmd']:.3f} | {report['step_seconds']['stream_r1']:.3f} | {report['step_ratio']:.2f} |"]
@@ -80,5 +83,44 @@ def bench(cfg: DistillConfig, steps: int, samples: int, out, quiet: bool):
         lines.append(f"| streaming sample of 8 clips (s) | {report['sample_seconds']['dmd']:.3f} | "
                      f"{report['sample_seconds']['stream_r1']:.3f} | {report['sample_ratio']:.2f} |")
     click.echo("\n".join(lines))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+@config_command(GRPOConfig, name="bench-grpo")
+@click.option("--steps", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed GRPO steps per setting (after one warm-up step).")
+@click.option("--out", type=output_file((".json",)), default=None, help="Also write the figures as JSON.")
+@quiet_option
+def bench_grpo(cfg: GRPOConfig, steps: int, out, quiet: bool):
+    """Cost of a GRPO step with cached video embeddings against recomputing the vision tower.
+
+    Builds the method twice from one grpo config (grpo.cache_video on and off,
+    same policy and seeds), alternates their steps and reports seconds per
+    step, the speed-up and how many clips the vision tower encoded per step.
+
+    \b
+    Example:
+      genrl bench-grpo --config configs/grpo_video_qa.yaml --steps 5
+    """
+    import torch
+    from accelerate import Accelerator
+
+    from ..methods.grpo import build_grpo
+    from ..train.trainer import StepContext, seed_everything
+
+    methods = {}
+    for name, cached in (("cached", True), ("recomputed", False)):
+        seed_everything(cfg.train.seed)
+        methods[name] = build_grpo(dataclasses.replace(cfg.grpo, cache_video=cached), cfg.optim, cfg.train.seed)
+    ctx = StepContext(Accelerator(cpu=not torch.cuda.is_available()), cfg.train)
+    fns = {n: (lambda i, m=m: m.train_step(i, ctx)) for n, m in methods.items()}
+    seconds = _alternate(fns, steps, "step", quiet)
+    report = {"step_seconds": seconds, "speedup": seconds["recomputed"] / seconds["cached"],
+              "vision_clips_per_step": {n: m.vision_rows / (steps + 1) for n, m in methods.items()}}
+    v = report["vision_clips_per_step"]
+    click.echo("\n".join([
+        "| what | cached embeddings | recomputed | speed-up |", "|---|---|---|---|",
+        f"| GRPO step (s) | {seconds['cached']:.3f} | {seconds['recomputed']:.3f} | {report['speedup']:.2f}x |",
+        f"| clips through the vision tower per step | {v['cached']:g} | {v['recomputed']:g} | |"]))
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")

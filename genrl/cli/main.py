@@ -49,6 +49,7 @@ def _register() -> None:
     cli.add_command(sample.evaluate)
     cli.add_command(score.score)
     cli.add_command(bench.bench)
+    cli.add_command(bench.bench_grpo)
 
 
 _register()

@@ -23,12 +23,12 @@ def sampling_options(fn):
     return click.option("--frames", type=click.IntRange(1, 4096), default=None, help="Frames to generate (default: training length).")(fn)
 
 
-def load_generator(model: str | None, checkpoint: str | None):
+def load_generator(model: str | None, checkpoint: str | None, kind: str = "video_model"):
     from ..models.registry import load_model
 
     if bool(model) == bool(checkpoint):
         raise UsageError("give exactly one of --model NAME or --checkpoint PATH")
-    return load_model(model or checkpoint, kind="video_model")
+    return load_model(model or checkpoint, kind=kind)
 
 
 def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]:
@@ -102,6 +102,9 @@ def _png_writer(folder: Path, scale: int):
 
 @click.command(name="eval")
 @model_options
+@click.option("--task", type=click.Choice(("video", "qa")), default="video", show_default=True,
+              help="'video': text-to-video generators against the attribute probe; 'qa': a video-language model "
+                   "answering held-out shapes questions (accuracy overall and per question type).")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="World split whose prompts are used.")
 @click.option("--num", type=click.IntRange(1, 100_000), default=128, show_default=True, help="Videos to generate and score.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=32, show_default=True, help="Videos generated at once.")
@@ -113,19 +116,23 @@ def _png_writer(folder: Path, scale: int):
                    "'none' skips rewards.")
 @seed_option
 @quiet_option
-def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out, rewards, seed, quiet):
-    """Generate videos for held-out prompts and measure them with the attribute probe.
+def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance, out, rewards, seed, quiet):
+    """Measure a video generator (or, with --task qa, a video-language model) on held-out prompts.
 
-    Reports `prompt_accuracy` (every attribute of the prompt read back from the
+    For generators, reports `prompt_accuracy` (every attribute of the prompt read back from the
     pixels), per-attribute accuracy, accuracy on the first and last quarter of
     the frames (drift on long videos), the reward models' mean z-scores,
-    frames/s and NFE per frame.
+    frames/s and NFE per frame. For --task qa: greedy answers to --num shapes
+    questions, `accuracy` overall and per question type.
 
     \b
     Examples:
       genrl eval --model shapes-teacher --split test --num 128 --out eval.json
       genrl eval --model shapes-student-dmd --frames 36 --reward shapes --reward shapes-reward-b
+      genrl eval --task qa --model shapes-vlm --split test --num 512 --out qa.json
     """
+    if task == "qa":
+        return _evaluate_qa(model, checkpoint, split, num, batch, out, quiet)
     from ..evaluation import evaluate as run_eval
     from ..generation import SamplingConfig
 
@@ -139,3 +146,14 @@ def evaluate(model, checkpoint, split, num, batch, frames, steps, guidance, out,
         f"{report['model']} on {num} {split} prompts: prompt_accuracy={report['prompt_accuracy']:.4f} "
         f"frames/s={report['frames_per_second']} nfe/frame={report['nfe_per_frame']:g}"
     )
+
+
+def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet):
+    from ..methods.qa import evaluate_qa
+
+    vlm = load_generator(model, checkpoint, kind="vlm")
+    report = {"model": model or checkpoint, **evaluate_qa(vlm, split, num, batch, quiet=quiet)}
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    per = " ".join(f"{k}={v:.3f}" for k, v in report["per_type"].items())
+    click.echo(f"{report['model']} on {num} {split} questions: accuracy={report['accuracy']:.4f} ({per})")
