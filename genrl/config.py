@@ -1,6 +1,7 @@
 """Typed configs: dataclass schemas merged with YAML files and ``key=value`` overrides.
 
-A schema is a dataclass tree; YAML and command-line overrides are merged onto it
+A schema is a dataclass tree; YAML (a file may ``inherit: base.yaml`` and
+override parts of it) and command-line overrides are merged onto it
 with OmegaConf in struct mode, so an unknown key, a wrong type or a missing
 file is a :class:`ConfigError` with one line naming the key and what is valid.
 """
@@ -36,7 +37,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     _open_dicts(base, schema)
     layers: list[tuple[str, Any]] = []
     if path is not None:
-        layers.append((str(path), _read_yaml(Path(path))))
+        layers += _file_layers(Path(path))
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. optim.lr=1e-4)")
@@ -64,6 +65,21 @@ def _open_dicts(node: DictConfig, schema: type) -> None:
             OmegaConf.set_struct(node[name], False)
         elif isinstance(t, type) and dataclasses.is_dataclass(t):
             _open_dicts(node[name], t)
+
+
+INHERIT = "inherit"
+
+
+def _file_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """A YAML file and, first, the files it inherits from (``inherit: other.yaml``, relative to it)."""
+    cfg = _read_yaml(path)
+    parent = cfg.pop(INHERIT, None)
+    if parent is None:
+        return [(str(path), cfg)]
+    base = (path.parent / str(parent)).resolve()
+    if base in seen:
+        raise ConfigError(f"config file {path} inherits from itself through {base}")
+    return _file_layers(base, (*seen, path.resolve())) + [(str(path), cfg)]
 
 
 def _read_yaml(path: Path) -> DictConfig:

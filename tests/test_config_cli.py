@@ -24,6 +24,20 @@ def test_yaml_and_overrides_merge(tmp_path):
     assert (cfg.steps, cfg.optim.lr, cfg.optim.name) == (5, 0.5, "y")
 
 
+def test_a_file_inherits_and_overrides_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("steps: 5\noptim:\n  lr: 0.5\n  name: base\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("inherit: ../base.yaml\noptim:\n  name: child\n")
+    cfg = load_config(Outer, tmp_path / "sub" / "c.yaml", ["steps=7"])
+    assert (cfg.steps, cfg.optim.lr, cfg.optim.name) == (7, 0.5, "child")
+    (tmp_path / "base.yaml").write_text("inherit: sub/c.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        load_config(Outer, tmp_path / "sub" / "c.yaml")
+    (tmp_path / "d.yaml").write_text("inherit: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist"):
+        load_config(Outer, tmp_path / "d.yaml")
+
+
 @pytest.mark.parametrize(
     "yaml_text, overrides, message",
     [

@@ -161,3 +161,36 @@ def test_splice_keeps_rows_aligned():
     width = out.ids.shape[1]
     assert torch.equal(out.ids[8:, : b.ids.shape[1]], b.ids) and bool((out.ids[8:, b.ids.shape[1]:] == 0).all())
     assert out.prompt_ids.shape[1] == max(a.prompt_ids.shape[1], b.prompt_ids.shape[1]) and width >= a.ids.shape[1]
+
+
+@pytest.mark.parametrize("name, differs", [
+    ("t_grpo", {"variant": "t_grpo"}), ("tw_grpo", {"variant": "tw_grpo"}), ("reg_grpo", {"variant": "reg_grpo"}),
+    ("dapo", {"loss": "dapo", "eps_high": 0.28, "beta": 0.0}), ("dr_grpo", {"scale": "none", "loss": "dr_grpo"}),
+])
+def test_variant_configs_change_only_their_own_settings(name, differs):
+    from genrl.cli.qa import GRPOConfig
+    from genrl.config import load_config
+    from genrl.methods.grpo import METHODS
+
+    base = load_config(GRPOConfig, "configs/grpo_video_qa.yaml")
+    cfg = load_config(GRPOConfig, f"configs/grpo/{name}.yaml")
+    a, b = dataclasses.asdict(base.grpo), dataclasses.asdict(cfg.grpo)
+    assert {k: b[k] for k in b if a[k] != b[k] and not isinstance(b[k], dict)} == differs
+    assert cfg.optim == base.optim and cfg.train == base.train and cfg.out_dir == f"runs/{name}"
+    assert type(_method(cfg.grpo.variant)).__name__ == METHODS[cfg.grpo.variant].__name__
+
+
+def test_dapo_and_dr_grpo_aggregate_differently_from_grpo():
+    m = _method()
+    ro = _rollouts(m, [1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1, 0])
+    assert len(set(ro.mask.sum(1).tolist())) > 1  # different lengths: the aggregations disagree
+    losses = {}
+    for loss in ("grpo", "dapo", "dr_grpo"):
+        m.cfg.loss = loss
+        losses[loss] = float(_objective(m, ro).detach())
+    lp = m._logprobs(m.policy, ro)
+    adv = G.group_advantages(ro.rewards, 4)
+    tok = -adv[:, None].expand_as(lp) * ro.mask
+    assert losses["dapo"] == pytest.approx(float(tok.sum() / ro.mask.sum()), abs=1e-5)
+    assert losses["dr_grpo"] == pytest.approx(float(tok.sum() / (12 * ro.mask.shape[1])), abs=1e-5)
+    assert losses["grpo"] == pytest.approx(float((tok.sum(1) / ro.mask.sum(1)).mean()), abs=1e-5)
