@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 SFT = ["sft.size=debug", "sft.batch_size=8", "sft.eval_num=8", "eval_num=8", "train.log_every=10", "train.sample_every=40",
        "optim.lr=5e-3", "optim.warmup_steps=5"]  # 80 steps: enough to answer in format, so GRPO has rewards to learn from
 GRPO = ["grpo.prompts_per_step=2", "grpo.group_size=3", "grpo.eval_num=8", "eval_num=8", "train.log_every=1",
-        "train.sample_every=2", "grpo.max_new_tokens=8"]
+        "train.sample_every=2", "grpo.max_new_tokens=12"]
 
 
 def test_sft_then_grpo_runs_resume_exactly_and_eval(tmp_path, run_cli):

@@ -22,6 +22,10 @@ def test_items_are_deterministic_and_answers_match_the_clip():
         else:
             assert it.qtype == "count" and it.answer in ("1", "2", "3")
     assert len({it.qtype for it in a}) == 6
+    assert all(list(it.options) == list(VALUES[it.qtype]) for it in a if it.options)  # fixed order by default
+    _, c = ShapesQA(QAConfig(shuffle_options=True)).items("test", range(40))
+    assert any(list(it.options) != list(VALUES[it.qtype]) for it in c if it.options)
+    assert all(it.options[LETTERS.index(it.answer)] == it.value for it in c if it.options)
 
 
 def test_count_clips_hold_that_many_shapes():

@@ -96,7 +96,8 @@ class GRPOMethodConfig:
     """Questions per step."""
     group_size: int = 8
     """Rollouts per question (G)."""
-    max_new_tokens: int = 8
+    max_new_tokens: int = 12
+    """Longest completion sampled (the SFT format needs up to 11 tokens with <eos>)."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts."""
     iterations: int = 1

@@ -10,6 +10,8 @@ import torch
 from ..models.vlm import EOS, TinyVLM, VLMConfig
 from ..worlds.qa import CHOICE_TYPES, QAItem, ShapesQA, vocabulary
 
+MAX_NEW_TOKENS = 12  # the longest SFT completion is 11 tokens with <eos>
+
 VLM_SIZES = {
     "debug": dict(vision_dim=32, vision_depth=1, vision_heads=2, dim=32, depth=1, heads=2, kv_heads=1, mlp_hidden=64),
     "shapes": dict(vision_dim=96, vision_depth=4, vision_heads=4, dim=96, depth=3, heads=4, kv_heads=2, mlp_hidden=256),
@@ -25,8 +27,8 @@ def build_vlm(size: str, qa: ShapesQA) -> TinyVLM:
 
 
 def target_text(item: QAItem) -> str:
-    """The SFT completion: the value seen, then the answer, in the tags the format reward checks."""
-    return f"<think> {item.value} </think> <answer> {item.answer} </answer>"
+    """The SFT completion: what the clip shows, then the answer, in the tags the format reward checks."""
+    return f"<think> {item.reason} </think> <answer> {item.answer} </answer>"
 
 
 def prompts(model: TinyVLM, items: list[QAItem], device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +74,7 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
         for s in range(0, num, batch):
             videos, items = qa.items(split, range(s, min(num, s + batch)))
             p_ids, p_mask = prompts(model, items, dev)
-            ids, _ = model.generate(model.encode_video(videos.to(dev)), p_ids, p_mask, max_new_tokens=8, temperature=0)
+            ids, _ = model.generate(model.encode_video(videos.to(dev)), p_ids, p_mask, max_new_tokens=MAX_NEW_TOKENS, temperature=0)
             for it, row in zip(items, ids):
                 text = model.tokenizer.decode(row)
                 hits.setdefault(it.qtype, []).append(TASK_REWARDS[accuracy_reward_name(it)](text, it.answer))

@@ -4,8 +4,8 @@ Each item is a clip, a question, a tokenised option list and the ground truth.
 Question types:
 
 - multiple choice (answer is a letter): ``colour``, ``shape``, ``size``,
-  ``direction``, ``speed``; the options are that attribute's values in an
-  order drawn per item, so a letter carries no meaning on its own.
+  ``direction``, ``speed``; the options are that attribute's values, in
+  their fixed order or (``shuffle_options``) in an order drawn per item.
   ``direction`` and ``speed`` can only be read from frames in order
   (the T-GRPO contrast of ordered vs shuffled frames bites there).
 - numeric: ``count`` — how many shapes are in the clip (1-3; each shape moves
@@ -49,6 +49,9 @@ class QAConfig:
     """Question types to draw from (uniformly)."""
     frames: int = 8
     """Frames per clip (even: the VLM's vision tower groups frames in pairs)."""
+    shuffle_options: bool = False
+    """Draw each choice question's option order at random (then a letter carries no meaning on its own and
+    answering needs finding the value among the options); False lists values in their fixed order."""
 
 
 @dataclass
@@ -63,6 +66,9 @@ class QAItem:
     """Ground truth: a letter for choice questions, a number for numeric ones."""
     value: str
     """The attribute value (or count) the answer stands for."""
+    reason: str = ""
+    """What a model should see before answering (the SFT chain of thought): the shape's size, colour,
+    kind, direction and speed, or for counts each shape's colour and kind."""
 
     def prompt(self) -> str:
         """Question and lettered options (the text after the video)."""
@@ -97,7 +103,7 @@ class ShapesQA:
             attrs, starts = self.world.random_attributes(split, count, g)
             attrs[:, 5] = attrs[0, 5]  # one background per clip
             videos.append(self.render(attrs, starts))
-            items.append(_item(qtype, attrs[0], count, g))
+            items.append(_item(qtype, attrs, g, self.cfg.shuffle_options))
         return torch.stack(videos), items
 
     def render(self, attrs: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -116,14 +122,18 @@ class ShapesQA:
         return video
 
 
-def _item(qtype: str, row: torch.Tensor, count: int, g: torch.Generator) -> QAItem:
+def _item(qtype: str, attrs: torch.Tensor, g: torch.Generator, shuffle: bool) -> QAItem:
+    names = [dict(zip(ATTRIBUTES, (VALUES[a][i] for a, i in zip(ATTRIBUTES, row)))) for row in attrs.tolist()]
     if qtype == "count":
-        return QAItem(qtype, QUESTIONS[qtype], [], str(count), str(count))
+        n = str(len(names))
+        return QAItem(qtype, QUESTIONS[qtype], [], n, n, " ".join(f"{x['colour']} {x['shape']}" for x in names))
     values = VALUES[qtype]
-    order = torch.randperm(len(values), generator=g).tolist()
+    order = torch.randperm(len(values), generator=g).tolist() if shuffle else list(range(len(values)))
     options = [values[i] for i in order]
-    value = values[int(row[ATTRIBUTES.index(qtype)])]
-    return QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value)
+    x = names[0]
+    value = x[qtype]
+    reason = f"{x['size']} {x['colour']} {x['shape']} {x['direction']} {x['speed']}"
+    return QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, reason)
 
 
 INVERTED = "which options are not right for :"
@@ -136,13 +146,13 @@ def invert(item: QAItem) -> QAItem:
     if item.qtype not in CHOICE_TYPES:
         return item
     wrong = [LETTERS[i] for i, v in enumerate(item.options) if v != item.value]
-    return QAItem(item.qtype, f"{INVERTED} {item.question}", item.options, " ".join(wrong), item.value)
+    return QAItem(item.qtype, f"{INVERTED} {item.question}", item.options, " ".join(wrong), item.value, item.reason)
 
 
 def with_hint(item: QAItem) -> QAItem:
     """Reg-GRPO easier variant of a question: the prompt names the value to look for
     (a choice question still needs the letter it sits at; a count the digit)."""
-    return QAItem(item.qtype, f"{item.question} {HINT} {item.value}", item.options, item.answer, item.value)
+    return QAItem(item.qtype, f"{item.question} {HINT} {item.value}", item.options, item.answer, item.value, item.reason)
 
 
 def vocabulary() -> list[str]:
@@ -150,7 +160,7 @@ def vocabulary() -> list[str]:
     words: list[str] = []
     for text in QUESTIONS.values():
         words += text.split()
-    for name in CHOICE_TYPES:
+    for name in ATTRIBUTES:
         words += list(VALUES[name])
     words += ["(", ")", *LETTERS, *(str(i) for i in range(10)), *INVERTED.split(), *HINT.split()]
     return list(dict.fromkeys(words))
