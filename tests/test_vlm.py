@@ -1,9 +1,11 @@
 """The tiny VLM: padding invariance, KV-cached decoding vs a full forward, cached video embeddings."""
 
+import dataclasses
+
 import torch
 
 from genrl.methods.qa import build_vlm, prompts, target_text, targets
-from genrl.models.vlm import EOS, PAD
+from genrl.models.vlm import EOS, PAD, TinyVLM
 from genrl.worlds.qa import ShapesQA
 
 
@@ -84,6 +86,10 @@ def test_video_token_layout():
     assert model.video_tokens == (c.frames // c.temporal_patch) * (c.height // c.patch // c.merge) * (c.width // c.patch // c.merge)
     videos, _ = qa.items("train", range(2))
     assert model.encode_video(videos).shape == (2, model.video_tokens, c.dim)
+    stem = TinyVLM(dataclasses.replace(c, stem_channels=4))  # the conv stem keeps the token layout, and it is
+    assert stem.encode_video(videos).shape == (2, model.video_tokens, c.dim)  # circular: a clip shifted around
+    shifted = stem.visual.stem(torch.roll(videos, (4, 4), (-2, -1)).transpose(1, 2) * 2 - 1)  # the torus shifts
+    torch.testing.assert_close(shifted, torch.roll(stem.visual.stem(videos.transpose(1, 2) * 2 - 1), (4, 4), (-2, -1)))
     # M-RoPE: text positions continue after the largest video position; pads do not advance them
     real = torch.tensor([[True] * (model.video_tokens + 2) + [False, True, True]])
     pos = model._positions(real)

@@ -14,7 +14,8 @@ MAX_NEW_TOKENS = 12  # the longest SFT completion is 11 tokens with <eos>
 
 VLM_SIZES = {
     "debug": dict(vision_dim=32, vision_depth=1, vision_heads=2, dim=32, depth=1, heads=2, kv_heads=1, mlp_hidden=64),
-    "shapes": dict(vision_dim=96, vision_depth=4, vision_heads=4, dim=96, depth=3, heads=4, kv_heads=2, mlp_hidden=256),
+    "shapes": dict(stem_channels=24, vision_dim=96, vision_depth=4, vision_heads=4, dim=96, depth=3, heads=4, kv_heads=2,
+                   mlp_hidden=256),
 }
 
 

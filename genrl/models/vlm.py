@@ -16,8 +16,10 @@ Primitives the methods use: :meth:`encode_video` (the vision tower, cacheable
 per prompt group), :meth:`token_logprobs` (teacher-forced log-probs of a
 completion, from cached embeddings or from pixels) and :meth:`generate`
 (KV-cached sampling). Departures from Qwen2-VL: a word-level tokenizer built
-from the task's vocabulary (no download), learned-free 3-D RoPE in the vision
-tower instead of 2-D, and no window attention.
+from the task's vocabulary (no download), 3-D RoPE in the vision tower instead
+of 2-D, no window attention, and an optional conv stem (``stem_channels``)
+before the patch embedding — the small shapes model needs it to see shape,
+size and motion, not only colour.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class VLMConfig:
     width: int = 32
     patch: int = 4
     temporal_patch: int = 2
+    stem_channels: int = 0
+    """Channels of a 3x3x3 conv stem before patchifying (0 = a plain linear patch embedding, as Qwen2-VL)."""
     merge: int = 2
     """Neighbouring patches (merge x merge) folded into one language-model token."""
     vision_dim: int = 96
@@ -142,7 +146,10 @@ class VisionTower(nn.Module):
         self.cfg = cfg
         c = cfg
         self.grid = (c.frames // c.temporal_patch, c.height // c.patch, c.width // c.patch)
-        self.embed = nn.Linear(3 * c.temporal_patch * c.patch * c.patch, c.vision_dim)
+        cin = c.stem_channels or 3
+        # optional conv stem at full resolution (circular padding: the shapes world is a torus)
+        self.stem = nn.Sequential(nn.Conv3d(3, cin, 3, padding=1, padding_mode="circular"), nn.GELU()) if c.stem_channels else None
+        self.embed = nn.Linear(cin * c.temporal_patch * c.patch * c.patch, c.vision_dim)
         self.blocks = nn.ModuleList(_Block(c.vision_dim, c.vision_heads, c.vision_heads, 2 * c.vision_dim) for _ in range(c.vision_depth))
         self.norm = RMSNorm(c.vision_dim)
         self.merger = nn.Sequential(nn.Linear(c.merge * c.merge * c.vision_dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.dim))
@@ -152,9 +159,12 @@ class VisionTower(nn.Module):
         """(B, F, 3, H, W) in [0, 1] -> (B, tokens, dim) with tokens = T' * (H'/m) * (W'/m)."""
         c, (T, Hp, Wp) = self.cfg, self.grid
         B = videos.shape[0]
-        x = videos.reshape(B, T, c.temporal_patch, 3, Hp, c.patch, Wp, c.patch)
+        x = videos * 2 - 1
+        if self.stem is not None:
+            x = self.stem(x.transpose(1, 2)).transpose(1, 2)
+        x = x.reshape(B, T, c.temporal_patch, x.shape[2], Hp, c.patch, Wp, c.patch)
         x = x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(B, T * Hp * Wp, -1)
-        x = self.embed(x * 2 - 1)
+        x = self.embed(x)
         angles = rope_angles(self.pos, c.vision_dim // c.vision_heads, c.rope_theta)
         for blk in self.blocks:
             x = blk(x, angles, None)
