@@ -95,3 +95,27 @@ def test_video_token_layout():
     pos = model._positions(real)
     assert pos[0, 0].tolist() == [0, 0, 0]
     assert pos[0, -1].tolist() == [model.text_start + 2] * 3 and pos[0, -2].tolist() == [model.text_start + 1] * 3
+
+
+def test_sft_loss_adds_the_attribute_heads_only_for_single_shape_clips():
+    from genrl.methods.common import OptimConfig
+    from genrl.methods.sft import DESCRIBED, SFTMethod, SFTMethodConfig
+    from genrl.worlds.shapes import VALUES
+
+    torch.manual_seed(0)
+    m = SFTMethod(SFTMethodConfig(size="debug", vision_aux_weight=0.5), OptimConfig(), 0)
+    videos, items = m.qa.items("train", range(12))
+    assert any(it.qtype == "count" for it in items) and any(it.qtype != "count" for it in items)
+    with torch.no_grad():
+        total = m.loss(videos, items)
+        m.cfg.vision_aux_weight = 0.0
+        lm = m.loss(videos, items)
+        emb = m.model.encode_video(videos)
+        aux = m.attribute_loss(emb, items)
+        # by hand: the heads' cross-entropy per described attribute over the single-shape clips
+        rows = [i for i, it in enumerate(items) if it.qtype != "count"]
+        logits = m.aux(torch.cat((emb[rows].mean(1), emb[rows].amax(1)), -1)).split([len(VALUES[a]) for a in DESCRIBED], -1)
+        want = sum(torch.nn.functional.cross_entropy(lg, torch.tensor([VALUES[a].index(items[i].reason.split()[k]) for i in rows]))
+                   for k, (a, lg) in enumerate(zip(DESCRIBED, logits))) / len(DESCRIBED)
+    torch.testing.assert_close(total, lm + 0.5 * aux)
+    torch.testing.assert_close(aux, want)

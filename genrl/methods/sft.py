@@ -1,8 +1,12 @@
 """Supervised warm-start of a video-language model on shapes QA (`genrl sft`).
 
-Cross-entropy on the completion ``<think> value </think> <answer> x </answer>
-<eos>`` given the video and the question; the vision tower trains with the
-language model. Periodic held-out accuracy goes to metrics.jsonl.
+Cross-entropy on the completion ``<think> description </think> <answer> x
+</answer> <eos>`` given the video and the question; the vision tower trains
+with the language model. Real VLMs start from a pretrained vision encoder; the
+tiny one starts from scratch, so ``vision_aux_weight`` adds what such a
+pretraining would have taught: linear heads on the pooled video embeddings
+classify each single-shape clip's attributes (the heads are dropped at export).
+Periodic held-out accuracy goes to metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..models.registry import load_model, save_weights
 from ..train.trainer import Method, StepContext
-from ..worlds.qa import QAConfig, ShapesQA
+from ..worlds.qa import CHOICE_TYPES, QAConfig, ShapesQA
+from ..worlds.shapes import VALUES
 from .common import GeneratorState, OptimConfig, adamw
 from .qa import build_vlm, evaluate_qa, prompts, targets
+
+
+DESCRIBED = ("size", "colour", "shape", "direction", "speed")  # the order of an item's description
 
 
 @dataclass
@@ -33,6 +42,8 @@ class SFTMethodConfig:
     """Questions per micro-batch."""
     eval_num: int = 256
     """Held-out (val) questions scored at each sample step."""
+    vision_aux_weight: float = 1.0
+    """Weight of the attribute classification loss on pooled video embeddings (0 = none)."""
 
 
 class SFTMethod(Method):
@@ -42,15 +53,32 @@ class SFTMethod(Method):
         self.cfg = cfg
         self.qa = ShapesQA(cfg.qa)
         self.model = load_model(cfg.init, "vlm").train() if cfg.init else build_vlm(cfg.size, self.qa)
-        self.opt, self.sched = adamw(self.model.parameters(), optim)
+        self.aux = nn.Linear(2 * self.model.cfg.dim, sum(len(VALUES[a]) for a in DESCRIBED))
+        self.opt, self.sched = adamw([*self.model.parameters(), *self.aux.parameters()], optim)
         self.data = GeneratorState(seed)
 
     def loss(self, videos: torch.Tensor, items) -> torch.Tensor:
         dev = videos.device
         p_ids, p_mask = prompts(self.model, items, dev)
         t_ids, t_mask = targets(self.model, items, dev)
-        logits = self.model.logits(self.model.encode_video(videos), p_ids, p_mask, t_ids, t_mask)
-        return F.cross_entropy(logits[t_mask].float(), t_ids[t_mask])
+        emb = self.model.encode_video(videos)
+        logits = self.model.logits(emb, p_ids, p_mask, t_ids, t_mask)
+        loss = F.cross_entropy(logits[t_mask].float(), t_ids[t_mask])
+        if self.cfg.vision_aux_weight:
+            loss = loss + self.cfg.vision_aux_weight * self.attribute_loss(emb, items)
+        return loss
+
+    def attribute_loss(self, emb: torch.Tensor, items) -> torch.Tensor:
+        """Cross-entropy of each described attribute of the single-shape clips from pooled embeddings."""
+        rows = [i for i, it in enumerate(items) if it.qtype in CHOICE_TYPES]
+        if not rows:
+            return emb.sum() * 0
+        feats = torch.cat((emb[rows].mean(1), emb[rows].amax(1)), -1)
+        logits = self.aux(feats).split([len(VALUES[a]) for a in DESCRIBED], -1)
+        words = [items[i].reason.split() for i in rows]
+        losses = [F.cross_entropy(lg, torch.tensor([VALUES[a].index(w[k]) for w in words], device=emb.device))
+                  for k, (a, lg) in enumerate(zip(DESCRIBED, logits))]
+        return sum(losses) / len(losses)
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
         dev = ctx.accelerator.device
@@ -62,7 +90,7 @@ class SFTMethod(Method):
         return ctx.optimize(self.opt, self.model.parameters(), micro, self.sched)
 
     def checkpoint_modules(self):
-        return {"policy": self.model}
+        return {"policy": self.model, "attribute_heads": self.aux}
 
     def stateful(self):
         return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
