@@ -20,6 +20,11 @@ GROUPS = {
     "rollout weights": ("rollout_weight_min", "rollout_weight_max"),
     "sample prompt accuracy": ("sample_prompt_accuracy",),
     "held-out pair accuracy": ("vq_accuracy", "mq_accuracy", "ta_accuracy"),
+    "held-out QA accuracy": ("heldout_accuracy", "val_accuracy"),
+    "held-out QA accuracy per question type": tuple(f"{p}_{t}" for p in ("heldout", "val")
+                                                    for t in ("colour", "shape", "size", "direction", "speed", "count")),
+    "rollout rewards": ("reward", "reward_accuracy", "reward_format"),
+    "KL to the reference": ("kl",),
 }
 
 

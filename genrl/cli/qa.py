@@ -47,8 +47,8 @@ def _final_eval(model, out_dir: str, num: int, quiet: bool, start: dict | None =
     from ..report import write_report
 
     report = evaluate_qa(model, "test", num, quiet=quiet)
-    if start is not None:
-        report["start"] = start
+    if start is not None:  # the starting policy on the curve's first (smaller) set of questions
+        report["start"] = {k: start[k] for k in ("accuracy", "per_type", "num")}
     Path(out_dir, "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     write_report(out_dir)
     per = " ".join(f"{k}={v:.3f}" for k, v in report["per_type"].items())
@@ -110,7 +110,7 @@ def grpo(cfg: GRPOConfig, quiet: bool):
         trainer._log(0, {"heldout_accuracy": start["accuracy"], **{f"heldout_{k}": v for k, v in start["per_type"].items()}}, 0.0)
     last = trainer.fit()
     if cfg.eval_num:
-        _final_eval(method.policy, cfg.out_dir, cfg.eval_num, quiet)
+        _final_eval(method.policy, cfg.out_dir, cfg.eval_num, quiet, start)
     click.echo(f"{cfg.grpo.variant} run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:4]))
 
 
