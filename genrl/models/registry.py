@@ -27,6 +27,7 @@ BUILTIN: dict[str, str] = {
     "shapes-teacher": "shapes-teacher.safetensors",
     "shapes-student-ode": "shapes-student-ode.safetensors",
     "shapes-student-dmd": "shapes-student-dmd.safetensors",
+    "shapes-student-stream-r1": "shapes-student-stream-r1.safetensors",
     "shapes-vlm-sft": "shapes-vlm-sft.safetensors",
     "shapes-vlm": "shapes-vlm.safetensors",
 }
