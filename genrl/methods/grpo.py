@@ -244,6 +244,11 @@ class GRPOMethod(Method):
                 "zero_advantage_groups": float((ro.rewards.view(-1, self.cfg.group_size).std(1) == 0).float().mean())}
 
     # ------------------------------------------------------------- bookkeeping
+    def prepare(self, accelerator) -> None:
+        super().prepare(accelerator)
+        if self.ref is not None:  # frozen, so not checkpointed, but it must sit with the policy
+            self.ref.to(accelerator.device)
+
     def checkpoint_modules(self):
         return {"policy": self.policy}
 

@@ -24,7 +24,6 @@ size and motion, not only colour.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -283,9 +282,3 @@ def _init(m: nn.Module) -> None:
         nn.init.normal_(m.weight, std=0.02)
         if getattr(m, "bias", None) is not None:
             nn.init.zeros_(m.bias)
-
-
-def parse_answer(text: str) -> str | None:
-    """The text between <answer> and </answer>, or None when the tags are missing."""
-    m = re.search(r"<answer>(.*?)</answer>", text)
-    return m.group(1).strip() if m else None
