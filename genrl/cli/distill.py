@@ -134,7 +134,10 @@ def distill(cfg: DistillConfig, quiet: bool):
         cfg = dataclasses.replace(cfg, student=stage.out_dir)
     seed_everything(cfg.train.seed)
     method = build_method(cfg, quiet)
-    last = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet).fit()
+    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet)
+    last = trainer.fit()
+    if not trainer.is_main:  # other ranks of `accelerate launch` stop here
+        return
     if cfg.eval_num and cfg.method != "ode_init" and (Path(cfg.out_dir) / "model.safetensors").exists():
         final_eval(cfg, quiet)
     click.echo(f"{cfg.method} run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:4]))

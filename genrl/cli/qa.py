@@ -74,7 +74,10 @@ def sft(cfg: SFTConfig, quiet: bool):
 
     seed_everything(cfg.train.seed)
     method = _build(lambda: SFTMethod(cfg.sft, cfg.optim, cfg.train.seed))
-    last = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet).fit()
+    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet)
+    last = trainer.fit()
+    if not trainer.is_main:  # other ranks of `accelerate launch` stop here
+        return
     if cfg.eval_num:
         _final_eval(method.model, cfg.out_dir, cfg.eval_num, quiet)
     click.echo(f"sft run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
@@ -109,6 +112,8 @@ def grpo(cfg: GRPOConfig, quiet: bool):
         start = evaluate_qa(method.policy, "test", cfg.grpo.eval_num, quiet=True)
         trainer._log(0, {"heldout_accuracy": start["accuracy"], **{f"heldout_{k}": v for k, v in start["per_type"].items()}}, 0.0)
     last = trainer.fit()
+    if not trainer.is_main:
+        return
     if cfg.eval_num:
         _final_eval(method.policy, cfg.out_dir, cfg.eval_num, quiet, start)
     click.echo(f"{cfg.grpo.variant} run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:4]))
