@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .shapes import ATTRIBUTES, BACKGROUNDS, COLOURS, SIZES, SPEEDS, DIRECTIONS, VALUES, ShapesWorld, WorldConfig, shape_alpha
+from .shapes import ATTRIBUTES, BACKGROUNDS, VALUES, ShapesWorld, WorldConfig
 
 CHOICE_TYPES = ("colour", "shape", "size", "direction", "speed")
 NUMERIC_TYPES = ("count",)
@@ -108,17 +108,11 @@ class ShapesQA:
 
     def render(self, attrs: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
         """Composite ``len(attrs)`` moving shapes over the first one's background: (F, 3, H, W)."""
-        H, W, F = self.cfg.world.height, self.cfg.world.width, self.cfg.frames
-        t = torch.arange(F, dtype=torch.float32)
-        video = torch.full((F, 3, H, W), list(BACKGROUNDS.values())[int(attrs[0, 5])])
-        for row, start in zip(attrs.tolist(), starts):
-            d = torch.tensor(list(DIRECTIONS.values())[row[3]])
-            v = list(SPEEDS.values())[row[4]] * W
-            cx, cy = start[0] * W + d[0] * v * t, start[1] * H + d[1] * v * t
-            half = torch.full((F,), list(SIZES.values())[row[2]] * H)
-            alpha = shape_alpha(torch.full((F,), row[1]), half, cx, cy, H, W)[:, None]
-            colour = torch.tensor(list(COLOURS.values())[row[0]])[None, :, None, None]
-            video = video * (1 - alpha) + colour * alpha
+        cfg = self.cfg.world
+        alpha, colour = self.world.layers(attrs, starts, self.cfg.frames)
+        video = torch.full((self.cfg.frames, 3, cfg.height, cfg.width), list(BACKGROUNDS.values())[int(attrs[0, 5])])
+        for a, c in zip(alpha, colour):  # later shapes over earlier ones
+            video = video * (1 - a) + c * a
         return video
 
 

@@ -157,22 +157,25 @@ class ShapesWorld:
 
     def render(self, attrs: torch.Tensor, starts: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """Rasterise clips with anti-aliased edges on a torus. Returns (B, F, 3, H, W)."""
+        alpha, fg = self.layers(attrs, starts, frames)
+        bg = torch.tensor(list(BACKGROUNDS.values()))[attrs[:, 5]]  # (B,)
+        return bg[:, None, None, None, None] * (1 - alpha) + fg * alpha
+
+    def layers(self, attrs: torch.Tensor, starts: torch.Tensor, frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each clip's moving shape as coverage (B, F, 1, H, W) and colour (B, 1, 3, 1, 1), for compositing."""
         H, W, F = self.cfg.height, self.cfg.width, frames or self.cfg.frames
         B = attrs.shape[0]
         colour = torch.tensor(list(COLOURS.values()))[attrs[:, 0]]  # (B, 3)
         half = torch.tensor(list(SIZES.values()))[attrs[:, 2]] * H  # (B,)
         direction = torch.tensor(list(DIRECTIONS.values()))[attrs[:, 3]]  # (B, 2)
         speed = torch.tensor(list(SPEEDS.values()))[attrs[:, 4]] * W  # (B,)
-        bg = torch.tensor(list(BACKGROUNDS.values()))[attrs[:, 5]]  # (B,)
 
         t = torch.arange(F, dtype=torch.float32)
         cx = starts[:, 0, None] * W + direction[:, 0, None] * speed[:, None] * t  # (B, F)
         cy = starts[:, 1, None] * H + direction[:, 1, None] * speed[:, None] * t
         kind = attrs[:, 1, None].expand(B, F)
         alpha = shape_alpha(kind, half[:, None].expand(B, F), cx, cy, H, W)[:, :, None]  # (B, F, 1, H, W)
-        background = bg[:, None, None, None, None].expand(B, F, 3, H, W)
-        fg = colour[:, None, :, None, None]
-        return background * (1 - alpha) + fg * alpha
+        return alpha, colour[:, None, :, None, None]
 
 
 def attribute_names(row) -> dict[str, str]:
