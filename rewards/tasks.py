@@ -23,6 +23,7 @@ from typing import Callable
 
 _FORMAT = re.compile(r"^\s*<think>.*?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def answer_text(text: str) -> str | None:
@@ -36,7 +37,7 @@ def _letters(s: str | None) -> set[str]:
 
 
 def _number(s: str | None) -> float | None:
-    m = re.search(r"-?\d+(?:\.\d+)?", s or "")
+    m = _NUMBER.search(s or "")
     return float(m.group()) if m else None
 
 
@@ -72,8 +73,8 @@ def temporal_iou(pred: tuple[float, float], truth: tuple[float, float]) -> float
 
 
 def temporal_iou_reward(text: str, truth: str) -> float:
-    nums = re.findall(r"-?\d+(?:\.\d+)?", answer_text(text) or "")
-    gt = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", truth)]
+    nums = _NUMBER.findall(answer_text(text) or "")
+    gt = [float(x) for x in _NUMBER.findall(truth)]
     if len(nums) < 2 or len(gt) < 2:
         return 0.0
     return temporal_iou((float(nums[0]), float(nums[1])), (gt[0], gt[1]))

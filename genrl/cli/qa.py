@@ -43,7 +43,7 @@ class GRPOConfig:
 
 
 def _final_eval(model, out_dir: str, num: int, quiet: bool, start: dict | None = None) -> dict:
-    from ..methods.qa import evaluate_qa
+    from ..methods.qa import evaluate_qa, summary
     from ..report import write_report
 
     report = evaluate_qa(model, "test", num, quiet=quiet)
@@ -51,8 +51,7 @@ def _final_eval(model, out_dir: str, num: int, quiet: bool, start: dict | None =
         report["start"] = {k: start[k] for k in ("accuracy", "per_type", "num")}
     Path(out_dir, "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     write_report(out_dir)
-    per = " ".join(f"{k}={v:.3f}" for k, v in report["per_type"].items())
-    click.echo(f"eval on {num} test questions: accuracy={report['accuracy']:.4f} ({per})")
+    click.echo(f"eval on {num} test questions: {summary(report)}")
     return report
 
 
@@ -100,7 +99,7 @@ def grpo(cfg: GRPOConfig, quiet: bool):
       genrl grpo --config configs/grpo_video_qa.yaml grpo.cache_video=false
     """
     from ..methods.grpo import build_grpo
-    from ..methods.qa import evaluate_qa
+    from ..methods.qa import accuracy_metrics, evaluate_qa
     from ..train.trainer import Trainer, seed_everything
 
     seed_everything(cfg.train.seed)
@@ -108,9 +107,9 @@ def grpo(cfg: GRPOConfig, quiet: bool):
     trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet)
     start = None
     metrics = Path(cfg.out_dir) / "metrics.jsonl"
-    if cfg.eval_num and trainer.is_main and not metrics.exists():  # the curve's first point: the SFT start
+    if cfg.grpo.eval_num and trainer.is_main and not metrics.exists():  # the curve's first point: the SFT start
         start = evaluate_qa(method.policy, "test", cfg.grpo.eval_num, quiet=True)
-        trainer._log(0, {"heldout_accuracy": start["accuracy"], **{f"heldout_{k}": v for k, v in start["per_type"].items()}}, 0.0)
+        trainer.log(0, accuracy_metrics(start, "heldout"), 0.0)
     last = trainer.fit()
     if not trainer.is_main:
         return

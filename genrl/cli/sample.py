@@ -149,11 +149,10 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
 
 
 def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet):
-    from ..methods.qa import evaluate_qa
+    from ..methods.qa import evaluate_qa, summary
 
     vlm = load_generator(model, checkpoint, kind="vlm")
     report = {"model": model or checkpoint, **evaluate_qa(vlm, split, num, batch, quiet=quiet)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
-    per = " ".join(f"{k}={v:.3f}" for k, v in report["per_type"].items())
-    click.echo(f"{report['model']} on {num} {split} questions: accuracy={report['accuracy']:.4f} ({per})")
+    click.echo(f"{report['model']} on {num} {split} questions: {summary(report)}")

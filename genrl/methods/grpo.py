@@ -44,10 +44,7 @@ from ..models.vlm import TinyVLM
 from ..train.trainer import Method, StepContext
 from ..worlds.qa import QAConfig, QAItem, ShapesQA, invert, with_hint
 from .common import GeneratorState, OptimConfig, adamw
-from .qa import accuracy_reward_name, evaluate_qa, prompts
-
-VARIANTS = ("grpo", "t_grpo", "tw_grpo", "reg_grpo")
-
+from .qa import MAX_NEW_TOKENS, accuracy_metrics, accuracy_reward_name, evaluate_qa, prompts
 
 @dataclass
 class TGRPOConfig:
@@ -96,7 +93,7 @@ class GRPOMethodConfig:
     """Questions per step."""
     group_size: int = 8
     """Rollouts per question (G)."""
-    max_new_tokens: int = 12
+    max_new_tokens: int = MAX_NEW_TOKENS
     """Longest completion sampled (the SFT format needs up to 11 tokens with <eos>)."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts."""
@@ -143,7 +140,7 @@ class GRPOMethod(Method):
     regression = False  # Reg-GRPO's hook
 
     def __init__(self, cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: TinyVLM | None = None):
-        for key, value, valid in (("variant", cfg.variant, VARIANTS), ("scale", cfg.scale, G.SCALES), ("loss", cfg.loss, G.AGGREGATIONS)):
+        for key, value, valid in (("scale", cfg.scale, G.SCALES), ("loss", cfg.loss, G.AGGREGATIONS)):
             if value not in valid:
                 raise ValueError(f"config key '{key}' is {value!r}; valid: {', '.join(valid)}")
         self.cfg = cfg
@@ -258,8 +255,7 @@ class GRPOMethod(Method):
     def write_samples(self, step: int, folder: Path) -> dict[str, float]:
         if not self.cfg.eval_num:
             return {}
-        r = evaluate_qa(self.policy, "test", self.cfg.eval_num, qa=self.qa)
-        return {"heldout_accuracy": r["accuracy"], **{f"heldout_{k}": v for k, v in r["per_type"].items()}}
+        return accuracy_metrics(evaluate_qa(self.policy, "test", self.cfg.eval_num, qa=self.qa), "heldout")
 
     def export(self, run_dir: Path) -> Path:
         return save_weights(self.policy, run_dir / "model.safetensors", "vlm", self.policy.cfg)
@@ -358,6 +354,7 @@ def _pad_to(t: torch.Tensor, width: int, left: bool) -> torch.Tensor:
 
 
 METHODS = {"grpo": GRPOMethod, "t_grpo": TGRPOMethod, "tw_grpo": TWGRPOMethod, "reg_grpo": RegGRPOMethod}
+VARIANTS = tuple(METHODS)
 
 
 def build_grpo(cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: TinyVLM | None = None) -> GRPOMethod:

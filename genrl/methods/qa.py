@@ -93,6 +93,17 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
     }
 
 
+def accuracy_metrics(report: dict, prefix: str) -> dict[str, float]:
+    """An :func:`evaluate_qa` report as metrics.jsonl keys: ``{prefix}_accuracy`` and ``{prefix}_{type}``."""
+    return {f"{prefix}_accuracy": report["accuracy"], **{f"{prefix}_{k}": v for k, v in report["per_type"].items()}}
+
+
+def summary(report: dict) -> str:
+    """One line: accuracy and accuracy per question type."""
+    per = " ".join(f"{k}={v:.3f}" for k, v in report["per_type"].items())
+    return f"accuracy={report['accuracy']:.4f} ({per})"
+
+
 def _qa_config_for(model: TinyVLM):
     from ..worlds.qa import QAConfig
     from ..worlds.shapes import WorldConfig

@@ -23,7 +23,7 @@ from ..train.trainer import Method, StepContext
 from ..worlds.qa import CHOICE_TYPES, QAConfig, ShapesQA
 from ..worlds.shapes import VALUES
 from .common import GeneratorState, OptimConfig, adamw
-from .qa import build_vlm, evaluate_qa, prompts, targets
+from .qa import accuracy_metrics, build_vlm, evaluate_qa, prompts, targets
 
 
 DESCRIBED = ("size", "colour", "shape", "direction", "speed")  # the order of an item's description
@@ -98,8 +98,7 @@ class SFTMethod(Method):
     def write_samples(self, step: int, folder: Path) -> dict[str, float]:
         if not self.cfg.eval_num:
             return {}
-        r = evaluate_qa(self.model, "val", self.cfg.eval_num, qa=self.qa)
-        return {"val_accuracy": r["accuracy"], **{f"val_{k}": v for k, v in r["per_type"].items()}}
+        return accuracy_metrics(evaluate_qa(self.model, "val", self.cfg.eval_num, qa=self.qa), "val")
 
     def export(self, run_dir: Path) -> Path:
         return save_weights(self.model, run_dir / "model.safetensors", "vlm", self.model.cfg)

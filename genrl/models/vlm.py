@@ -189,7 +189,6 @@ class TinyVLM(nn.Module):
         self.text_start = int(grid.max()) + 1  # position of <vision_end>; text continues from there
         self.apply(_init)
 
-
     @property
     def video_tokens(self) -> int:
         return self.video_pos.shape[0]

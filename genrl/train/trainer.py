@@ -206,7 +206,7 @@ class Trainer:
         _set_rng_state(state["rng"])
         return step
 
-    def _log(self, step: int, metrics: dict[str, float], seconds: float) -> None:
+    def log(self, step: int, metrics: dict[str, float], seconds: float) -> None:
         """Append one row to metrics.jsonl and hand it to the trackers."""
         if not metrics:
             return
@@ -229,9 +229,9 @@ class Trainer:
             for step in range(start + 1, self.cfg.steps + 1):
                 last = self.method.train_step(step, ctx)
                 if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
-                    self._log(step, last, time.time() - t0)
+                    self.log(step, last, time.time() - t0)
                 if self.cfg.sample_every and step % self.cfg.sample_every == 0 and step != self.cfg.steps and self.is_main:
-                    self._log(step, self.method.write_samples(step, self.run_dir / "samples"), time.time() - t0)
+                    self.log(step, self.method.write_samples(step, self.run_dir / "samples"), time.time() - t0)
                 if stop():  # Ctrl-C: finish the step, checkpoint it, leave
                     self.save(step)
                     raise KeyboardInterrupt
@@ -241,7 +241,7 @@ class Trainer:
         if step > start:
             self.save(self.cfg.steps)
         if self.is_main:
-            self._log(self.cfg.steps, self.method.write_samples(self.cfg.steps, self.run_dir / "samples"), time.time() - t0)
+            self.log(self.cfg.steps, self.method.write_samples(self.cfg.steps, self.run_dir / "samples"), time.time() - t0)
             self.method.export(self.run_dir)
             from ..report import write_report
 
