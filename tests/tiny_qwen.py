@@ -37,3 +37,39 @@ def tiny_qwen2vl(seed=0):
     )
     torch.manual_seed(seed)
     return Qwen2VLForConditionalGeneration(cfg).eval(), tok
+
+
+def tiny_qa_qwen2vl(folder, seed=0):
+    """A tiny random Qwen2-VL saved to ``folder`` with a word-level tokenizer over the shapes QA vocabulary
+    (plus the answer tags), so `from_pretrained` loads it like a real local checkpoint."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from genrl.worlds.qa import vocabulary
+
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>",
+                "<|endoftext|>", "<unk>"]
+    words = [*vocabulary(), "<think>", "</think>", "<answer>", "</answer>", "system", "user", "assistant"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys([*specials, *words]))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>")
+    fast.add_special_tokens({"additional_special_tokens": specials[:6]})
+    ids = {t: fast.convert_tokens_to_ids(t) for t in specials}
+    cfg = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        video_token_id=ids["<|video_pad|>"], image_token_id=ids["<|image_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

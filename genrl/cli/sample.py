@@ -151,7 +151,11 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
 def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet):
     from ..methods.qa import evaluate_qa, summary
 
-    vlm = load_generator(model, checkpoint, kind="vlm")
+    from ..methods.qa import load_policy
+
+    if bool(model) == bool(checkpoint):
+        raise UsageError("give exactly one of --model NAME or --checkpoint PATH")
+    vlm = load_policy(model or checkpoint)
     report = {"model": model or checkpoint, **evaluate_qa(vlm, split, num, batch, quiet=quiet)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")

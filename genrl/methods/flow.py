@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import schedulers as fm
+from ..errors import UsageError
 from ..models.registry import load_model, save_weights
 from ..models.video_model import VideoModel, VideoModelConfig
 from ..train.ema import EMA
@@ -29,6 +30,9 @@ class FlowMethodConfig:
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
     autoencoder: str = "shapes-autoencoder"
     """Name or path of the trained autoencoder whose latents the model learns."""
+    init: str = ""
+    """Start from these video-model weights (name or path, e.g. to fine-tune with another noise
+    schedule); its architecture must match ``model``. Empty = random initialisation."""
     batch_size: int = 32
     """Clips per micro-batch."""
     caption_dropout: float = 0.1
@@ -50,6 +54,14 @@ class FlowMethod(Method):
         self.cfg, self.world = cfg, world
         self.model = VideoModel(cfg.model)
         self.model.autoencoder.load_state_dict(load_model(cfg.autoencoder, kind="autoencoder").state_dict())
+        if cfg.init:
+            start = load_model(cfg.init, kind="video_model")
+            try:
+                self.model.dit.load_state_dict(start.dit.state_dict())
+                self.model.text_encoder.load_state_dict(start.text_encoder.state_dict())
+            except RuntimeError as e:
+                raise UsageError(f"flow.init={cfg.init}: its architecture differs from flow.model "
+                                 f"({str(e).splitlines()[1].strip()[:160]})") from None
         self.params = [*self.model.dit.parameters(), *self.model.text_encoder.parameters()]
         self.opt, self.sched = adamw(self.params, optim)
         self.ema = EMA(self.model, cfg.ema_decay)

@@ -39,12 +39,15 @@ import torch
 from rewards.tasks import TASK_REWARDS
 
 from .. import grpo as G
-from ..models.registry import load_model, save_weights
+from ..models.hf_vlm import QwenVLPolicy
+from ..models.registry import save_weights
 from ..models.vlm import TinyVLM
 from ..train.trainer import Method, StepContext
 from ..worlds.qa import QAConfig, QAItem, ShapesQA, invert, with_hint
 from .common import GeneratorState, OptimConfig, adamw
-from .qa import MAX_NEW_TOKENS, accuracy_metrics, accuracy_reward_name, evaluate_qa, prompts
+from .qa import MAX_NEW_TOKENS, accuracy_metrics, accuracy_reward_name, evaluate_qa, load_policy, prompts
+
+Policy = TinyVLM | QwenVLPolicy
 
 @dataclass
 class TGRPOConfig:
@@ -87,7 +90,10 @@ class GRPOMethodConfig:
     variant: str = "grpo"
     """'grpo', 't_grpo' (Video-R1), 'tw_grpo' (TW-GRPO) or 'reg_grpo' (DeepVideo-R1)."""
     policy: str = "shapes-vlm-sft"
-    """Starting VLM weights (name or path); also the frozen KL reference."""
+    """Starting policy, also the frozen KL reference: genrl VLM weights (name or path) or a local
+    transformers Qwen2-VL / Qwen2.5-VL folder (config.json, weights, tokenizer files)."""
+    policy_dtype: str = "float32"
+    """Weights dtype of a transformers policy: 'float32', 'bfloat16' or 'float16'."""
     qa: QAConfig = field(default_factory=QAConfig)
     prompts_per_step: int = 8
     """Questions per step."""
@@ -139,13 +145,13 @@ class GRPOMethod(Method):
     name = "grpo"
     regression = False  # Reg-GRPO's hook
 
-    def __init__(self, cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: TinyVLM | None = None):
+    def __init__(self, cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: Policy | None = None):
         for key, value, valid in (("scale", cfg.scale, G.SCALES), ("loss", cfg.loss, G.AGGREGATIONS)):
             if value not in valid:
                 raise ValueError(f"config key '{key}' is {value!r}; valid: {', '.join(valid)}")
         self.cfg = cfg
         self.qa = ShapesQA(cfg.qa)
-        self.policy = (policy or load_model(cfg.policy, "vlm")).train()
+        self.policy = (policy or load_policy(cfg.policy, cfg.qa, cfg.policy_dtype)).train()
         self.policy.visual.requires_grad_(False)  # the vision tower is frozen during RL
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if cfg.beta else None
         self.opt, self.sched = adamw(self.policy.parameters(), optim)
@@ -169,12 +175,12 @@ class GRPOMethod(Method):
         return TASK_REWARDS[accuracy_reward_name(item)](text, item.answer)
 
     # -------------------------------------------------------------- machinery
-    def _encode(self, model: TinyVLM, videos: torch.Tensor) -> torch.Tensor:
+    def _encode(self, model: Policy, videos: torch.Tensor) -> torch.Tensor:
         self.vision_rows += videos.shape[0]
         with torch.no_grad():
             return model.encode_video(videos)
 
-    def embeddings(self, ro: Rollouts, model: TinyVLM | None = None) -> torch.Tensor:
+    def embeddings(self, ro: Rollouts, model: Policy | None = None) -> torch.Tensor:
         """(N, V, D) video embeddings for every row: the cache, or the vision tower again."""
         Gs = ro.prompt_ids.shape[0] // len(ro.items)
         if ro.video_emb is not None:
@@ -217,7 +223,7 @@ class GRPOMethod(Method):
         return loss, stats
 
     @torch.no_grad()
-    def _logprobs(self, model: TinyVLM, ro: Rollouts) -> torch.Tensor:
+    def _logprobs(self, model: Policy, ro: Rollouts) -> torch.Tensor:
         return model.token_logprobs(self.embeddings(ro, model), ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask)
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
@@ -258,6 +264,8 @@ class GRPOMethod(Method):
         return accuracy_metrics(evaluate_qa(self.policy, "test", self.cfg.eval_num, qa=self.qa), "heldout")
 
     def export(self, run_dir: Path) -> Path:
+        if isinstance(self.policy, QwenVLPolicy):  # transformers folder: loads with from_pretrained too
+            return self.policy.save_pretrained(run_dir / "model")
         return save_weights(self.policy, run_dir / "model.safetensors", "vlm", self.policy.cfg)
 
 
@@ -357,7 +365,7 @@ METHODS = {"grpo": GRPOMethod, "t_grpo": TGRPOMethod, "tw_grpo": TWGRPOMethod, "
 VARIANTS = tuple(METHODS)
 
 
-def build_grpo(cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: TinyVLM | None = None) -> GRPOMethod:
+def build_grpo(cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: Policy | None = None) -> GRPOMethod:
     if cfg.variant not in METHODS:
         raise ValueError(f"config key 'variant' is {cfg.variant!r}; valid: {', '.join(VARIANTS)}")
     return METHODS[cfg.variant](cfg, optim, seed, policy)

@@ -7,9 +7,10 @@ import time
 
 import torch
 
-from ..models.vlm import EOS, TinyVLM, VLMConfig
-from ..worlds.qa import CHOICE_TYPES, QAItem, ShapesQA, vocabulary
+from ..models.vlm import TinyVLM, VLMConfig, pad_batch
+from ..worlds.qa import CHOICE_TYPES, QAConfig, QAItem, ShapesQA, vocabulary
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_NEW_TOKENS = 12  # the longest SFT completion is 11 tokens with <eos>
 
 VLM_SIZES = {
@@ -17,6 +18,26 @@ VLM_SIZES = {
     "shapes": dict(stem_channels=24, vision_dim=96, vision_depth=4, vision_heads=4, dim=96, depth=3, heads=4, kv_heads=2,
                    mlp_hidden=256),
 }
+
+
+def load_policy(name_or_path: str, qa: QAConfig | None = None, dtype: str = "float32"):
+    """A video-language policy: genrl VLM weights (built-in name, .safetensors, run folder) or a local
+    transformers Qwen2-VL / Qwen2.5-VL folder (also a run folder whose model/ holds one), fed ``qa``'s clips."""
+    from pathlib import Path
+
+    from ..models.hf_vlm import QwenVLPolicy, is_hf_folder
+    from ..models.registry import load_model
+
+    path = Path(name_or_path)
+    if is_hf_folder(path / "model"):
+        path = path / "model"
+    if not is_hf_folder(path):
+        return load_model(name_or_path, "vlm")
+    if dtype not in DTYPES:
+        raise ValueError(f"policy dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    qa = qa or QAConfig()
+    return QwenVLPolicy.from_pretrained(path, dtype=DTYPES[dtype], frames=qa.frames, height=qa.world.height,
+                                        width=qa.world.width)
 
 
 def build_vlm(size: str, qa: ShapesQA) -> TinyVLM:
@@ -38,13 +59,9 @@ def prompts(model: TinyVLM, items: list[QAItem], device=None) -> tuple[torch.Ten
 
 
 def targets(model: TinyVLM, items: list[QAItem], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Completion ids (B, T) ending in <eos> (right-padded) and their mask."""
-    ids, mask = model.tokenizer.batch([target_text(it) for it in items], left_pad=False)
-    ids = torch.cat((ids, torch.zeros(len(items), 1, dtype=torch.long)), 1)
-    mask = torch.cat((mask, torch.zeros(len(items), 1, dtype=torch.bool)), 1)
-    ends = mask.sum(1)
-    ids[torch.arange(len(items)), ends] = EOS
-    mask[torch.arange(len(items)), ends] = True
+    """Completion ids (B, T) ending in the tokenizer's end token (right-padded) and their mask."""
+    tok = model.tokenizer
+    ids, mask = pad_batch([tok.encode(target_text(it)) + [tok.eos_id] for it in items], tok.pad_id, left_pad=False)
     return ids.to(device), mask.to(device)
 
 
@@ -105,7 +122,6 @@ def summary(report: dict) -> str:
 
 
 def _qa_config_for(model: TinyVLM):
-    from ..worlds.qa import QAConfig
     from ..worlds.shapes import WorldConfig
 
     c = model.cfg

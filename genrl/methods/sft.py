@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.registry import load_model, save_weights
+from ..models.hf_vlm import QwenVLPolicy
+from ..models.registry import save_weights
 from ..train.trainer import Method, StepContext
 from ..worlds.qa import CHOICE_TYPES, QAConfig, ShapesQA
 from ..worlds.shapes import VALUES
 from .common import GeneratorState, OptimConfig, adamw
-from .qa import accuracy_metrics, build_vlm, evaluate_qa, prompts, targets
+from .qa import accuracy_metrics, build_vlm, evaluate_qa, load_policy, prompts, targets
 
 
 DESCRIBED = ("size", "colour", "shape", "direction", "speed")  # the order of an item's description
@@ -36,7 +37,8 @@ class SFTMethodConfig:
     size: str = "shapes"
     """Model size to build when ``init`` is empty ('debug' or 'shapes')."""
     init: str = ""
-    """Start from these VLM weights (name or path) instead of a fresh model."""
+    """Start from this policy instead of a fresh model: genrl VLM weights (name or path) or a local
+    transformers Qwen2-VL / Qwen2.5-VL folder."""
     qa: QAConfig = field(default_factory=QAConfig)
     batch_size: int = 32
     """Questions per micro-batch."""
@@ -52,8 +54,8 @@ class SFTMethod(Method):
     def __init__(self, cfg: SFTMethodConfig, optim: OptimConfig, seed: int):
         self.cfg = cfg
         self.qa = ShapesQA(cfg.qa)
-        self.model = load_model(cfg.init, "vlm").train() if cfg.init else build_vlm(cfg.size, self.qa)
-        self.aux = nn.Linear(2 * self.model.cfg.dim, sum(len(VALUES[a]) for a in DESCRIBED))
+        self.model = load_policy(cfg.init, cfg.qa).train() if cfg.init else build_vlm(cfg.size, self.qa)
+        self.aux = nn.Linear(2 * self.model.video_dim, sum(len(VALUES[a]) for a in DESCRIBED))
         self.opt, self.sched = adamw([*self.model.parameters(), *self.aux.parameters()], optim)
         self.data = GeneratorState(seed)
 
@@ -101,4 +103,6 @@ class SFTMethod(Method):
         return accuracy_metrics(evaluate_qa(self.model, "val", self.cfg.eval_num, qa=self.qa), "val")
 
     def export(self, run_dir: Path) -> Path:
+        if isinstance(self.model, QwenVLPolicy):  # transformers folder: loads with from_pretrained too
+            return self.model.save_pretrained(run_dir / "model")
         return save_weights(self.model, run_dir / "model.safetensors", "vlm", self.model.cfg)

@@ -58,17 +58,23 @@ class WordTokenizer:
             out.append(self.tokens[int(i)])
         return " ".join(out)
 
+    eos_id, pad_id = EOS, PAD
+
     def batch(self, texts: list[str], left_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Ids (B, L) and mask (B, L) of ``texts``, padded on the left or right."""
-        seqs = [self.encode(t) for t in texts]
-        L = max(1, max(len(s) for s in seqs))
-        ids = torch.full((len(seqs), L), PAD, dtype=torch.long)
-        mask = torch.zeros(len(seqs), L, dtype=torch.bool)
-        for i, s in enumerate(seqs):
-            sl = slice(L - len(s), L) if left_pad else slice(0, len(s))
-            ids[i, sl] = torch.tensor(s, dtype=torch.long)
-            mask[i, sl] = True
-        return ids, mask
+        return pad_batch([self.encode(t) for t in texts], self.pad_id, left_pad)
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, left_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> ids (B, L) and mask (B, L), padded on the left or right."""
+    L = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        sl = slice(L - len(s), L) if left_pad else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = True
+    return ids, mask
 
 
 @dataclass
@@ -172,7 +178,41 @@ class VisionTower(nn.Module):
         return self.merger(x)
 
 
-class TinyVLM(nn.Module):
+class CompletionPolicy(nn.Module):
+    """What every genrl policy derives from its ``logits``: per-token log-probabilities of completions."""
+
+    def token_logprobs(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask, return_logits=False):
+        """log pi(token) (B, T) of each completion token; with ``return_logits`` also the logits."""
+        logits = self.logits(video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask).float()
+        lp = torch.gather(logits.log_softmax(-1), 2, completion_ids[..., None]).squeeze(-1)
+        return (lp, logits) if return_logits else lp
+
+
+def sample_completions(logits: torch.Tensor, step, max_new_tokens: int, temperature: float,
+                       generator: torch.Generator | None, eos: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoding loop: sample from ``logits`` (B, vocab) (greedy at temperature 0), feed the token to
+    ``step(tok) -> next logits`` (a KV-cache pass), until every row has emitted ``eos`` or ``max_new_tokens``.
+    Returns ids (B, T) and mask (B, T); tokens after a row's ``eos`` are ``pad``, masked. Sampling draws on
+    the CPU so one CPU generator seeds it on any device."""
+    B, dev = logits.shape[0], logits.device
+    toks, live, done = [], [], torch.zeros(B, dtype=torch.bool, device=dev)
+    for k in range(max_new_tokens):
+        if temperature > 0:
+            probs = (logits.float() / temperature).softmax(-1)
+            tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(dev)
+        else:
+            tok = logits.argmax(-1)
+        tok = torch.where(done, torch.full_like(tok, pad), tok)
+        toks.append(tok)
+        live.append(~done)
+        done = done | (tok == eos)
+        if bool(done.all()) or k == max_new_tokens - 1:
+            break
+        logits = step(tok)
+    return torch.stack(toks, 1), torch.stack(live, 1)
+
+
+class TinyVLM(CompletionPolicy):
     def __init__(self, cfg: VLMConfig):
         super().__init__()
         if cfg.frames % cfg.temporal_patch or cfg.height % (cfg.patch * cfg.merge) or cfg.width % (cfg.patch * cfg.merge):
@@ -192,6 +232,11 @@ class TinyVLM(nn.Module):
     @property
     def video_tokens(self) -> int:
         return self.video_pos.shape[0]
+
+    @property
+    def video_dim(self) -> int:
+        """Width of the video embeddings :meth:`encode_video` returns."""
+        return self.cfg.dim
 
     def encode_video(self, videos: torch.Tensor) -> torch.Tensor:
         """The vision tower: (B, F, 3, H, W) in [0, 1] -> video embeddings (B, tokens, dim)."""
@@ -239,12 +284,6 @@ class TinyVLM(nn.Module):
         T = completion_ids.shape[1]
         return self._forward(x, real)[:, -T - 1 : -1]
 
-    def token_logprobs(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask, return_logits=False):
-        """log pi(token) (B, T) of each completion token; with ``return_logits`` also the logits."""
-        logits = self.logits(video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask).float()
-        lp = torch.gather(logits.log_softmax(-1), 2, completion_ids[..., None]).squeeze(-1)
-        return (lp, logits) if return_logits else lp
-
     @torch.no_grad()
     def generate(self, video_emb, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,24 +294,15 @@ class TinyVLM(nn.Module):
         real = torch.cat((torch.ones(B, V + 2, dtype=torch.bool, device=x.device), prompt_mask), 1)
         caches = [{} for _ in self.blocks]
         logits = self._forward(x, real, caches)[:, -1]
-        out, done = [], torch.zeros(B, dtype=torch.bool, device=x.device)
-        mask = []
-        for _ in range(max_new_tokens):
-            if temperature > 0:
-                probs = (logits.float() / temperature).softmax(-1)
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            else:
-                tok = logits.argmax(-1)
-            tok = torch.where(done, torch.full_like(tok, PAD), tok)
-            out.append(tok)
-            mask.append(~done)
-            done = done | (tok == EOS)
-            if bool(done.all()):
-                break
-            step_real = torch.ones(B, 1, dtype=torch.bool, device=x.device)
-            logits = self._forward(self.embed(tok)[:, None], step_real, caches, real)[:, -1]
-            real = torch.cat((real, step_real), 1)
-        return torch.stack(out, 1), torch.stack(mask, 1)
+        real = [real]
+
+        def step(tok: torch.Tensor) -> torch.Tensor:
+            one = torch.ones(B, 1, dtype=torch.bool, device=x.device)
+            out = self._forward(self.embed(tok)[:, None], one, caches, real[0])[:, -1]
+            real[0] = torch.cat((real[0], one), 1)
+            return out
+
+        return sample_completions(logits, step, max_new_tokens, temperature, generator, EOS, PAD)
 
 
 def _init(m: nn.Module) -> None:

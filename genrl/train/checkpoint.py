@@ -39,6 +39,17 @@ def _write_atomic_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _unshared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies safetensors accepts: tensors that share storage (tied embeddings) are stored once each."""
+    out, seen = {}, set()
+    for k, v in sd.items():
+        v = v.detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
 def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint ``step`` under ``root`` and point ``root/latest`` at it."""
     root.mkdir(parents=True, exist_ok=True)
@@ -49,7 +60,7 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
     tmp.mkdir()
     files = []
     for module, sd in weights.items():
-        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(tmp / f"{module}.safetensors"))
+        save_file(_unshared(sd), str(tmp / f"{module}.safetensors"))
         files.append(f"{module}.safetensors")
     torch.save(state, tmp / "state.pt")
     files.append("state.pt")
