@@ -57,6 +57,24 @@ def test_training_changes_parameters_and_writes_a_run_folder(run_cli, tmp_path, 
     assert any(not torch.equal(first[k], v.to(first[k].dtype)) for k, v in exported.state_dict().items() if k in first)
 
 
+def test_flow_init_starts_from_given_weights_and_refuses_other_architectures(run_cli, tmp_path, tiny_autoencoder):
+    from genrl.methods.common import OptimConfig
+    from genrl.methods.flow import FlowMethod, FlowMethodConfig
+    from genrl.models.registry import load_model
+    from genrl.worlds.shapes import ShapesWorld, WorldConfig
+
+    _pretrain(run_cli, tmp_path / "r", 2, tiny_autoencoder)
+    src = load_model(str(tmp_path / "r"), kind="video_model")
+    cfg = FlowMethodConfig(model=src.cfg, autoencoder=tiny_autoencoder, init=str(tmp_path / "r"))
+    method = FlowMethod(cfg, OptimConfig(), ShapesWorld(WorldConfig(frames=3)), seed=0)
+    got, want = method.model.state_dict(), src.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)  # dit, text encoder and autoencoder all carried over
+    assert all(torch.equal(v, got[k]) for k, v in method.ema.module.state_dict().items())  # EMA starts there too
+    code, _, err = run_cli("pretrain", f"out_dir={tmp_path / 'x'}", "train.steps=1", f"flow.autoencoder={tiny_autoencoder}",
+                           *TINY, "flow.model.dit.dim=32", f"flow.init={tmp_path / 'r'}", "--quiet")
+    assert code == 2 and "architecture differs from flow.model" in err and "Traceback" not in err
+
+
 def test_damaged_checkpoint_is_refused(run_cli, tmp_path, tiny_autoencoder):
     _pretrain(run_cli, tmp_path / "d", 2, tiny_autoencoder)
     state = tmp_path / "d" / "checkpoints" / "step_0000002" / "state.pt"
