@@ -85,6 +85,17 @@ def test_a_grpo_step_changes_the_policy_but_not_the_vision_tower_or_reference():
     assert all(torch.equal(ref_before[k], v) for k, v in m.ref.state_dict().items())
 
 
+def test_train_vision_updates_the_tower_and_refuses_the_cache():
+    m = _method(cache_video=False, train_vision=True, temperature=1.5)
+    m.accuracy_reward = lambda item, text: float(len(text.split()) % 2)
+    before = {k: v.clone() for k, v in m.policy.state_dict().items()}
+    m.train_step(1, StepContext(_Acc(), TrainConfig()))
+    changed = [k for k, v in m.policy.state_dict().items() if not torch.equal(before[k], v)]
+    assert any(k.startswith("visual.") for k in changed) and any(k.startswith("blocks.") for k in changed)
+    with pytest.raises(ValueError, match="train_vision needs grpo.cache_video=false"):
+        _method(train_vision=True)
+
+
 def _rollouts(m, accuracy):
     videos, items = m.sample()
     ro = m.rollout(videos, items)

@@ -118,6 +118,9 @@ class GRPOMethodConfig:
     """Weight of the format reward next to accuracy."""
     cache_video: bool = True
     """Encode each video once per prompt group and reuse it (MR-SP stage 1)."""
+    train_vision: bool = False
+    """Update the vision tower too; needs ``cache_video: false`` (cached embeddings would go stale), so
+    every update pass runs the tower with gradients."""
     eval_num: int = 256
     """Held-out (test split) questions scored at each sample step."""
     t_grpo: TGRPOConfig = field(default_factory=TGRPOConfig)
@@ -152,7 +155,10 @@ class GRPOMethod(Method):
         self.cfg = cfg
         self.qa = ShapesQA(cfg.qa)
         self.policy = (policy or load_policy(cfg.policy, cfg.qa, cfg.policy_dtype)).train()
-        self.policy.visual.requires_grad_(False)  # the vision tower is frozen during RL
+        if cfg.train_vision and cfg.cache_video:
+            raise ValueError("grpo.train_vision needs grpo.cache_video=false: cached embeddings go stale once the "
+                             "vision tower changes")
+        self.policy.visual.requires_grad_(cfg.train_vision)  # frozen by default, as the cache requires
         self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False) if cfg.beta else None
         self.opt, self.sched = adamw(self.policy.parameters(), optim)
         self.data = GeneratorState(seed)
@@ -175,17 +181,18 @@ class GRPOMethod(Method):
         return TASK_REWARDS[accuracy_reward_name(item)](text, item.answer)
 
     # -------------------------------------------------------------- machinery
-    def _encode(self, model: Policy, videos: torch.Tensor) -> torch.Tensor:
+    def _encode(self, model: Policy, videos: torch.Tensor, grad: bool = False) -> torch.Tensor:
         self.vision_rows += videos.shape[0]
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             return model.encode_video(videos)
 
-    def embeddings(self, ro: Rollouts, model: Policy | None = None) -> torch.Tensor:
-        """(N, V, D) video embeddings for every row: the cache, or the vision tower again."""
+    def embeddings(self, ro: Rollouts, model: Policy | None = None, grad: bool = False) -> torch.Tensor:
+        """(N, V, D) video embeddings for every row: the cache, or the vision tower again (with
+        gradients when ``grad``)."""
         Gs = ro.prompt_ids.shape[0] // len(ro.items)
         if ro.video_emb is not None:
             return ro.video_emb.repeat_interleave(Gs, 0)
-        return self._encode(model or self.policy, ro.videos.repeat_interleave(Gs, 0))
+        return self._encode(model or self.policy, ro.videos.repeat_interleave(Gs, 0), grad)
 
     @torch.no_grad()
     def rollout(self, videos: torch.Tensor, items: list[QAItem], group: int | None = None) -> Rollouts:
@@ -207,8 +214,8 @@ class GRPOMethod(Method):
         return ro
 
     def objective(self, ro: Rollouts, adv, old_logp, ref_logp) -> tuple[torch.Tensor, dict[str, float]]:
-        logp, logits = self.policy.token_logprobs(self.embeddings(ro), ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask,
-                                                  return_logits=True)
+        emb = self.embeddings(ro, grad=self.cfg.train_vision)
+        logp, logits = self.policy.token_logprobs(emb, ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask, return_logits=True)
         old = logp.detach() if old_logp is None else old_logp
         w = self.token_weights(ro, logits)
         loss = G.grpo_loss(logp, old, ref_logp, adv.to(logp.device), ro.mask, self.cfg.beta, self.cfg.eps_low,
