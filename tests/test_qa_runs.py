@@ -38,7 +38,7 @@ def test_sft_then_grpo_runs_resume_exactly_and_eval(tmp_path, run_cli):
     assert code == 0
     report = json.loads((tmp_path / "qa.json").read_text())
     assert report["num"] == 8 and 0 <= report["accuracy"] <= 1 and set(report["per_type"]) <= {
-        "colour", "shape", "size", "direction", "speed", "count"}
+        "colour", "shape", "size", "direction", "speed", "count", "order"}
     assert report == {**report, "accuracy": json.loads((straight / "eval.json").read_text())["accuracy"]}
 
     code, out, err = run_cli("bench-grpo", "--config", "configs/grpo_video_qa.yaml", f"grpo.policy={sft}", *GRPO[:2],

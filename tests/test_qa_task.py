@@ -18,14 +18,35 @@ def test_items_are_deterministic_and_answers_match_the_clip():
     for it in a:
         if it.options:
             assert it.options[LETTERS.index(it.answer)] == it.value
-            assert sorted(it.options) == sorted(VALUES[it.qtype])
+            if it.qtype != "order":
+                assert sorted(it.options) == sorted(VALUES[it.qtype])
         else:
             assert it.qtype == "count" and it.answer in ("1", "2", "3")
-    assert len({it.qtype for it in a}) == 6
-    assert all(list(it.options) == list(VALUES[it.qtype]) for it in a if it.options)  # fixed order by default
+    assert len({it.qtype for it in a}) == 7
+    attr = [it for it in a if it.options and it.qtype != "order"]
+    assert all(list(it.options) == list(VALUES[it.qtype]) for it in attr)  # fixed order by default
     _, c = ShapesQA(QAConfig(shuffle_options=True)).items("test", range(40))
-    assert any(list(it.options) != list(VALUES[it.qtype]) for it in c if it.options)
+    assert any(list(it.options) != list(VALUES[it.qtype]) for it in c if it.options and it.qtype != "order")
     assert all(it.options[LETTERS.index(it.answer)] == it.value for it in c if it.options)
+
+
+def test_order_clips_show_the_first_shape_only_in_the_first_half():
+    from genrl.worlds.shapes import COLOURS
+
+    qa = ShapesQA(QAConfig(types=["order"]))
+    videos, items = qa.items("train", range(40))
+    assert {it.answer for it in items} == {"a", "b"}  # the first shape is not always option (a)
+    half = qa.cfg.frames // 2
+    for v, it in zip(videos, items):
+        first, second = it.reason.split(" then ")
+        assert it.value == first and sorted(it.options) == sorted([first, second]) and first != second
+        for words, frames in ((first, v[:half]), (second, v[half:])):
+            colour = torch.tensor(COLOURS[words.split()[0]])
+            near = ((frames - colour[None, :, None, None]).abs().amax(1) < 0.05).flatten(1).any(1)
+            assert bool(near.all())  # each half shows its own shape in every frame...
+        other = torch.tensor(COLOURS[second.split()[0]])
+        if first.split()[0] != second.split()[0]:  # ...and not the other's colour
+            assert not bool(((v[:half] - other[None, :, None, None]).abs().amax(1) < 0.05).any())
 
 
 def test_count_clips_hold_that_many_shapes():

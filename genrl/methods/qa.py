@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..models.vlm import TinyVLM, VLMConfig, pad_batch
-from ..worlds.qa import CHOICE_TYPES, QAConfig, QAItem, ShapesQA, vocabulary
+from ..worlds.qa import NUMERIC_TYPES, QAConfig, QAItem, ShapesQA, vocabulary
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_NEW_TOKENS = 12  # the longest SFT completion is 11 tokens with <eos>
@@ -68,7 +68,7 @@ def targets(model: TinyVLM, items: list[QAItem], device=None) -> tuple[torch.Ten
 def accuracy_reward_name(item: QAItem, soft: bool = True) -> str:
     """Which task reward scores an item's answer: counts are numeric, choices exact match, and
     several-letter (inverted) choices the soft multi-choice reward when ``soft``."""
-    if item.qtype not in CHOICE_TYPES:
+    if item.qtype in NUMERIC_TYPES:
         return "numeric"
     return "soft_choice" if soft and len(item.answer.split()) > 1 else "choice"
 

@@ -10,6 +10,10 @@ Question types:
   (the T-GRPO contrast of ordered vs shuffled frames bites there).
 - numeric: ``count`` — how many shapes are in the clip (1-3; each shape moves
   on its own), answered with a digit.
+- temporal order: ``order`` — two shapes (different colour or kind) take turns:
+  the first is on screen in the first half of the clip, the second in the
+  second half; "which shape comes first ?" with the two as lettered options
+  in an order drawn per item. Reversed or shuffled frames change the answer.
 
 Clips come from the world's splits: the test split holds out attribute
 combinations, so held-out accuracy measures generalisation, not memory.
@@ -26,7 +30,8 @@ from .shapes import ATTRIBUTES, BACKGROUNDS, VALUES, ShapesWorld, WorldConfig
 
 CHOICE_TYPES = ("colour", "shape", "size", "direction", "speed")
 NUMERIC_TYPES = ("count",)
-QUESTION_TYPES = CHOICE_TYPES + NUMERIC_TYPES
+ORDER_TYPES = ("order",)
+QUESTION_TYPES = CHOICE_TYPES + NUMERIC_TYPES + ORDER_TYPES
 LETTERS = "abcd"
 MAX_COUNT = 3
 QUESTIONS = {
@@ -36,6 +41,7 @@ QUESTIONS = {
     "direction": "which way does the shape move ?",
     "speed": "how fast does the shape move ?",
     "count": "how many shapes are there ?",
+    "order": "which shape comes first ?",
 }
 _SALT = {"train": 0xA11CE0, "val": 0xA11CE1, "test": 0xA11CE2}
 
@@ -68,7 +74,7 @@ class QAItem:
     """The attribute value (or count) the answer stands for."""
     reason: str = ""
     """What a model should see before answering (the SFT chain of thought): the shape's size, colour,
-    kind, direction and speed, or for counts each shape's colour and kind."""
+    kind, direction and speed; for counts each shape's colour and kind; for order both, in order."""
 
     def prompt(self) -> str:
         """Question and lettered options (the text after the video)."""
@@ -100,16 +106,27 @@ class ShapesQA:
         for g in gens:
             qtype = self.cfg.types[int(torch.randint(len(self.cfg.types), (1,), generator=g))]
             count = int(torch.randint(1, MAX_COUNT + 1, (1,), generator=g)) if qtype == "count" else 1
-            attrs, starts = self.world.random_attributes(split, count, g)
+            visible = None
+            if qtype == "order":
+                attrs, starts = self.world.random_attributes(split, 2, g)
+                while bool((attrs[0, :2] == attrs[1, :2]).all()):  # the two must be told apart by colour or kind
+                    attrs[1:], starts[1:] = self.world.random_attributes(split, 1, g)
+                visible = torch.zeros(2, self.cfg.frames)
+                visible[0, : self.cfg.frames // 2], visible[1, self.cfg.frames // 2 :] = 1, 1
+            else:
+                attrs, starts = self.world.random_attributes(split, count, g)
             attrs[:, 5] = attrs[0, 5]  # one background per clip
-            videos.append(self.render(attrs, starts))
+            videos.append(self.render(attrs, starts, visible))
             items.append(_item(qtype, attrs, g, self.cfg.shuffle_options))
         return torch.stack(videos), items
 
-    def render(self, attrs: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-        """Composite ``len(attrs)`` moving shapes over the first one's background: (F, 3, H, W)."""
+    def render(self, attrs: torch.Tensor, starts: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        """Composite ``len(attrs)`` moving shapes over the first one's background: (F, 3, H, W).
+        ``visible`` (shapes, F) in [0, 1] shows each shape only in some frames."""
         cfg = self.cfg.world
         alpha, colour = self.world.layers(attrs, starts, self.cfg.frames)
+        if visible is not None:
+            alpha = alpha * visible[:, :, None, None, None]
         video = torch.full((self.cfg.frames, 3, cfg.height, cfg.width), list(BACKGROUNDS.values())[int(attrs[0, 5])])
         for a, c in zip(alpha, colour):  # later shapes over earlier ones
             video = video * (1 - a) + c * a
@@ -121,6 +138,10 @@ def _item(qtype: str, attrs: torch.Tensor, g: torch.Generator, shuffle: bool) ->
     if qtype == "count":
         n = str(len(names))
         return QAItem(qtype, QUESTIONS[qtype], [], n, n, " ".join(f"{x['colour']} {x['shape']}" for x in names))
+    if qtype == "order":
+        first, second = (f"{x['colour']} {x['shape']}" for x in names)
+        options = [first, second] if int(torch.randint(2, (1,), generator=g)) == 0 else [second, first]
+        return QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(first)], first, f"{first} then {second}")
     values = VALUES[qtype]
     order = torch.randperm(len(values), generator=g).tolist() if shuffle else list(range(len(values)))
     options = [values[i] for i in order]
@@ -137,7 +158,7 @@ HINT = "hint :"
 def invert(item: QAItem) -> QAItem:
     """TW-GRPO question-answer inversion: ask for every *wrong* option of a choice question
     (several right letters, which the soft multi-choice reward credits in part)."""
-    if item.qtype not in CHOICE_TYPES:
+    if item.qtype in NUMERIC_TYPES:
         return item
     wrong = [LETTERS[i] for i, v in enumerate(item.options) if v != item.value]
     return QAItem(item.qtype, f"{INVERTED} {item.question}", item.options, " ".join(wrong), item.value, item.reason)
@@ -156,5 +177,5 @@ def vocabulary() -> list[str]:
         words += text.split()
     for name in ATTRIBUTES:
         words += list(VALUES[name])
-    words += ["(", ")", *LETTERS, *(str(i) for i in range(10)), *INVERTED.split(), *HINT.split()]
+    words += ["(", ")", *LETTERS, *(str(i) for i in range(10)), *INVERTED.split(), *HINT.split(), "then"]
     return list(dict.fromkeys(words))
