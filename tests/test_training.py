@@ -75,6 +75,27 @@ def test_flow_init_starts_from_given_weights_and_refuses_other_architectures(run
     assert code == 2 and "architecture differs from flow.model" in err and "Traceback" not in err
 
 
+def test_train_shift_sets_the_training_noise_levels_only(monkeypatch, tiny_autoencoder):
+    from genrl import schedulers as fm
+    from genrl.methods.common import OptimConfig
+    from genrl.methods.flow import FlowMethod, FlowMethodConfig
+    from genrl.models.video_model import VideoModelConfig
+    from genrl.worlds.shapes import ShapesWorld, WorldConfig
+
+    seen, real = [], fm.sample_training_sigma
+    monkeypatch.setattr(fm, "sample_training_sigma", lambda n, shift, g=None: seen.append(shift) or real(n, shift, g))
+    mcfg = VideoModelConfig(shift=3.0)
+    mcfg.dit.dim, mcfg.dit.depth, mcfg.dit.heads, mcfg.dit.text_dim = 24, 1, 2, 16
+    mcfg.text.dim, mcfg.text.layers, mcfg.text.heads, mcfg.autoencoder.width = 16, 1, 2, 8
+    world = ShapesWorld(WorldConfig(frames=3))
+    video, captions, _ = world.random_clips("train", 2, torch.Generator().manual_seed(0))
+    for train_shift, want in ((None, 3.0), (1.0, 1.0)):
+        m = FlowMethod(FlowMethodConfig(model=mcfg, autoencoder=tiny_autoencoder, train_shift=train_shift),
+                       OptimConfig(), world, seed=0)
+        m.flow_loss(m.model, video, captions, torch.Generator().manual_seed(0))
+        assert seen[-1] == want and m.model.cfg.shift == 3.0  # sampling keeps the model's shift
+
+
 def test_damaged_checkpoint_is_refused(run_cli, tmp_path, tiny_autoencoder):
     _pretrain(run_cli, tmp_path / "d", 2, tiny_autoencoder)
     state = tmp_path / "d" / "checkpoints" / "step_0000002" / "state.pt"
