@@ -114,3 +114,15 @@ def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path):
     (root / ".tmp_step_0000002" / "m.safetensors").write_bytes(b"half")
     step, weights, _ = load_checkpoint(latest_checkpoint(root))
     assert step == 1 and torch.equal(weights["m"]["w"], torch.ones(2))
+
+
+def test_lownoise_teacher_stage_changes_only_the_training_schedule():
+    """The second teacher stage keeps the architecture and sampling shift and moves training to low noise."""
+    from genrl.cli.pretrain import PretrainConfig
+    from genrl.config import load_config
+
+    base = load_config(PretrainConfig, "configs/teacher_shapes.yaml")
+    stage = load_config(PretrainConfig, "configs/teacher_shapes_lownoise.yaml")
+    assert stage.flow.model == base.flow.model and stage.flow.model.shift == 3.0
+    assert (base.flow.train_shift, stage.flow.train_shift) == (None, 1.0)
+    assert stage.flow.init == "runs/teacher/model.safetensors" and stage.optim.lr < base.optim.lr
