@@ -59,6 +59,7 @@ def pretrain(cfg: PretrainConfig, quiet: bool):
       genrl pretrain --config configs/autoencoder_shapes.yaml
       genrl pretrain --config configs/teacher_shapes.yaml train.steps=20000
       genrl pretrain --config configs/teacher_shapes.yaml out_dir=runs/t2 optim.lr=1e-4
+      genrl pretrain --config configs/teacher_shapes_lownoise.yaml   # fine-tune runs/teacher at low noise
     """
     from ..train.trainer import Trainer, seed_everything
 
