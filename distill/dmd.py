@@ -1,12 +1,12 @@
 """DMD (distribution matching distillation) of a streaming student, as in DMD2 / CausVid / Self-Forcing.
 
 Per generator update: a self-forcing rollout x of the student; one noise level
-per sample (shifted, clamped to [min_t, max_t]); real score = frozen teacher
-x0-prediction with CFG, fake score = critic x0-prediction; the normalised
+per sample (uniform, shifted, then clamped to [min_t, max_t]); real score =
+frozen teacher x0-prediction guided as cond + w (cond - uncond), fake score = critic x0-prediction; the normalised
 gradient g = (x_fake - x_real) / mean|x - x_real| and the loss
 0.5 * mean((x - sg(x - g))^2). The critic learns the student's distribution
-with the flow-matching loss on no-grad rollouts, ``critic_ratio`` updates per
-generator update.
+with the flow-matching loss on no-grad rollouts, at the same noise levels the
+DMD step queries it at, ``critic_ratio`` updates per generator update.
 
 Departures from the papers: the student's text encoder is frozen and shared
 with the teacher (all three models read the same text features); the loss
@@ -61,9 +61,21 @@ def dmd_loss(x: torch.Tensor, g: torch.Tensor, weights: torch.Tensor | None = No
 
 
 def sample_dmd_sigma(n: int, shift: float, min_t: float, max_t: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One noise level per sample: uniform timestep in [min_t, max_t], then shifted."""
-    t = min_t + (max_t - min_t) * torch.rand(n, generator=generator)
-    return fm.shift_sigma(t / fm.NUM_TRAIN_TIMESTEPS, shift)
+    """One noise level per sample: timestep uniform in [0, 1000), shifted, then clamped to [min_t, max_t].
+
+    The order is the anchors' (Self-Forcing, Stream-R1): sigma spans [min_t, max_t] / 1000
+    whatever the shift; clamping before the shift would move both ends.
+    """
+    u = torch.rand(n, generator=generator)
+    return fm.shift_sigma(u, shift).clamp(min_t / fm.NUM_TRAIN_TIMESTEPS, max_t / fm.NUM_TRAIN_TIMESTEPS)
+
+
+def guided_x0(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Real score with guidance in the anchors' convention: cond + w (cond - uncond).
+
+    w = 3 (the anchors' default) is genrl's ``cfg`` scale 4 (uncond + 4 (cond - uncond)).
+    """
+    return x0_cond + guidance * (x0_cond - x0_uncond)
 
 
 # ----------------------------------------------------------------------- method
@@ -76,7 +88,8 @@ class DMDConfig:
     critic_ratio: int = 5
     """Critic updates per generator update."""
     real_guidance: float = 3.0
-    """CFG scale of the teacher's (real score) prediction."""
+    """Guidance w of the teacher's (real score) prediction in the anchors' convention
+    cond + w (cond - uncond); w = 3 is genrl's sampling CFG scale 4, w = 0 is no guidance."""
     min_t: float = 20.0
     """Smallest DMD timestep."""
     max_t: float = 980.0
@@ -142,10 +155,18 @@ class DMDMethod(Method):
         _, text, _, noise, exit_step = self._batch()
         with torch.no_grad():
             x0 = self.window(self_forcing_rollout(self.student, text, noise, exit_step, g, grad=False).latents)
-        sigma = fm.sample_training_sigma(x0.shape[0], self.critic.cfg.shift, g)
+        # the critic learns at the noise levels DMD queries it at
+        sigma = sample_dmd_sigma(x0.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g)
         eps = torch.randn(x0.shape, generator=g)
         v = self.critic.velocity(fm.add_noise(x0, eps, sigma), sigma, text)
         return F.mse_loss(v, fm.velocity_target(x0, eps))
+
+    def real_score(self, xt: torch.Tensor, sigma: torch.Tensor, text, null) -> torch.Tensor:
+        """The teacher's guided x0-prediction (no gradient is taken through it)."""
+        x_c = self.teacher.predict_x0(xt, sigma, text)
+        if not self.cfg.real_guidance:
+            return x_c
+        return guided_x0(x_c, self.teacher.predict_x0(xt, sigma, null), self.cfg.real_guidance)
 
     def generator_loss(self, metrics: dict[str, float]) -> torch.Tensor:
         g = self.data.generator
@@ -154,7 +175,7 @@ class DMDMethod(Method):
         sigma = sample_dmd_sigma(x.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g)
         xt = fm.add_noise(x.detach(), torch.randn(x.shape, generator=g), sigma)
         with torch.no_grad():
-            x_real = self.teacher.predict_x0(xt, sigma, text, null, self.cfg.real_guidance)
+            x_real = self.real_score(xt, sigma, text, null)
             x_fake = self.critic.predict_x0(xt, sigma, text)
         grad = dmd_gradient(x.detach(), x_real, x_fake)
         weights, rollout_weights, extra = self.loss_weights(x, prompts)

@@ -122,7 +122,7 @@ class ODEInitMethod(Method):
             x = states[:, k, start : start + chunk]
             pred = self.student.predict_x0_streaming(x, self.levels[k], text, cache)
             losses.append(F.mse_loss(pred, target[:, start : start + chunk]))
-            self.student.write_cache(target[:, start : start + chunk], text, cache)
+            self.student.write_cache(target[:, start : start + chunk], text, cache, g)
         return torch.stack(losses).mean()
 
     def teacher_forcing_loss(self) -> torch.Tensor:
@@ -138,7 +138,7 @@ class ODEInitMethod(Method):
             eps = torch.randn(clean.shape, generator=g)
             v = self.student.velocity(fm.add_noise(clean, eps, sigma), sigma, text, cache=cache)
             losses.append(F.mse_loss(v, fm.velocity_target(clean, eps)))
-            self.student.write_cache(clean, text, cache)
+            self.student.write_cache(clean, text, cache, g)
         return torch.stack(losses).mean()
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:

@@ -50,6 +50,6 @@ def self_forcing_rollout(
                 x = fm.add_noise(x0, eps, sigmas[i + 1])
         with torch.set_grad_enabled(grad):
             x0 = student.predict_x0_streaming(x, sigmas[exit_step], text, cache)
-        student.write_cache(x0, text, cache)
+        student.write_cache(x0, text, cache, generator)
         outs.append(x0)
     return Rollout(torch.cat(outs, dim=1), exit_step)

@@ -32,20 +32,24 @@ from .dmd import DMDMethod
 
 
 # ------------------------------------------------------------------------ maths
-def balance_penalty(history: torch.Tensor) -> torch.Tensor:
-    """std over axes of (recent-half mean - early-half mean) of a (T, M) history; 0 when T < 2."""
-    if history.shape[0] < 2:
+def balance_penalty(history: torch.Tensor, warmup: int = 2) -> torch.Tensor:
+    """std over axes of (recent-half mean - early-half mean) of a (T, M) history.
+
+    0 until the history holds ``warmup`` steps (at least 2): halves of a few steps are
+    noise, and early in training the penalty would rescale every loss at random.
+    """
+    if history.shape[0] < max(2, warmup):
         return history.new_zeros(())
     half = history.shape[0] // 2
     delta = history[-half:].mean(0) - history[:half].mean(0)
     return delta.std(unbiased=False)
 
 
-def combined_reward(z: torch.Tensor, history: torch.Tensor | None, lam: float) -> torch.Tensor:
+def combined_reward(z: torch.Tensor, history: torch.Tensor | None, lam: float, warmup: int = 2) -> torch.Tensor:
     """r (B,) = mean over axes of z (B, M) minus lambda * balance penalty of the history."""
     r = z.mean(dim=1)
     if history is not None and lam:
-        r = r - lam * balance_penalty(history)
+        r = r - lam * balance_penalty(history, warmup)
     return r
 
 
@@ -94,6 +98,8 @@ class StreamR1Config:
     """Weight of the axis-balance penalty in r."""
     window: int = 50
     """History window (generator steps) of per-axis mean rewards for the balance penalty."""
+    balance_warmup: int = 50
+    """Generator steps of history before the balance penalty counts (before it, r = mean z)."""
     temperature: float = 1.0
     """T of the softmax(-z / T) fusing per-axis saliency."""
     tau_min: float = 0.2
@@ -137,7 +143,7 @@ class StreamR1Method(DMDMethod):
                 scores = self.reward(pixels, prompts)
         z = torch.stack([scores.z[a] for a in cfg.axes], dim=1)  # (B, M), detached
         history = torch.tensor(list(self.history)) if self.history else None
-        r = combined_reward(z, history, cfg.lam)
+        r = combined_reward(z, history, cfg.lam, cfg.balance_warmup)
         self.history.append(z.mean(0).tolist())
         rw = rollout_weights(r, cfg.beta).clamp_max(cfg.max_weight)
         metrics = {f"reward_{a}": float(z[:, i].mean()) for i, a in enumerate(cfg.axes)}

@@ -189,12 +189,15 @@ class CrossAttention(nn.Module):
     def forward(self, x, text, text_mask, cache: KVCache | None = None, block: int = 0):
         B, N, D = x.shape
         q = self.q_norm(self.q(x).view(B, N, self.heads, -1).transpose(1, 2))
-        if cache is not None and cache.text[block] is not None:
-            k, v = cache.text[block]
+        cached = cache.text[block] if cache is not None else None
+        # Text keys/values cached by a no-grad pass carry no graph: a pass that trains this
+        # layer recomputes them, or kv and k_norm would learn only on exit step 0.
+        if cached is not None and not (torch.is_grad_enabled() and self.kv.weight.requires_grad):
+            k, v = cached
         else:
             k, v = self.text_kv(text)
-            if cache is not None:
-                cache.text[block] = (k, v)
+            if cache is not None and cached is None:
+                cache.text[block] = (k.detach(), v.detach())
         mask = text_mask[:, None, None, :] | ~text_mask.any(dim=1)[:, None, None, None]
         o = attention(q, k, v, mask)
         return self.out(o.transpose(1, 2).reshape(B, N, D))

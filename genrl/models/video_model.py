@@ -137,13 +137,22 @@ class VideoModel(nn.Module):
         sig = torch.full((xt.shape[0],), float(sigma), device=xt.device)
         return self.predict_x0(xt, sig, text, cache=cache)
 
-    def write_cache(self, x0_chunk: torch.Tensor, text, cache: KVCache) -> None:
-        """Re-encode a finished chunk at the context noise level into the cache (no gradient)."""
+    def write_cache(self, x0_chunk: torch.Tensor, text, cache: KVCache, generator: torch.Generator | None = None) -> None:
+        """Re-encode a finished chunk into the cache (no gradient), noised to the context level.
+
+        With ``streaming.context_noise`` = 0 (the default) the clean chunk is encoded at t = 0 and no
+        noise is drawn; above 0 the chunk is noised to that level with fresh noise, so the label
+        the network reads matches its input.
+        """
         sigma = self.cfg.streaming.context_noise / fm.NUM_TRAIN_TIMESTEPS
         with torch.no_grad():
+            x = x0_chunk.detach()
+            if sigma > 0:
+                eps = torch.randn(x.shape, generator=generator).to(x.device)
+                x = fm.add_noise(x, eps, sigma)
             cache.writing = True
             try:
-                self.velocity(x0_chunk.detach(), torch.full((x0_chunk.shape[0],), sigma, device=x0_chunk.device), text, cache=cache)
+                self.velocity(x, torch.full((x.shape[0],), sigma, device=x.device), text, cache=cache)
             finally:
                 cache.writing = False
 
@@ -167,7 +176,7 @@ class VideoModel(nn.Module):
                 if i + 1 < len(sigmas) - 1:
                     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
                     x = fm.add_noise(x0, eps, sigmas[i + 1])
-            self.write_cache(x0, text, cache)
+            self.write_cache(x0, text, cache, generator)
             yield x0
 
 
