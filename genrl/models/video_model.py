@@ -7,7 +7,9 @@ Methods (pretraining, DMD, Stream-R1) only call these primitives —
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -50,39 +52,27 @@ class VideoModelConfig:
     """Pixel width of generated frames."""
 
 
-class VideoModel(nn.Module):
-    def __init__(self, cfg: VideoModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.tokenizer = WordTokenizer(max_len=cfg.text.max_len)
-        self.text_encoder = TextEncoder(cfg.text, len(self.tokenizer.vocab))
-        self.dit = VideoDiT(cfg.dit)
-        self.autoencoder = Autoencoder(cfg.autoencoder)
-        self.autoencoder.requires_grad_(False)
+class FlowVideoModel(nn.Module):
+    """Flow-matching primitives shared by every text-to-video model genrl drives.
+
+    A subclass provides ``cfg`` (with ``shift``, ``streaming`` and ``dit.chunk_frames``), a ``dit``
+    taking ``(x, t, text, text_mask, causal=, cache=)`` over (B, F, C, h, w) latents, and
+    ``encode_text``, ``latent_shape``, ``latent_hw``, ``encode`` and ``decode``.
+    """
+
+    chunk_decodable = True
+    """Whether ``decode`` can turn each streamed chunk into pixels on its own."""
 
     @property
     def device(self) -> torch.device:
         return next(self.dit.parameters()).device
 
-    @property
-    def latent_hw(self) -> tuple[int, int]:
-        f = self.autoencoder.factor
-        return self.cfg.height // f, self.cfg.width // f
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames that decode to ``frames`` pixel frames."""
+        return frames
 
-    def latent_shape(self, batch: int, frames: int) -> tuple[int, ...]:
-        return (batch, frames, self.cfg.dit.in_channels, *self.latent_hw)
-
-    # ----------------------------------------------------------------- primitives
-    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = self.tokenizer(prompts)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        return self.text_encoder(ids, mask), mask
-
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.encode(video)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode(latents)
+    def pixel_frames(self, latent_frames: int) -> int:
+        return latent_frames
 
     @staticmethod
     def add_noise(x0: torch.Tensor, eps: torch.Tensor, sigma) -> torch.Tensor:
@@ -122,7 +112,6 @@ class VideoModel(nn.Module):
             v = self.velocity(x, torch.full((x.shape[0],), s, device=x.device), text, null, guidance)
             x = fm.euler_step(x, v, s, s_next)
         return x
-
 
     # ------------------------------------------------------------------ streaming
     def new_cache(self) -> KVCache:
@@ -178,6 +167,49 @@ class VideoModel(nn.Module):
                     x = fm.add_noise(x0, eps, sigmas[i + 1])
             self.write_cache(x0, text, cache, generator)
             yield x0
+
+
+class VideoModel(FlowVideoModel):
+    def __init__(self, cfg: VideoModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = WordTokenizer(max_len=cfg.text.max_len)
+        self.text_encoder = TextEncoder(cfg.text, len(self.tokenizer.vocab))
+        self.dit = VideoDiT(cfg.dit)
+        self.autoencoder = Autoencoder(cfg.autoencoder)
+        self.autoencoder.requires_grad_(False)
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        f = self.autoencoder.factor
+        return self.cfg.height // f, self.cfg.width // f
+
+    def latent_shape(self, batch: int, frames: int) -> tuple[int, ...]:
+        return (batch, frames, self.cfg.dit.in_channels, *self.latent_hw)
+
+    # ----------------------------------------------------------------- primitives
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenizer(prompts)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return self.text_encoder(ids, mask), mask
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(video)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latents)
+
+    def streaming_copy(self, streaming: StreamingConfig) -> "VideoModel":
+        """The same weights as a block-causal student that generates chunk by chunk."""
+        out = VideoModel(dataclasses.replace(self.cfg, streaming=dataclasses.replace(streaming, enabled=True)))
+        out.load_state_dict(self.state_dict())
+        return out.to(self.device)
+
+    def save(self, run_dir) -> Path:
+        """Write ``model.safetensors`` (weights + config) into ``run_dir``."""
+        from .registry import save_weights
+
+        return save_weights(self, Path(run_dir) / "model.safetensors", "video_model", self.cfg)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
