@@ -25,11 +25,9 @@ import torch.nn.functional as F
 
 from genrl import schedulers as fm
 from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_write
-from genrl.models.registry import save_weights
-from genrl.models.video_model import VideoModel
+from genrl.models.video_model import FlowVideoModel
 from genrl.train.ema import EMA
-from genrl.train.trainer import Method, StepContext
-from genrl.worlds.shapes import ShapesWorld
+from genrl.train.trainer import Method, Role, StepContext
 
 from .rollout import self_forcing_rollout
 
@@ -107,11 +105,11 @@ class DMDConfig:
 class DMDMethod(Method):
     name = "dmd"
 
-    def __init__(self, cfg: DMDConfig, student: VideoModel, teacher: VideoModel, world: ShapesWorld,
-                 optim: OptimConfig, critic_optim: OptimConfig, seed: int):
+    def __init__(self, cfg: DMDConfig, student: FlowVideoModel, teacher: FlowVideoModel, world,
+                 optim: OptimConfig, critic_optim: OptimConfig, seed: int, critic: FlowVideoModel | None = None):
         self.cfg, self.world = cfg, world
         self.student, self.teacher = student, teacher.requires_grad_(False).eval()
-        self.critic = copy.deepcopy(teacher).requires_grad_(False)
+        self.critic = (critic if critic is not None else copy.deepcopy(teacher)).requires_grad_(False)
         self.critic.dit.requires_grad_(True)
         self.student.requires_grad_(False)
         self.student.dit.requires_grad_(True)
@@ -119,7 +117,7 @@ class DMDMethod(Method):
         self.critic_opt, self.critic_sched = adamw(self.critic.dit.parameters(), critic_optim)
         self.ema = EMA(self.student, cfg.ema_decay)
         self.data = GeneratorState(seed)
-        self.frames = world.cfg.frames
+        self.frames = student.latent_frames(world.cfg.frames)
         self.null = None
 
     # -- the hook Stream-R1 overrides
@@ -130,13 +128,13 @@ class DMDMethod(Method):
     # -- pieces
     def _batch(self):
         g = self.data.generator
-        _, prompts, _ = self.world.random_clips("train", self.cfg.batch_size, g, frames=1)
+        prompts = self.world.random_prompts("train", self.cfg.batch_size, g)
         with torch.no_grad():
             text = self.teacher.encode_text(prompts)
             if self.null is None:
                 self.null = self.teacher.encode_text([""])
         null = tuple(t.expand(len(prompts), *t.shape[1:]) for t in self.null)
-        noise = torch.randn(self.student.latent_shape(len(prompts), self.rollout_frames(g)), generator=g)
+        noise = torch.randn(self.student.latent_shape(len(prompts), self.rollout_frames(g)), generator=g).to(self.student.device)
         exit_step = int(torch.randint(len(self.student.cfg.streaming.timesteps), (1,), generator=g))
         return prompts, text, null, noise, exit_step
 
@@ -157,7 +155,8 @@ class DMDMethod(Method):
             x0 = self.window(self_forcing_rollout(self.student, text, noise, exit_step, g, grad=False).latents)
         # the critic learns at the noise levels DMD queries it at
         sigma = sample_dmd_sigma(x0.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g)
-        eps = torch.randn(x0.shape, generator=g)
+        eps = torch.randn(x0.shape, generator=g).to(x0.device)
+        sigma = sigma.to(x0.device)
         v = self.critic.velocity(fm.add_noise(x0, eps, sigma), sigma, text)
         return F.mse_loss(v, fm.velocity_target(x0, eps))
 
@@ -172,8 +171,8 @@ class DMDMethod(Method):
         g = self.data.generator
         prompts, text, null, noise, exit_step = self._batch()
         x = self.window(self_forcing_rollout(self.student, text, noise, exit_step, g).latents)
-        sigma = sample_dmd_sigma(x.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g)
-        xt = fm.add_noise(x.detach(), torch.randn(x.shape, generator=g), sigma)
+        sigma = sample_dmd_sigma(x.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g).to(x.device)
+        xt = fm.add_noise(x.detach(), torch.randn(x.shape, generator=g).to(x.device), sigma)
         with torch.no_grad():
             x_real = self.real_score(xt, sigma, text, null)
             x_fake = self.critic.predict_x0(xt, sigma, text)
@@ -194,6 +193,10 @@ class DMDMethod(Method):
         return {"loss": gen["loss"], "grad_norm": gen["grad_norm"], "critic_loss": critic.get("loss", 0.0),
                 "critic_grad_norm": critic.get("grad_norm", 0.0), **metrics}
 
+    def roles(self):
+        return {"student": Role(self.student, trainable=True), "critic": Role(self.critic, trainable=True),
+                "teacher": Role(self.teacher), "ema": Role(self.ema.module, cast=False)}
+
     def checkpoint_modules(self):
         return {"student": self.student, "critic": self.critic, "ema": self.ema.module}
 
@@ -205,4 +208,4 @@ class DMDMethod(Method):
         return sample_and_write(self.ema.module, self.world, self.cfg.num_samples, folder / f"step_{step:07d}.gif")
 
     def export(self, run_dir: Path) -> Path:
-        return save_weights(self.ema.module, run_dir / "model.safetensors", "video_model", self.ema.module.cfg)
+        return self.ema.module.save(run_dir)

@@ -21,12 +21,11 @@ import torch.nn.functional as F
 
 from genrl import schedulers as fm
 from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_write
-from genrl.models.registry import save_weights
-from genrl.models.video_model import VideoModel
+from genrl.errors import UsageError
+from genrl.models.video_model import FlowVideoModel
 from genrl.progress import track
 from genrl.train.ema import EMA
-from genrl.train.trainer import Method, StepContext
-from genrl.worlds.shapes import ShapesWorld
+from genrl.train.trainer import Method, Role, StepContext
 
 
 @dataclass
@@ -57,7 +56,7 @@ class ODEInitConfig:
 
 
 @torch.no_grad()
-def teacher_trajectories(teacher: VideoModel, prompts: list[str], noise: torch.Tensor, levels: list[float], steps: int, guidance: float):
+def teacher_trajectories(teacher: FlowVideoModel, prompts: list[str], noise: torch.Tensor, levels: list[float], steps: int, guidance: float):
     """Teacher Euler-CFG sampling through a grid containing ``levels``.
 
     Returns states (B, len(levels), F, C, h, w) at each level and the final output (B, F, C, h, w).
@@ -69,7 +68,7 @@ def teacher_trajectories(teacher: VideoModel, prompts: list[str], noise: torch.T
     for s, s_next in zip(grid[:-1], grid[1:]):
         if s in levels:
             states[s] = x.clone()
-        v = teacher.velocity(x, torch.full((x.shape[0],), s), text, null, guidance)
+        v = teacher.velocity(x, torch.full((x.shape[0],), s, device=x.device), text, null, guidance)
         x = fm.euler_step(x, v, s, s_next)
     return torch.stack([states[s] for s in levels], dim=1), x
 
@@ -77,7 +76,7 @@ def teacher_trajectories(teacher: VideoModel, prompts: list[str], noise: torch.T
 class ODEInitMethod(Method):
     name = "ode_init"
 
-    def __init__(self, cfg: ODEInitConfig, student: VideoModel, teacher: VideoModel, world: ShapesWorld,
+    def __init__(self, cfg: ODEInitConfig, student: FlowVideoModel, teacher: FlowVideoModel, world,
                  optim: OptimConfig, seed: int, run_dir: Path, quiet: bool = False):
         self.cfg, self.world = cfg, world
         self.student, self.teacher = student, teacher.requires_grad_(False).eval()
@@ -86,7 +85,7 @@ class ODEInitMethod(Method):
         self.opt, self.sched = adamw(self.student.dit.parameters(), optim)
         self.ema = EMA(self.student, cfg.ema_decay)
         self.data = GeneratorState(seed)
-        self.frames = world.cfg.frames
+        self.frames = student.latent_frames(world.cfg.frames)
         self.levels = student.streaming_sigmas()[:-1]
         self.pairs = self._pairs(run_dir / "ode_pairs.pt", seed, quiet)
 
@@ -94,14 +93,15 @@ class ODEInitMethod(Method):
         if path.exists():
             return torch.load(path)
         g = torch.Generator().manual_seed(seed + 1)
-        _, prompts, _ = self.world.random_clips("train", self.cfg.num_pairs, g, frames=1)
+        prompts = self.world.random_prompts("train", self.cfg.num_pairs, g)
         noise = torch.randn(self.student.latent_shape(len(prompts), self.frames), generator=g)
         states, finals = [], []
         batches = range(0, len(prompts), 32)
         for lo in track(batches, len(batches), "teacher ODE pairs", quiet):
-            s, f = teacher_trajectories(self.teacher, prompts[lo : lo + 32], noise[lo : lo + 32], self.levels, self.cfg.teacher_steps, self.cfg.guidance)
-            states.append(s)
-            finals.append(f)
+            s, f = teacher_trajectories(self.teacher, prompts[lo : lo + 32], noise[lo : lo + 32].to(self.teacher.device),
+                                        self.levels, self.cfg.teacher_steps, self.cfg.guidance)
+            states.append(s.cpu())
+            finals.append(f.cpu())
         pairs = {"prompts": prompts, "states": torch.cat(states), "finals": torch.cat(finals)}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(".ode_pairs.tmp")
@@ -113,7 +113,8 @@ class ODEInitMethod(Method):
         g = self.data.generator
         idx = torch.randint(len(self.pairs["prompts"]), (self.cfg.batch_size,), generator=g)
         prompts = [self.pairs["prompts"][i] for i in idx.tolist()]
-        states, target = self.pairs["states"][idx], self.pairs["finals"][idx]
+        dev = self.student.device
+        states, target = self.pairs["states"][idx].to(dev), self.pairs["finals"][idx].to(dev)
         with torch.no_grad():
             text = self.teacher.encode_text(prompts)
         cache, chunk, losses = self.student.new_cache(), self.student.cfg.dit.chunk_frames, []
@@ -128,14 +129,17 @@ class ODEInitMethod(Method):
     def teacher_forcing_loss(self) -> torch.Tensor:
         """Velocity loss on real clips: each chunk noised to its own level, the clean earlier chunks cached."""
         g = self.data.generator
+        if not hasattr(self.world, "random_clips"):
+            raise UsageError("ode.real_weight needs real clips: the shapes world has them, a prompt file does not")
         video, prompts, _ = self.world.random_clips("train", self.cfg.batch_size, g)
+        video = video.to(self.student.device)
         with torch.no_grad():
             x0, text = self.student.encode(video), self.teacher.encode_text(prompts)
         cache, chunk, losses = self.student.new_cache(), self.student.cfg.dit.chunk_frames, []
         for start in range(0, self.frames, chunk):
             clean = x0[:, start : start + chunk]
-            sigma = fm.sample_training_sigma(clean.shape[0], self.student.cfg.shift, g)
-            eps = torch.randn(clean.shape, generator=g)
+            sigma = fm.sample_training_sigma(clean.shape[0], self.student.cfg.shift, g).to(clean.device)
+            eps = torch.randn(clean.shape, generator=g).to(clean.device)
             v = self.student.velocity(fm.add_noise(clean, eps, sigma), sigma, text, cache=cache)
             losses.append(F.mse_loss(v, fm.velocity_target(clean, eps)))
             self.student.write_cache(clean, text, cache, g)
@@ -157,6 +161,10 @@ class ODEInitMethod(Method):
         self.ema.update(self.student)
         return {**out, **metrics}
 
+    def roles(self):
+        return {"student": Role(self.student, trainable=True), "teacher": Role(self.teacher),
+                "ema": Role(self.ema.module, cast=False)}
+
     def checkpoint_modules(self):
         return {"student": self.student, "ema": self.ema.module}
 
@@ -167,4 +175,4 @@ class ODEInitMethod(Method):
         return sample_and_write(self.ema.module, self.world, self.cfg.num_samples, folder / f"step_{step:07d}.gif")
 
     def export(self, run_dir: Path) -> Path:
-        return save_weights(self.ema.module, run_dir / "model.safetensors", "video_model", self.ema.module.cfg)
+        return self.ema.module.save(run_dir)

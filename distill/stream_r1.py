@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from genrl.train.trainer import Role
+
 from .dmd import DMDMethod
 
 
@@ -85,6 +87,24 @@ def element_weights(S: torch.Tensor, tau_min: float, sigma_min: float) -> tuple[
     t = temporal_weights(S, tau_min)
     w = t[:, :, None, None] * spatial_weights(S, sigma_min)
     return w / w.mean(dim=(1, 2, 3), keepdim=True), t
+
+
+def saliency_to_latent(S: torch.Tensor, frames: int, hw: tuple[int, int]) -> torch.Tensor:
+    """Pixel saliency (B, F_px, H, W) -> the latent grid (B, frames, h, w): mean over the pixels of each latent cell.
+
+    Equal frame counts pool space only. A causal video VAE that maps 4k+1 pixel frames to
+    k+1 latent frames (Wan2.1) gives latent frame 0 pixel frame 0 and latent frame i the
+    pixel frames 4i-3..4i; any other ratio is pooled evenly over time.
+    """
+    S = F.adaptive_avg_pool2d(S, hw)
+    n = S.shape[1]
+    if n == frames:
+        return S
+    ratio = (n - 1) // max(frames - 1, 1)
+    if frames > 1 and (frames - 1) * ratio + 1 == n:
+        rest = S[:, 1:].unflatten(1, (frames - 1, ratio)).mean(dim=2)
+        return torch.cat((S[:, :1], rest), dim=1)
+    return F.adaptive_avg_pool3d(S[:, None], (frames, *hw))[:, 0]
 
 
 # ----------------------------------------------------------------------- method
@@ -151,11 +171,14 @@ class StreamR1Method(DMDMethod):
         W = None
         if sal is not None:
             S = fuse_saliency(sal, z, cfg.temperature)
-            S = F.adaptive_avg_pool2d(S, x.shape[-2:])  # pixel grid -> latent grid
+            S = saliency_to_latent(S, x.shape[1], x.shape[-2:])  # pixel grid -> latent grid
             W, t = element_weights(S, cfg.tau_min, cfg.sigma_min)
             W = W[:, :, None]  # broadcast over latent channels
             metrics.update({f"temporal_w{f}": float(v) for f, v in enumerate(t.mean(0).tolist())})
         return W, rw, metrics
+
+    def roles(self):
+        return {**super().roles(), "reward": Role(self.reward)}
 
     def extra_state(self):
         return {"history": list(self.history)}

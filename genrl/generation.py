@@ -51,15 +51,22 @@ def generate(model: VideoModel, prompts: list[str], frames: int, sampling: Sampl
     """Pixels for ``prompts``. Streaming students hand each decoded chunk to ``on_chunk(start, pixels)`` as it is made."""
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    if is_streaming(model):
+    latent_frames = model.latent_frames(frames)
+    if is_streaming(model) and model.chunk_decodable:
         chunks, done = [], 0
-        for lat in model.stream(prompts, frames, g):
+        for lat in model.stream(prompts, latent_frames, g):
             pixels = model.decode(lat)
             if on_chunk is not None:
                 on_chunk(done, pixels)
             chunks.append(pixels)
-            done += lat.shape[1]
+            done += pixels.shape[1]
         videos = torch.cat(chunks, dim=1)[:, :frames]
-    else:
-        videos = model.decode(model.sample(prompts, frames, sampling.steps, sampling.guidance, g))
+    else:  # a teacher, or a student whose VAE decodes the whole latent video at once
+        if is_streaming(model):
+            latents = torch.cat(list(model.stream(prompts, latent_frames, g)), dim=1)
+        else:
+            latents = model.sample(prompts, latent_frames, sampling.steps, sampling.guidance, g)
+        videos = model.decode(latents)[:, :frames]
+        if on_chunk is not None:
+            on_chunk(0, videos)
     return Generated(videos, time.perf_counter() - start, nfe_per_frame(model, sampling))

@@ -63,9 +63,11 @@ class RewardModel(nn.Module):
         with torch.enable_grad():
             scores = self(x, prompts)
             sal = {}
-            for i, a in enumerate(axes):
-                (g,) = torch.autograd.grad(scores.raw[a].sum(), x, retain_graph=i < len(axes) - 1)
-                sal[a] = g.norm(dim=2)
+            for a in axes:
+                out = scores.raw[a].sum()
+                # an axis that does not depend on the pixels (e.g. TA of a prompt naming nothing the model knows)
+                g = torch.autograd.grad(out, x, retain_graph=True, allow_unused=True)[0] if out.requires_grad else None
+                sal[a] = torch.zeros_like(x[:, :, 0]) if g is None else g.norm(dim=2)
         detached = RewardScores({k: v.detach() for k, v in scores.raw.items()}, {k: v.detach() for k, v in scores.z.items()})
         return detached, sal
 

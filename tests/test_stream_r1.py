@@ -74,3 +74,17 @@ def test_beta_zero_and_unit_weights_reduce_to_plain_dmd():
     weighted = dmd_loss(x, grad, torch.ones(3, 2, 1, 2, 2), rollout_weights(r, 0.0))
     (gw,) = torch.autograd.grad(weighted, x)
     assert torch.equal(plain, weighted) and torch.equal(gp, gw)
+
+
+def test_saliency_reaches_the_latent_grid_of_a_causal_video_vae():
+    from distill.stream_r1 import saliency_to_latent
+
+    # 9 pixel frames -> 3 latent frames (Wan2.1): frame 0 alone, then groups of 4; 2x2 pixel cells
+    S = torch.arange(9.0).view(1, 9, 1, 1).expand(1, 9, 4, 4).clone()
+    S[:, :, :2, :2] += 100.0
+    out = saliency_to_latent(S, 3, (2, 2))
+    assert out.shape == (1, 3, 2, 2)
+    assert torch.allclose(out[0, :, 1, 1], torch.tensor([0.0, 2.5, 6.5]))  # means of (0), (1..4), (5..8)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([100.0, 102.5, 106.5]))
+    # equal frame counts: space only
+    assert torch.equal(saliency_to_latent(S, 9, (4, 4)), S)

@@ -30,7 +30,7 @@ def tiny_wan_components(seed=0, scheduler="euler"):
     transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                         in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
                                         num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                        rope_max_seq_len=32)
+                                        rope_max_seq_len=64)
     with torch.no_grad():  # diffusers zero-initialises nothing here, but make outputs clearly non-trivial
         for p in transformer.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -38,9 +38,17 @@ class DistillConfig:
     out_dir: str = "runs/distill"
     """Run folder (config, metrics.jsonl, samples/, checkpoints/, model.safetensors)."""
     teacher: str = "shapes-teacher"
-    """Teacher model: built-in name or path."""
+    """Teacher model: built-in name, path, or a diffusers Wan2.1 folder."""
     student: str = ""
-    """Student initial weights: name or path (e.g. an ode_init run); empty = the teacher's weights."""
+    """Student initial weights: name or path (an ode_init run; for Wan, a folder with transformer/); empty = the teacher's."""
+    critic: str = ""
+    """Critic (fake score) initial weights, same forms as student; empty = a copy of the teacher."""
+    prompts: str = ""
+    """Prompt file (one per line) to train on instead of the shapes world's captions (real models)."""
+    height: int = 0
+    """Frame height for Wan2.1 models (0 = 480); the shapes models are fixed at 32x32."""
+    width: int = 0
+    """Frame width for Wan2.1 models (0 = 832)."""
     ode_init_first: bool = False
     """Run an ODE-init stage (ode.stage_steps steps) into {out_dir}/ode_init first and start from it."""
     streaming: StreamingConfig = field(default_factory=lambda: StreamingConfig(enabled=True))
@@ -56,15 +64,30 @@ class DistillConfig:
     (prompt accuracy, reward z-scores, frames/s; shown in report.md). 0 = skip."""
 
 
-def build_models(cfg: DistillConfig):
+def _load(cfg: DistillConfig, name: str, like=None):
+    """A video model by name or path; Wan folders get the recipe's size and share ``like``'s frozen parts."""
     from ..models.registry import load_model
-    from ..models.video_model import VideoModel
+    from ..models.wan import WanVideoModel, is_wan_folder, load_wan
 
-    teacher = load_model(cfg.teacher, kind="video_model")
-    base = load_model(cfg.student, kind="video_model") if cfg.student else teacher
-    student = VideoModel(dataclasses.replace(base.cfg, streaming=dataclasses.replace(cfg.streaming, enabled=True)))
-    student.load_state_dict(base.state_dict())
-    return student, teacher
+    size = {k: v for k, v in (("height", cfg.height), ("width", cfg.width)) if v}
+    if isinstance(like, WanVideoModel) and is_wan_folder(name):
+        return load_wan(name, {"pipeline": like.cfg.pipeline, **size}, shared=like.shared)
+    return load_model(name, kind="video_model", overrides=size)
+
+
+def build_models(cfg: DistillConfig):
+    """(student, teacher, critic or None): the student is a streaming copy of its initial weights."""
+    teacher = _load(cfg, cfg.teacher)
+    base = _load(cfg, cfg.student, teacher) if cfg.student else teacher
+    critic = _load(cfg, cfg.critic, teacher) if cfg.critic else None
+    return base.streaming_copy(cfg.streaming), teacher, critic
+
+
+def build_world(cfg: DistillConfig):
+    from ..worlds.prompts import PromptFile
+    from ..worlds.shapes import ShapesWorld
+
+    return PromptFile(cfg.prompts, cfg.world.frames) if cfg.prompts else ShapesWorld(cfg.world)
 
 
 def build_method(cfg: DistillConfig, quiet: bool):
@@ -72,20 +95,21 @@ def build_method(cfg: DistillConfig, quiet: bool):
     from distill.ode_init import ODEInitMethod
     from distill.stream_r1 import StreamR1Method
 
-    from ..worlds.shapes import ShapesWorld
-
     if cfg.method not in METHODS:
         raise UsageError(f"config key 'method' is {cfg.method!r}; valid: {', '.join(METHODS)}")
-    if cfg.world.frames % cfg.streaming.local_frames and cfg.world.frames > cfg.streaming.local_frames:
-        raise UsageError("world.frames longer than streaming.local_frames must be a multiple of it")
-    world = ShapesWorld(cfg.world)
-    student, teacher = build_models(cfg)
+    if cfg.prompts and cfg.eval_num:
+        raise UsageError("eval_num measures students against the shapes world's probe; set eval_num=0 with a prompt file")
+    world = build_world(cfg)
+    student, teacher, critic = build_models(cfg)
+    frames = student.latent_frames(cfg.world.frames)
+    if frames % cfg.streaming.local_frames and frames > cfg.streaming.local_frames:
+        raise UsageError("world.frames (in latent frames) longer than streaming.local_frames must be a multiple of it")
     if cfg.method == "ode_init":
         return ODEInitMethod(cfg.ode, student, teacher, world, cfg.optim, cfg.train.seed, Path(cfg.out_dir), quiet)
     args = (cfg.dmd, student, teacher, world, cfg.optim, cfg.critic_optim, cfg.train.seed)
     if cfg.method == "stream_r1":
-        return StreamR1Method(cfg.stream_r1, *args)
-    return DMDMethod(*args)
+        return StreamR1Method(cfg.stream_r1, *args, critic=critic)
+    return DMDMethod(*args, critic=critic)
 
 
 def ode_init_stage(cfg: DistillConfig) -> DistillConfig:

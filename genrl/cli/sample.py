@@ -23,12 +23,14 @@ def sampling_options(fn):
     return click.option("--frames", type=click.IntRange(1, 4096), default=None, help="Frames to generate (default: training length).")(fn)
 
 
-def load_generator(model: str | None, checkpoint: str | None, kind: str = "video_model"):
+def load_generator(model: str | None, checkpoint: str | None, kind: str = "video_model", height=None, width=None):
     from ..models.registry import load_model
 
     if bool(model) == bool(checkpoint):
         raise UsageError("give exactly one of --model NAME or --checkpoint PATH")
-    return load_model(model or checkpoint, kind=kind)
+    size = {k: v for k, v in (("height", height), ("width", width)) if v}
+    gen = load_model(model or checkpoint, kind=kind, overrides=size)
+    return gen
 
 
 def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str]:
@@ -50,17 +52,20 @@ def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str
 @sampling_options
 @click.option("--out", type=output_file((".gif", ".mp4")), required=True, help="Video to write; several prompts make a captioned grid.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Pixel enlargement in the written file.")
+@click.option("--height", type=click.IntRange(16, 4096), default=None, help="Frame height (Wan models; default 480).")
+@click.option("--width", type=click.IntRange(16, 4096), default=None, help="Frame width (Wan models; default 832).")
 @click.option("--frames-dir", type=click.Path(file_okay=False), default=None,
               help="Also write every frame as PNG the moment its chunk is generated (streaming students).")
 @seed_option
 @quiet_option
-def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out, scale, frames_dir, seed, quiet):
+def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out, scale, height, width, frames_dir, seed, quiet):
     """Generate videos from text prompts.
 
     \b
     Examples:
       genrl sample --model shapes-teacher --prompt "a large red circle moving left slowly on a dark background" --out red.gif
       genrl sample --model shapes-teacher --prompts samples/prompts.txt --steps 30 --out grid.gif
+      genrl sample --checkpoint /models/Wan2.1-T2V-1.3B-Diffusers --prompt "a cat surfing" --frames 81 --out cat.mp4
     """
     import torch
 
@@ -69,10 +74,10 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out
     from ..io.video import upscale, write_video
 
     prompts = _read_prompts(prompt, prompts_file)
-    gen = load_generator(model, checkpoint)
+    gen = load_generator(model, checkpoint, height=height, width=width)
     from ..worlds.shapes import WorldConfig
 
-    frames = frames or WorldConfig().frames
+    frames = frames or (gen.pixel_frames(21) if not gen.chunk_decodable else WorldConfig().frames)
     torch.manual_seed(seed)
     on_chunk = _png_writer(Path(frames_dir), scale) if frames_dir else None
     result = generate(gen, prompts, frames, SamplingConfig(steps, guidance), seed, on_chunk)

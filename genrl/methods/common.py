@@ -71,9 +71,11 @@ def write_sample_grid(videos: torch.Tensor, prompts: list[str], path: Path) -> d
 
 @torch.no_grad()
 def sample_and_write(model, world, num: int, path: Path, steps: int = 30, guidance: float = 4.0) -> dict[str, float]:
-    """Generate ``num`` val-split prompts with any generator (teacher or streaming student) and write a grid."""
+    """Generate ``num`` val-split prompts with any generator (teacher or streaming student), write a grid,
+    and return what the prompt source can measure on it (the probe's accuracy on the shapes world)."""
     from ..generation import SamplingConfig, generate
 
-    _, prompts, _ = world.clips("val", range(num))
+    prompts = world.prompts("val", range(num))
     videos = generate(model, prompts, world.cfg.frames, SamplingConfig(steps, guidance), seed=0).videos
-    return write_sample_grid(videos, prompts, path)
+    write_video(path, captioned_grid(videos, prompts, cols=4), fps=6)
+    return world.score(videos, prompts)

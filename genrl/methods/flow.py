@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..models.registry import load_model, save_weights
 from ..models.video_model import VideoModel, VideoModelConfig
 from ..train.ema import EMA
-from ..train.trainer import Method, StepContext
+from ..train.trainer import Method, Role, StepContext
 from ..worlds.shapes import ShapesWorld
 from .common import GeneratorState, OptimConfig, adamw, sample_and_write
 
@@ -94,6 +94,9 @@ class FlowMethod(Method):
         out = ctx.optimize(self.opt, self.params, micro, self.sched)
         self.ema.update(self.model)
         return out
+
+    def roles(self):
+        return {"model": Role(self.model, trainable=True), "ema": Role(self.ema.module, cast=False)}
 
     def checkpoint_modules(self):
         return {"model": self.model, "ema": self.ema.module}

@@ -42,7 +42,7 @@ from .. import grpo as G
 from ..models.hf_vlm import QwenVLPolicy
 from ..models.registry import save_weights
 from ..models.vlm import TinyVLM
-from ..train.trainer import Method, StepContext
+from ..train.trainer import Method, Role, StepContext
 from ..worlds.qa import QAConfig, QAItem, ShapesQA, invert, with_hint
 from .common import GeneratorState, OptimConfig, adamw
 from .qa import MAX_NEW_TOKENS, accuracy_metrics, accuracy_reward_name, evaluate_qa, load_policy, prompts
@@ -254,10 +254,11 @@ class GRPOMethod(Method):
                 "zero_advantage_groups": float((ro.rewards.view(-1, self.cfg.group_size).std(1) == 0).float().mean())}
 
     # ------------------------------------------------------------- bookkeeping
-    def prepare(self, accelerator) -> None:
-        super().prepare(accelerator)
+    def roles(self):
+        roles = {"policy": Role(self.policy, trainable=True)}
         if self.ref is not None:  # frozen, so not checkpointed, but it must sit with the policy
-            self.ref.to(accelerator.device)
+            roles["reference"] = Role(self.ref)
+        return roles
 
     def checkpoint_modules(self):
         return {"policy": self.policy}

@@ -3,7 +3,8 @@
 A weights file is a safetensors file whose metadata carries the model kind and
 its config, so a file alone rebuilds its model. Built-in names resolve to files
 shipped in ``genrl/assets``; anything else is a path (a .safetensors file or a
-run/checkpoint folder holding one).
+run/checkpoint folder holding one). A diffusers Wan2.1 folder (or a genrl run folder
+exported from one) loads as a :class:`~genrl.models.wan.WanVideoModel`.
 """
 
 from __future__ import annotations
@@ -93,10 +94,22 @@ def resolve_path(name_or_path: str) -> Path:
     return path
 
 
-def load_model(name_or_path: str, kind: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """Build and load the model a name or path refers to (float32, eval mode)."""
+def load_model(name_or_path: str, kind: str | None = None, device: str | torch.device = "cpu",
+               overrides: dict | None = None) -> nn.Module:
+    """Build and load the model a name or path refers to (float32, eval mode).
+
+    ``overrides`` (e.g. height/width) apply to models whose config allows them (Wan2.1 folders).
+    """
     if "video_model" not in _KINDS:
         _register_defaults()
+    if kind in (None, "video_model") and name_or_path not in BUILTIN and Path(name_or_path).is_dir():
+        from .wan import is_wan_folder, load_wan
+
+        if is_wan_folder(name_or_path):  # a diffusers Wan2.1 folder or a genrl run folder exported from one
+            return load_wan(name_or_path, overrides).to(device).eval()
+    if overrides:
+        raise UsageError(f"{name_or_path}: {', '.join(overrides)} can only be set for Wan2.1 models "
+                         "(the shapes models generate 32x32 frames)")
     path = resolve_path(name_or_path)
     from safetensors import safe_open
 

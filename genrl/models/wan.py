@@ -67,13 +67,33 @@ class WanConfig:
 
 
 # ------------------------------------------------------------------ attention
-class _StreamState:
-    """What the processors of one transformer read during a forward: mask, cache, context RoPE."""
+class _Rope(tuple):
+    """(cos, sin) as diffusers hands them to each block, carrying this forward's attention layout.
 
-    def __init__(self):
-        self.mask: torch.Tensor | None = None
-        self.cache: KVCache | None = None
-        self.ctx_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    The layout travels with the rotary embedding rather than in shared state, so activation
+    checkpointing, which re-runs a block during backward, sees exactly what the forward saw:
+    the mask, and the cached keys/values as they were (tensors, never changed in place).
+    """
+
+    mask: torch.Tensor | None = None
+    cache: KVCache | None = None
+    context: list | None = None  # per block (k, v) of the cache at call time
+    ctx_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class _LayoutRope(nn.Module):
+    """Wraps the transformer's RoPE module; returns a :class:`_Rope` with the layout set by :class:`WanDiT`."""
+
+    def __init__(self, rope: nn.Module):
+        super().__init__()
+        self.rope = rope
+        self.layout: dict = {}
+
+    def forward(self, hidden_states: torch.Tensor) -> _Rope:
+        out = _Rope(self.rope(hidden_states))
+        for k, v in self.layout.items():
+            setattr(out, k, v)
+        return out
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -86,29 +106,29 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class CausalWanProcessor:
     """Self-attention of one Wan block: bidirectional, block-causal (a mask) or one chunk against a KV cache."""
 
-    def __init__(self, state: _StreamState, block: int):
-        self.state, self.block = state, block
+    def __init__(self, block: int):
+        self.block = block
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
         k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        st = self.state
-        if st.cache is None:
-            q, k = _rotate(q, *rotary_emb), _rotate(k, *rotary_emb)
-            out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), st.mask)
+        rope = rotary_emb
+        if rope.cache is None:
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
+            out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rope.mask)
         else:
             k_new, v_new = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, N, D), un-rotated
-            ck, cv = st.cache.context(self.block)
+            ck, cv = rope.context[self.block]
             kk = k_new if ck is None else torch.cat((ck, k_new), dim=2)
             vv = v_new if cv is None else torch.cat((cv, v_new), dim=2)
-            cos, sin = st.ctx_rope
+            cos, sin = rope.ctx_rope
             n = q.shape[1]
             q = _rotate(q, cos[:, -n:], sin[:, -n:])
             kk = _rotate(kk.transpose(1, 2), cos, sin).transpose(1, 2)
             out = attention(q.transpose(1, 2), kk, vv)
-            if st.cache.writing:
-                st.cache.append(self.block, k_new.detach(), v_new.detach())
+            if rope.cache.writing:
+                rope.cache.append(self.block, k_new.detach(), v_new.detach())
         out = out.transpose(1, 2).flatten(2, 3).type_as(hidden_states)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -121,9 +141,10 @@ class WanDiT(nn.Module):
         if getattr(transformer, "fused_projections", False):
             raise UsageError("fused QKV projections are not supported for streaming; load the transformer unfused")
         self.transformer, self.cfg = transformer, cfg
-        self._state = _StreamState()
+        if not isinstance(transformer.rope, _LayoutRope):
+            transformer.rope = _LayoutRope(transformer.rope)
         for i, blk in enumerate(transformer.blocks):
-            blk.attn1.set_processor(CausalWanProcessor(self._state, i))
+            blk.attn1.set_processor(CausalWanProcessor(i))
 
     @property
     def depth(self) -> int:
@@ -144,6 +165,9 @@ class WanDiT(nn.Module):
     def new_cache(self, latent_hw: tuple[int, int], local_frames: int, sink_frames: int = 0) -> KVCache:
         return KVCache(self.depth, self.tokens_per_frame(*latent_hw), self.cfg.chunk_frames, local_frames, sink_frames)
 
+    def enable_activation_checkpointing(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+
     def forward(self, x, t, text, text_mask=None, causal: bool = False, cache: KVCache | None = None) -> torch.Tensor:
         B, Fr, C, H, W = x.shape
         dtype = self.transformer.dtype
@@ -152,15 +176,18 @@ class WanDiT(nn.Module):
         t = t.float()
         if t.ndim == 2:  # one timestep per frame -> per token (diffusers' per-token path)
             t = t.repeat_interleave(tpf, dim=1)
-        st = self._state
-        st.cache = cache
-        st.mask = self.block_causal_mask(Fr, tpf, x.device) if causal and cache is None else None
-        if cache is not None:  # context frames 0..n-1, then this chunk
-            st.ctx_rope = self.transformer.rope(hs.new_empty((1, 0, cache.frames + Fr, H, W)))
+        layout: dict = {"cache": cache}
+        if cache is None:
+            layout["mask"] = self.block_causal_mask(Fr, tpf, x.device) if causal else None
+        else:  # context frames 0..n-1, then this chunk
+            layout["context"] = [cache.context(i) for i in range(self.depth)]
+            layout["ctx_rope"] = self.transformer.rope.rope(hs.new_empty((1, 0, cache.frames + Fr, H, W)))
+        rope = self.transformer.rope
+        rope.layout = layout
         try:
             out = self.transformer(hs, t, text.to(dtype), return_dict=False)[0]
         finally:
-            st.cache = st.mask = st.ctx_rope = None
+            rope.layout = {}
         return out.permute(0, 2, 1, 3, 4).to(x.dtype)
 
 
@@ -209,6 +236,8 @@ class WanVideoModel(FlowVideoModel):
         return self.cfg.height // SPATIAL, self.cfg.width // SPATIAL
 
     def latent_frames(self, frames: int) -> int:
+        if frames < 1 or (frames - 1) % TEMPORAL:
+            raise UsageError(f"Wan2.1 generates 4k+1 frames (1, 5, 9, ..., 81), got {frames}")
         return (frames - 1) // TEMPORAL + 1
 
     def pixel_frames(self, latent_frames: int) -> int:
@@ -319,7 +348,8 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.float32) -> nn
     try:
         model, info = WanTransformer3DModel.from_pretrained(str(folder), torch_dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise UsageError(f"{folder}: {str(e).splitlines()[0][:200]}") from None
+        line = str(e).splitlines()[0].split(" If you want")[0].replace("Cannot load  because ", "weight ")
+        raise UsageError(f"{folder}: {line[:240]}") from None
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         if info.get(kind):
             raise UsageError(f"{folder}: {kind.replace('_', ' ')[:-1]} {info[kind][0]!r} ({len(info[kind])} in all)")
@@ -347,8 +377,17 @@ def load_shared(pipeline: str | Path, dtype: torch.dtype = torch.float32) -> Sha
                        sched.from_pretrained(str(p / "scheduler")))
 
 
+def _quiet_loading() -> None:
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+
+
 def load_wan(path: str | Path, overrides: dict | None = None, shared: SharedParts | None = None) -> WanVideoModel:
     """A pipeline folder, a folder with only transformer/ (needs ``pipeline`` in overrides) or a genrl Wan run folder."""
+    _quiet_loading()
     p = Path(path)
     fields = {}
     if (p / EXPORT_FILE).is_file():
@@ -365,4 +404,8 @@ def load_wan(path: str | Path, overrides: dict | None = None, shared: SharedPart
     if cfg.height % 16 or cfg.width % 16:
         raise UsageError(f"height and width must be multiples of 16, got {cfg.height}x{cfg.width}")
     transformer = load_transformer(cfg.transformer or cfg.pipeline)
+    longest = max(cfg.height, cfg.width) // (SPATIAL * transformer.config.patch_size[1])
+    if longest > transformer.config.rope_max_seq_len:
+        raise UsageError(f"{cfg.height}x{cfg.width} gives {longest} patches along a side; this transformer's RoPE "
+                         f"covers {transformer.config.rope_max_seq_len} (rope_max_seq_len): use a smaller size")
     return WanVideoModel(cfg, transformer, shared or load_shared(cfg.pipeline))

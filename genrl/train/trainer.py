@@ -52,6 +52,14 @@ class TrainConfig:
     """Continue from the run folder's latest checkpoint when there is one."""
     tracker: str = "none"
     """Also log to 'tensorboard' or 'wandb' through Accelerate (when installed), or 'none'."""
+    frozen_dtype: str = "auto"
+    """dtype of frozen roles (teacher, reward, reference): 'auto' (bfloat16 on a GPU, float32 on CPU),
+    'float32', 'bfloat16' or 'float16'. Trainable roles keep float32 weights (autocast comes from
+    `accelerate launch --mixed_precision`)."""
+    activation_checkpointing: bool = False
+    """Recompute activations of trainable roles in backward (models that support it: Wan2.1)."""
+    offload_frozen: bool = False
+    """Keep frozen roles in CPU memory and stream their layers to the GPU as they run (accelerate's cpu_offload)."""
 
 
 class StepContext:
@@ -102,19 +110,32 @@ class StepContext:
         return float(flat[-1])
 
 
+@dataclass
+class Role:
+    """A model a method holds, and how the trainer may place it."""
+
+    module: nn.Module
+    trainable: bool = False
+    """Updated by an optimiser: float32 weights, activation checkpointing applies."""
+    cast: bool = True
+    """A frozen role that may run in ``frozen_dtype`` and be offloaded (False for an EMA, which is exported)."""
+
+
 class Method:
     """Base of every training method. Subclasses fill in the hooks."""
 
     name = "method"
 
+    def roles(self) -> dict[str, Role]:
+        """Every model the method runs. Default: the checkpointed modules, all trainable."""
+        return {n: Role(m, trainable=True) for n, m in self.checkpoint_modules().items()}
+
     def prepare(self, accelerator) -> None:
-        """Called once the accelerator exists: move models to its device and give each
-        process its own data stream (models start identical: same seed)."""
+        """Called once the accelerator exists and the roles are placed: give each process
+        its own data stream (models start identical: same seed)."""
         data = self.stateful().get("data")
         if data is not None and accelerator.num_processes > 1:
             data.generator.manual_seed(int(data.generator.initial_seed()) + 1_000_003 * accelerator.process_index)
-        for m in self.checkpoint_modules().values():
-            m.to(accelerator.device)
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
         raise NotImplementedError
@@ -141,6 +162,43 @@ class Method:
     def export(self, run_dir: Path) -> Path | None:
         """Write the final model weights (safetensors) into ``run_dir``."""
         return None
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def frozen_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The dtype frozen roles run in; None keeps each role's own ('auto' off a GPU)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if name not in _DTYPES:
+        from ..errors import UsageError
+
+        raise UsageError(f"train.frozen_dtype is {name!r}; valid: auto, {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig) -> None:
+    """The one place models meet the device: move every role, cast and offload frozen ones,
+    checkpoint activations of trainable ones. Methods never move models themselves."""
+    from ..errors import UsageError
+
+    dtype = frozen_dtype(cfg.frozen_dtype, device)
+    for name, role in roles.items():
+        m = role.module
+        if role.trainable:
+            m.to(device)
+            if cfg.activation_checkpointing:
+                dit = getattr(m, "dit", m)
+                if not hasattr(dit, "enable_activation_checkpointing"):
+                    raise UsageError(f"train.activation_checkpointing: the {name} ({type(dit).__name__}) does not support it")
+                dit.enable_activation_checkpointing()
+            continue
+        m.to(device, dtype) if role.cast and dtype is not None else m.to(device)
+        if role.cast and cfg.offload_frozen and device.type == "cuda":
+            from accelerate import cpu_offload
+
+            cpu_offload(m, execution_device=device)
 
 
 def seed_everything(seed: int) -> None:
@@ -175,6 +233,7 @@ class Trainer:
                 save_config(full_config, self.run_dir / "config.yaml")
         if log_with:
             self.accelerator.init_trackers(method.name)
+        place_roles(self.method.roles(), self.accelerator.device, cfg)
         self.method.prepare(self.accelerator)
         self.ckpt_root = self.run_dir / "checkpoints"
 
@@ -227,7 +286,8 @@ class Trainer:
             print(f"resumed {self.run_dir} at step {start}")
         with _graceful_interrupt() as stop, progress_bar(self.cfg.steps - start, self.method.name, self.quiet or not self.is_main) as advance:
             for step in range(start + 1, self.cfg.steps + 1):
-                last = self.method.train_step(step, ctx)
+                with self.accelerator.autocast():
+                    last = self.method.train_step(step, ctx)
                 if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
                     self.log(step, last, time.time() - t0)
                 if self.cfg.sample_every and step % self.cfg.sample_every == 0 and step != self.cfg.steps and self.is_main:

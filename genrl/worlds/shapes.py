@@ -150,6 +150,21 @@ class ShapesWorld:
         attrs, starts = self.random_attributes(split, n, generator)
         return self.render(attrs, starts, frames), self.captions(attrs), attrs
 
+    # ------------------------------------------------ the prompt-source interface
+    def random_prompts(self, split: str, n: int, generator: torch.Generator) -> list[str]:
+        """Captions of ``n`` random clips (the same draws as ``random_clips``, without rendering)."""
+        return self.captions(self.random_attributes(split, n, generator)[0])
+
+    def prompts(self, split: str, indices) -> list[str]:
+        """Captions of clips ``indices`` of ``split``."""
+        return self.captions(self.attributes(split, indices)[0])
+
+    def score(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        """The attribute probe's prompt accuracy of generated videos."""
+        from .probe import AttributeProbe
+
+        return {"sample_prompt_accuracy": AttributeProbe().prompt_accuracy(videos, prompts)[0]}
+
     # ----------------------------------------------------------------- rendering
     @staticmethod
     def captions(attrs: torch.Tensor) -> list[str]:
