@@ -30,6 +30,20 @@ _DMD, _ODE, _SR1 = _distill_configs()
 
 
 @dataclass
+class ArchConfig:
+    """Architectures `genrl plan` assumes for roles whose folders are not on this machine."""
+
+    teacher: str = ""
+    """Teacher architecture (wan2.1-t2v-1.3b, wan2.1-t2v-14b)."""
+    student: str = ""
+    """Student architecture; empty = the teacher's."""
+    critic: str = ""
+    """Critic architecture; empty = the teacher's."""
+    reward: str = ""
+    """Reward model architecture (videoreward-qwen2-vl-2b)."""
+
+
+@dataclass
 class DistillConfig:
     """`genrl distill` recipe."""
 
@@ -59,6 +73,7 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=[0.0, 0.999], warmup_steps=10))
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.0, 0.999], warmup_steps=10))
     train: TrainConfig = field(default_factory=TrainConfig)
+    arch: ArchConfig = field(default_factory=ArchConfig)
     eval_num: int = 0
     """After training, evaluate the exported student on this many test prompts into {out_dir}/eval.json
     (prompt accuracy, reward z-scores, frames/s; shown in report.md). 0 = skip."""

@@ -36,13 +36,14 @@ def cli():
 
 
 def _register() -> None:
-    from . import bench, data, distill, pretrain, qa, reward, sample, score, sweep
+    from . import bench, data, distill, plan, pretrain, qa, reward, sample, score, sweep
 
     cli.add_command(data.data)
     cli.add_command(pretrain.pretrain)
     cli.add_command(reward.train_reward)
     cli.add_command(distill.distill)
     cli.add_command(sweep.sweep)
+    cli.add_command(plan.plan)
     cli.add_command(qa.sft)
     cli.add_command(qa.grpo)
     cli.add_command(sample.sample)

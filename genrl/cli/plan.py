@@ -1,0 +1,81 @@
+"""`genrl plan`: parameters and memory of a recipe's roles, before anything is loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+
+
+@contextmanager
+def _env_placeholders(config: str | None):
+    """Unset ``${oc.env:NAME}`` variables read as empty while planning (a plan needs no machine paths)."""
+    names = set(re.findall(r"oc\.env:([A-Za-z_][A-Za-z0-9_]*)", Path(config).read_text())) if config and Path(config).is_file() else set()
+    missing = [n for n in names if n not in os.environ]
+    for n in missing:
+        os.environ[n] = ""
+    try:
+        yield missing
+    finally:
+        for n in missing:
+            os.environ.pop(n, None)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1024**3:.1f} GB"
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="A `genrl distill` recipe.")
+@click.option("--gpus", type=click.IntRange(1, 4096), default=1, help="GPUs the run would use.")
+@click.option("--gpu-memory", default="80GB", help="Memory of one GPU (e.g. 80GB, 141GB).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the plan as JSON.")
+def plan(overrides, config_path, gpus, gpu_memory, json_path):
+    """Parameters and memory per role of a distillation recipe, and what fits on your GPUs.
+
+    Builds every role's architecture on the meta device (a local folder's config, or the
+    preset named under `arch:` when the folder is not on this machine): nothing is
+    downloaded or allocated. Trainable roles count float32 weights, gradients and AdamW
+    moments; frozen roles their bfloat16 weights.
+
+    \b
+    Examples:
+      genrl plan --config configs/stream_r1_wan.yaml
+      genrl plan --config configs/stream_r1_wan.yaml --gpus 8 --gpu-memory 80GB
+      genrl plan --config configs/stream_r1_wan.yaml arch.teacher=wan2.1-t2v-14b arch.critic=wan2.1-t2v-1.3b
+    """
+    from ..config import load_config
+    from ..plan import parse_memory, plan_distill
+    from .distill import DistillConfig
+
+    gpu_bytes = parse_memory(gpu_memory)
+    with _env_placeholders(config_path) as missing:
+        cfg = load_config(DistillConfig, config_path, overrides)
+    if cfg.teacher.startswith("shapes-"):
+        raise UsageError("genrl plan covers Wan2.1 recipes; the shapes models fit any laptop")
+    p = plan_distill(cfg)
+    if missing:
+        click.echo(f"({', '.join(sorted(missing))} not set: architectures from the config's arch: section)")
+    click.echo(f"{'role':<13} {'architecture':<26} {'params':>8} {'dtype':>9} {'weights':>9} {'grads+Adam':>11} {'total':>9}")
+    for r in p.roles:
+        states = _gb(r.state_bytes) if r.trainable else "-"
+        click.echo(f"{r.name:<13} {Path(r.arch).name[:26]:<26} {r.params / 1e9:>7.2f}B {r.dtype:>9} "
+                   f"{_gb(r.weight_bytes):>9} {states:>11} {_gb(r.total_bytes):>9}")
+    click.echo(f"{'all roles':<13} {'':<26} {sum(r.params for r in p.roles) / 1e9:>7.2f}B {'':>9} {'':>9} {'':>11} "
+               f"{_gb(sum(r.total_bytes for r in p.roles)):>9}")
+    click.echo(f"activations (estimate, bf16, {p.batch} x {p.tokens:,} video tokens a sample): "
+               f"{_gb(p.activations['none'])} kept for backward, {_gb(p.activations['checkpointing'])} with activation checkpointing")
+    click.echo(f"on {gpus} GPU(s) of {_gb(gpu_bytes)}:")
+    for row in p.fits(gpus, gpu_bytes):
+        verdict = "fits" if row["fits"] else "does not fit"
+        note = "" if row["supported"] else "  (not yet in genrl's trainer)"
+        click.echo(f"  {row['option']:<52} {_gb(row['per_gpu_bytes']):>9} per GPU: {verdict}{note}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(p.to_json(gpus, gpu_bytes), indent=2) + "\n")
