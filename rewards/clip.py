@@ -36,6 +36,12 @@ class ClipReward(RewardModel):
         std = torch.tensor(CLIP_STD, device=x.device)[:, None, None]
         return (x - mean) / std
 
+    def read_file(self, path) -> torch.Tensor:
+        """Every frame at CLIP's square input size, resized as it is decoded."""
+        from genrl.io.video import read_resized
+
+        return read_resized(path, (self.image_size, self.image_size))
+
     def raw_scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         B, Fr = videos.shape[:2]
         img = F.normalize(self.clip.encode_image(self._frames(videos)), dim=-1).unflatten(0, (B, Fr))

@@ -96,6 +96,12 @@ class ShapesReward(RewardModel):
         m_var = motion.std(1) if Fr > 1 else torch.zeros_like(motion[:, 0])
         return torch.cat((feats.mean(1), motion.mean(1), m_var), dim=-1)
 
+    def read_file(self, path) -> torch.Tensor:
+        """Every frame at the 32x32 the model reads, resized as it is decoded (memory does not grow with resolution)."""
+        from genrl.io.video import read_resized
+
+        return read_resized(path, (32, 32))
+
     def raw_scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         v = self.video_features(videos)
         d = self.cfg.dim

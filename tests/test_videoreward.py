@@ -1,9 +1,7 @@
 import pytest
 import torch
 
-from rewards.videoreward import VideoRewardConfig, VideoRewardModel, VisionPrepConfig, prepare_pixels, smart_resize
-
-from tiny_qwen import tiny_qwen2vl
+from genrl.models.qwen_vision import VisionPrepConfig, frame_indices, prepare_pixels, smart_nframes, smart_resize
 
 
 def _processor(min_pixels, max_pixels):
@@ -35,15 +33,31 @@ def test_smart_resize_rules():
     assert h * w >= 56 * 56
 
 
-def test_videoreward_scores_are_differentiable_to_pixels():
-    model, tok = tiny_qwen2vl()
-    rm = VideoRewardModel(model, tok, VideoRewardConfig(vision=VisionPrepConfig(min_pixels=56 * 56, max_pixels=112 * 112)))
+def test_frame_rule_follows_the_source_frame_rate():
+    # 2 frames a second of the source, at least 4, even, never more than the video has
+    assert smart_nframes(81, 16.0, 2.0) == 10  # 81 frames at 16 fps: 5.06 s -> 10
+    assert smart_nframes(60, 8.0, 2.0) == 16  # 7.5 s -> 15 -> rounded to an even 16
+    assert smart_nframes(9, 8.0, 2.0) == 4  # short clips still read 4
+    assert smart_nframes(3, 8.0, 2.0) == 2  # never more than there are
+    assert frame_indices(9, 8.0, VisionPrepConfig()) == [0, 3, 5, 8]
+    with pytest.raises(ValueError):
+        smart_nframes(1, 8.0, 2.0)
+
+
+def test_videoreward_scores_are_differentiable_to_pixels(tmp_path):
+    from rewards.videoalign import convert
+    from rewards.videoreward import videoreward
+
+    from tiny_videoalign import write_release
+
+    write_release(tmp_path)
+    rm = videoreward(weights=str(convert(tmp_path / "release", tmp_path / "c", tmp_path / "base",
+                                         template_file=str(tmp_path / "template.txt"))), dtype="float32")
     v = torch.rand(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     s = rm(v, ["a red square moving left", "a blue circle"])
     assert set(s.raw) == {"vq", "mq", "ta"} and s.raw["vq"].shape == (2,)
     for a in ("vq", "mq", "ta"):
         (g,) = torch.autograd.grad(s.raw[a].sum(), v, retain_graph=True)
         assert torch.isfinite(g).all() and g.abs().sum() > 0
-    # the prompt reaches the TA score
-    s2 = rm(v.detach(), ["a green triangle moving up", "a blue circle"])
+    s2 = rm(v.detach(), ["a green triangle moving up", "a blue circle"])  # the prompt reaches the TA score
     assert not torch.isclose(s.raw["ta"][0], s2.raw["ta"][0])

@@ -53,15 +53,6 @@ def _prompts_for(files: list[Path], prompt: str | None, prompts_file: str | None
     return [table.get(str(f), table.get(f.name)) for f in files]
 
 
-def _fit(video, size: int = 32):
-    """Resize (F, C, H, W) to the reward model's frame size."""
-    import torch.nn.functional as F
-
-    if video.shape[-2:] == (size, size):
-        return video
-    return F.interpolate(video, size=(size, size), mode="area")
-
-
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--prompt", default=None, help="One prompt for every video.")
@@ -78,8 +69,11 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
     """Score videos with a reward model: visual quality, motion quality, text alignment.
 
     PATHS are video files (mp4, webm, gif, ...), folders of videos, or folders
-    of PNG frames. Scores are z-normalised with the model's stored statistics
-    (0 = a typical clean shapes-world clip); `overall` is their mean. A file
+    of PNG frames. Each backend reads frames its own way, at its own resolution
+    (shapes: every frame at 32x32; clip: every frame at CLIP's size; videoreward:
+    2 frames a second of the file's real frame rate within 448x448, as VideoAlign
+    does), resizing while decoding. Scores are z-normalised with the model's stored
+    statistics; `overall` is their mean (VideoAlign's own inference sums them). A file
     that cannot be read is listed with its error; the rest are still scored and
     the exit code is 1.
 
@@ -93,7 +87,7 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
 
     from rewards.base import build_reward
 
-    from ..io.video import VideoReadError, read_video
+    from ..io.video import VideoReadError
     from ..progress import progress_bar
 
     files = _collect(paths)
@@ -106,13 +100,13 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
             videos, ok = [], []
             for f, p in group:
                 try:
-                    videos.append(_fit(read_video(f)))
+                    videos.append(model.read_file(f))  # each backend's own frame rule and resolution
                     ok.append((f, p))
                 except VideoReadError as e:
                     rows.append({"path": str(f), "prompt": p, "error": str(e)})
             for (f, p), v in zip(ok, videos):
                 with torch.no_grad():
-                    s = model(v[None], [p])
+                    s = model.score_read(v, p)
                 rows.append({"path": str(f), "prompt": p, **{a: round(float(s.z[a][0]), 4) if a in s.z else None for a in AXES},
                              "overall": round(float(s.overall[0]), 4), "frames": v.shape[0]})
                 if saliency_dir:

@@ -48,6 +48,108 @@ def read_video(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32) / scale).permute(0, 3, 1, 2).contiguous()
 
 
+DEFAULT_FPS = 8.0
+"""Frame rate assumed for a folder of PNG frames (no metadata to read it from)."""
+
+
+def _iter_frames(path: Path):
+    """Decoded frames (H, W, 3) uint8, one at a time."""
+    import imageio.v3 as iio
+
+    if path.is_dir():
+        for f in sorted(path.glob("*.png")):
+            yield _rgb(iio.imread(f))
+        return
+    _check_file(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".gif":
+            for f in iio.imiter(path, plugin="pillow", mode="RGB"):
+                yield _rgb(np.asarray(f))
+        else:
+            for f in iio.imiter(path, plugin="pyav" if _has_pyav() else "FFMPEG"):
+                yield _rgb(np.asarray(f))
+    except VideoReadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decoders raise many types
+        raise VideoReadError(f"{path}: cannot decode as video ({_short(e)})") from None
+
+
+def _rgb(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        frame = frame[..., None]
+    if frame.shape[-1] == 1:
+        frame = np.repeat(frame, 3, axis=-1)
+    frame = frame[..., :3]
+    return (frame / 257).astype(np.uint8) if frame.dtype == np.uint16 else frame.astype(np.uint8)
+
+
+def video_info(path: str | Path) -> tuple[int, float]:
+    """(frame count, frames per second) of a video file or PNG folder, decoding without keeping frames."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.exists():
+        raise VideoReadError(f"{path}: no such file or folder")
+    fps = DEFAULT_FPS
+    if path.is_file():
+        _check_file(path)
+        try:
+            if path.suffix.lower() == ".gif":
+                duration = iio.immeta(path, plugin="pillow").get("duration") or 0
+                fps = 1000.0 / duration if duration else DEFAULT_FPS
+            else:
+                fps = float(iio.immeta(path, plugin="pyav" if _has_pyav() else "FFMPEG").get("fps") or DEFAULT_FPS)
+        except Exception as e:  # noqa: BLE001
+            raise VideoReadError(f"{path}: cannot read video metadata ({_short(e)})") from None
+    count = sum(1 for _ in _iter_frames(path))
+    if not count:
+        raise VideoReadError(f"{path}: contains no frames")
+    return count, fps
+
+
+def read_resized(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
+    """Every frame, resized to ``size`` (area) as it is decoded: (F, 3, h, w) float in [0, 1].
+
+    Memory grows with F x h x w, never with the source resolution.
+    """
+    import torch.nn.functional as F
+
+    out = []
+    for frame in _iter_frames(Path(path)):
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
+        out.append(x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="area"))
+    if not out:
+        raise VideoReadError(f"{path}: contains no frames")
+    return torch.cat(out)
+
+
+def read_frames(path: str | Path, indices: list[int]) -> torch.Tensor:
+    """Only the frames at ``indices`` (sorted, distinct or not) as (F, 3, H, W) uint8; memory grows with F only."""
+    path = Path(path)
+    want: dict[int, int] = {}
+    for i in indices:
+        want[i] = want.get(i, 0) + 1
+    kept: dict[int, np.ndarray] = {}
+    for i, frame in enumerate(_iter_frames(path)):
+        if i in want:
+            kept[i] = frame
+        if len(kept) == len(want):
+            break
+    missing = [i for i in want if i not in kept]
+    if missing:
+        raise VideoReadError(f"{path}: has no frame {missing[0]}")
+    return torch.from_numpy(np.stack([kept[i] for i in indices])).permute(0, 3, 1, 2).contiguous()
+
+
+def _check_file(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path}: file is empty")
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise VideoReadError(f"{path}: unsupported video type {suffix or '(none)'}; valid: {', '.join(VIDEO_SUFFIXES)}")
+
+
 def _read_png_folder(path: Path) -> list[np.ndarray]:
     import imageio.v3 as iio
 

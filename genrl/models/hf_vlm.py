@@ -9,7 +9,7 @@ model:
 
 - pixels are prepared in torch exactly as the Qwen2-VL processor lays them out
   (2-frame temporal patches, 14-pixel patches in merge order, CLIP
-  normalisation; see :func:`rewards.videoreward.prepare_pixels`);
+  normalisation; see :func:`genrl.models.qwen_vision.prepare_pixels`);
 - the prompt is the chat template for one user turn holding the video then the
   question; the cached video embeddings are written over the ``<|video_pad|>``
   token embeddings, and M-RoPE positions come from the model's own
@@ -54,7 +54,7 @@ class QwenVLPolicyConfig:
     system: str = SYSTEM
     """System turn of the chat template ('' = none)."""
     vision: dict = field(default_factory=dict)
-    """Overrides of :class:`rewards.videoreward.VisionPrepConfig` (patch sizes, mean, std)."""
+    """Overrides of :class:`genrl.models.qwen_vision.VisionPrepConfig` (patch sizes, mean, std)."""
 
 
 def is_hf_folder(path: str | Path) -> bool:
@@ -95,7 +95,7 @@ class QwenVLPolicy(CompletionPolicy):
 
     def __init__(self, model: nn.Module, tokenizer, cfg: QwenVLPolicyConfig):
         super().__init__()
-        from rewards.videoreward import VisionPrepConfig
+        from .qwen_vision import VisionPrepConfig
 
         self.model, self.cfg = model, cfg
         mc = model.config
@@ -147,14 +147,14 @@ class QwenVLPolicy(CompletionPolicy):
 
     # ------------------------------------------------------------------ vision
     def _grid(self) -> torch.Tensor:
-        from rewards.videoreward import prepare_pixels
+        from .qwen_vision import prepare_pixels
 
         probe = torch.zeros(self.cfg.frames, 3, self.cfg.height, self.cfg.width)
         return prepare_pixels(probe, self.vision_cfg)[1]
 
     def pixels(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, F, 3, H, W) in [0, 1] -> the processor's flattened patches (sum of patches, dim) and grids (B, 3)."""
-        from rewards.videoreward import prepare_pixels
+        from .qwen_vision import prepare_pixels
 
         out = [prepare_pixels(v, self.vision_cfg) for v in videos]
         return torch.cat([p for p, _ in out]), torch.cat([g for _, g in out]).to(videos.device)
