@@ -18,7 +18,7 @@ from .generation import SamplingConfig, generate
 from .models.video_model import VideoModel
 from .progress import progress_bar
 from .worlds.probe import AttributeProbe
-from .worlds.shapes import ATTRIBUTES, ShapesWorld, WorldConfig, parse_caption
+from .worlds.shapes import ATTRIBUTES, ShapesWorld, WorldConfig
 
 
 def load_reward(name: str):
@@ -30,20 +30,55 @@ def load_reward(name: str):
     return build_reward("shapes", weights=name)
 
 
+PROMPT_STYLES = ("full", "partial", "paraphrase")
+
+
+def eval_prompts(world: ShapesWorld, split: str, idx: list[int], style: str, generator: torch.Generator):
+    """Prompts for clips ``idx`` and the attributes each names.
+
+    full: the world's caption; partial: a random subset of the attributes (each named with
+    probability 1/2, possibly none), phrases in random order; paraphrase: all six attributes
+    in other words ("big", "fast", "going left", "on a white background"), in random order.
+    """
+    from .worlds.prompting import written_prompt
+    from .worlds.shapes import attribute_names
+
+    _, captions, attrs = world.clips(split, idx)
+    if style == "full":
+        return captions, [attribute_names(row) for row in attrs.tolist()]
+    prompts, named = [], []
+    for row in attrs.tolist():
+        full = attribute_names(row)
+        keep = ATTRIBUTES if style == "paraphrase" else [a for a in ATTRIBUTES if torch.rand(1, generator=generator) < 0.5]
+        prompts.append(written_prompt(full, list(keep), generator, paraphrase=style == "paraphrase"))
+        named.append({a: full[a] for a in keep})
+    return prompts, named
+
+
+def named_hits(results, named: list[dict[str, str]]) -> list[bool]:
+    """A clip is right when it shows one coherent object with every named attribute (none named: coherent)."""
+    return [r.readable and all(r.attributes[a] == v for a, v in want.items()) for r, want in zip(results, named)]
+
+
 @torch.no_grad()
 def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 32, frames: int | None = None,
              sampling: SamplingConfig | None = None, rewards: list[str] = ("shapes",), seed: int = 0,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, prompts: str = "full") -> dict:
     """Generate ``num`` videos for ``split`` prompts and measure them; returns the report dict.
 
     ``rewards``: reward models to average (names or weights); the first is reported as
-    ``reward``, all of them under ``rewards``.
+    ``reward``, all of them under ``rewards``. ``prompts``: 'full' captions, 'partial' or
+    'paraphrase' prompts (see :func:`eval_prompts`); accuracy counts the named attributes.
     """
+    if prompts not in PROMPT_STYLES:
+        raise ValueError(f"prompts must be one of {', '.join(PROMPT_STYLES)}, got {prompts!r}")
+    style = prompts
     sampling = sampling or SamplingConfig()
     world, probe = ShapesWorld(WorldConfig()), AttributeProbe()
+    rng = torch.Generator().manual_seed(seed * 31 + 7)
     models = {name: load_reward(name) for name in rewards}
     frames = frames or world.cfg.frames
-    hits, per_attr, gen_seconds, nfe = [], {a: 0 for a in ATTRIBUTES}, 0.0, 0.0
+    hits, per_attr, named_count, gen_seconds, nfe = [], {a: 0 for a in ATTRIBUTES}, {a: 0 for a in ATTRIBUTES}, 0.0, 0.0
     quarter = frames // 4
     first_hits, last_hits = [], []
     sums: dict[str, dict[str, float]] = {name: {} for name in models}
@@ -51,7 +86,7 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
     with progress_bar(num, "eval", quiet) as advance:
         for lo in range(0, num, batch):
             idx = list(range(seed * 1_000_000 + lo, seed * 1_000_000 + min(lo + batch, num)))
-            _, prompts, _ = world.clips(split, idx)
+            prompts, named = eval_prompts(world, split, idx, style, rng)
             result = generate(gen, prompts, frames, sampling, seed=seed * 7919 + lo)
             gen_seconds += result.seconds
             nfe = result.nfe_per_frame
@@ -60,14 +95,14 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
                 for k, v in {**scores.z, "overall": scores.overall}.items():
                     sums[name][k] = sums[name].get(k, 0.0) + float(v.sum())
             if quarter >= 2:
-                first_hits += probe.prompt_accuracy(result.videos[:, :quarter], prompts)[1]
-                last_hits += probe.prompt_accuracy(result.videos[:, -quarter:], prompts)[1]
-            for r, p in zip(probe.read(result.videos), prompts):
-                want = parse_caption(p)
-                ok = [r.attributes[a] == want[a] for a in ATTRIBUTES]
-                hits.append(all(ok))
-                for a, o in zip(ATTRIBUTES, ok):
-                    per_attr[a] += o
+                first_hits += named_hits(probe.read(result.videos[:, :quarter]), named)
+                last_hits += named_hits(probe.read(result.videos[:, -quarter:]), named)
+            results = probe.read(result.videos)
+            hits += named_hits(results, named)
+            for r, want in zip(results, named):
+                for a, v in want.items():
+                    per_attr[a] += r.attributes[a] == v
+                    named_count[a] += 1
             advance(len(idx), f"acc={sum(hits) / len(hits):.3f}")
     means = {name: {k: v / num for k, v in s.items()} for name, s in sums.items()}
     return {
@@ -75,7 +110,8 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "num_videos": num,
         "frames": frames,
         "prompt_accuracy": sum(hits) / num,
-        "attribute_accuracy": {a: v / num for a, v in per_attr.items()},
+        "prompts": style,
+        "attribute_accuracy": {a: v / named_count[a] for a, v in per_attr.items() if named_count[a]},
         "first_quarter_accuracy": sum(first_hits) / num if first_hits else None,
         "last_quarter_accuracy": sum(last_hits) / num if last_hits else None,
         "reward": means[rewards[0]] if rewards else None,

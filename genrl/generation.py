@@ -51,6 +51,7 @@ def generate(model: VideoModel, prompts: list[str], frames: int, sampling: Sampl
     """Pixels for ``prompts``. Streaming students hand each decoded chunk to ``on_chunk(start, pixels)`` as it is made."""
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
+    prompts = model.prepare_prompts(prompts, seed + 104_729)  # open attributes: their own stream
     latent_frames = model.latent_frames(frames)
     if is_streaming(model) and model.chunk_decodable:
         chunks, done = [], 0

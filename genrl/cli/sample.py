@@ -75,6 +75,7 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out
 
     prompts = _read_prompts(prompt, prompts_file)
     gen = load_generator(model, checkpoint, height=height, width=width)
+    _warn_unknown_words(gen, prompts, quiet)
     from ..worlds.shapes import WorldConfig
 
     frames = frames or (gen.pixel_frames(21) if not gen.chunk_decodable else WorldConfig().frames)
@@ -87,6 +88,22 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out
         write_video(out, captioned_grid(result.videos, prompts, cols=4, scale=scale), fps=6)
     fps = len(prompts) * frames / result.seconds
     click.echo(f"wrote {out}: {len(prompts)} video(s) x {frames} frames in {result.seconds:.2f}s ({fps:.1f} frames/s, {result.nfe_per_frame:g} NFE/frame)")
+
+
+def _warn_unknown_words(gen, prompts: list[str], quiet: bool) -> None:
+    """Shapes models: one line naming words the world does not know, and the known vocabulary."""
+    from ..models.video_model import VideoModel
+
+    if not isinstance(gen, VideoModel):
+        return
+    from ..worlds.prompting import extend_prompts, unknown_words_line
+
+    full, unknown = extend_prompts(prompts)
+    if unknown:
+        click.echo(unknown_words_line(unknown), err=True)
+    partial = sum(p != f for p, f in zip(prompts, full))
+    if partial and not quiet:
+        click.echo(f"{partial} prompt(s) name only some attributes: the others are drawn from the world (per --seed)")
 
 
 def _png_writer(folder: Path, scale: int):
@@ -114,6 +131,9 @@ def _png_writer(folder: Path, scale: int):
 @click.option("--num", type=click.IntRange(1, 100_000), default=128, show_default=True, help="Videos to generate and score.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=32, show_default=True, help="Videos generated at once.")
 @sampling_options
+@click.option("--prompts", "prompt_style", type=click.Choice(("full", "partial", "paraphrase")), default="full",
+              help="full: the world's captions; partial: random subsets of the attributes in random order; "
+                   "paraphrase: all attributes in other words. Accuracy counts the attributes a prompt names.")
 @click.option("--out", type=output_file((".json",)), default=None, help="Write the figures as JSON.")
 @click.option("--reward", "rewards", multiple=True, default=("shapes",), show_default=True,
               help="Reward model whose mean z-scores (vq, mq, ta, overall) go into the report: a backend name or "
@@ -121,7 +141,7 @@ def _png_writer(folder: Path, scale: int):
                    "'none' skips rewards.")
 @seed_option
 @quiet_option
-def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance, out, rewards, seed, quiet):
+def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance, prompt_style, out, rewards, seed, quiet):
     """Measure a video generator (or, with --task qa, a video-language model) on held-out prompts.
 
     For generators, reports `prompt_accuracy` (every attribute of the prompt read back from the
@@ -134,6 +154,7 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
     Examples:
       genrl eval --model shapes-teacher --split test --num 128 --out eval.json
       genrl eval --model shapes-student-dmd --frames 36 --reward shapes --reward shapes-reward-b
+      genrl eval --model shapes-teacher --prompts partial --num 256
       genrl eval --task qa --model shapes-vlm --split test --num 512 --out qa.json
     """
     if task == "qa":
@@ -144,11 +165,11 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
     gen = load_generator(model, checkpoint)
     rewards = [] if "none" in rewards else list(rewards)
     report = {"model": model or checkpoint,
-              **run_eval(gen, split, num, batch, frames, SamplingConfig(steps, guidance), rewards, seed, quiet)}
+              **run_eval(gen, split, num, batch, frames, SamplingConfig(steps, guidance), rewards, seed, quiet, prompt_style)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
     click.echo(
-        f"{report['model']} on {num} {split} prompts: prompt_accuracy={report['prompt_accuracy']:.4f} "
+        f"{report['model']} on {num} {split} prompts ({prompt_style}): prompt_accuracy={report['prompt_accuracy']:.4f} "
         f"frames/s={report['frames_per_second']} nfe/frame={report['nfe_per_frame']:g}"
     )
 

@@ -71,6 +71,10 @@ class FlowVideoModel(nn.Module):
         """Latent frames that decode to ``frames`` pixel frames."""
         return frames
 
+    def prepare_prompts(self, prompts: list[str], seed: int = 0) -> list[str]:
+        """Prompts as the model reads them (identity; the shapes models complete partial prompts)."""
+        return prompts
+
     def pixel_frames(self, latent_frames: int) -> int:
         return latent_frames
 
@@ -198,6 +202,13 @@ class VideoModel(FlowVideoModel):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.autoencoder.decode(latents)
+
+    def prepare_prompts(self, prompts: list[str], seed: int = 0) -> list[str]:
+        """The world's full caption for any prompt: named attributes kept (any order, paraphrases),
+        open ones drawn from the world with ``seed`` (see :mod:`genrl.worlds.prompting`)."""
+        from ..worlds.prompting import extend_prompts
+
+        return extend_prompts(prompts, seed)[0]
 
     def streaming_copy(self, streaming: StreamingConfig) -> "VideoModel":
         """The same weights as a block-causal student that generates chunk by chunk."""
