@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from genrl.stats import effective_sample_size
 from genrl.train.trainer import Role
 
 from .dmd import DMDMethod
@@ -167,7 +168,8 @@ class StreamR1Method(DMDMethod):
         self.history.append(z.mean(0).tolist())
         rw = rollout_weights(r, cfg.beta).clamp_max(cfg.max_weight)
         metrics = {f"reward_{a}": float(z[:, i].mean()) for i, a in enumerate(cfg.axes)}
-        metrics.update(reward_r=float(r.mean()), rollout_weight_max=float(rw.max()), rollout_weight_min=float(rw.min()))
+        metrics.update(reward_r=float(r.mean()), rollout_weight_max=float(rw.max()), rollout_weight_min=float(rw.min()),
+                       rollout_ess=effective_sample_size(rw))
         W = None
         if sal is not None:
             S = fuse_saliency(sal, z, cfg.temperature)

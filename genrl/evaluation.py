@@ -63,7 +63,7 @@ def named_hits(results, named: list[dict[str, str]]) -> list[bool]:
 @torch.no_grad()
 def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 32, frames: int | None = None,
              sampling: SamplingConfig | None = None, rewards: list[str] = ("shapes",), seed: int = 0,
-             quiet: bool = False, prompts: str = "full") -> dict:
+             quiet: bool = False, prompts: str = "full", same_prompts: bool = False) -> dict:
     """Generate ``num`` videos for ``split`` prompts and measure them; returns the report dict.
 
     ``rewards``: reward models to average (names or weights); the first is reported as
@@ -82,10 +82,12 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
     quarter = frames // 4
     first_hits, last_hits = [], []
     sums: dict[str, dict[str, float]] = {name: {} for name in models}
+    per_video: dict[str, dict[str, list[float]]] = {name: {} for name in models}
     start = time.time()
     with progress_bar(num, "eval", quiet) as advance:
         for lo in range(0, num, batch):
-            idx = list(range(seed * 1_000_000 + lo, seed * 1_000_000 + min(lo + batch, num)))
+            base = 0 if same_prompts else seed * 1_000_000  # same_prompts: only the noise changes with the seed
+            idx = list(range(base + lo, base + min(lo + batch, num)))
             prompts, named = eval_prompts(world, split, idx, style, rng)
             result = generate(gen, prompts, frames, sampling, seed=seed * 7919 + lo)
             gen_seconds += result.seconds
@@ -94,6 +96,7 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
                 scores = rm(result.videos, prompts)
                 for k, v in {**scores.z, "overall": scores.overall}.items():
                     sums[name][k] = sums[name].get(k, 0.0) + float(v.sum())
+                    per_video[name].setdefault(k, []).extend(round(float(x), 5) for x in v)
             if quarter >= 2:
                 first_hits += named_hits(probe.read(result.videos[:, :quarter]), named)
                 last_hits += named_hits(probe.read(result.videos[:, -quarter:]), named)
@@ -105,6 +108,8 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
                     named_count[a] += 1
             advance(len(idx), f"acc={sum(hits) / len(hits):.3f}")
     means = {name: {k: v / num for k, v in s.items()} for name, s in sums.items()}
+    from .stats import auc
+
     return {
         "split": split,
         "num_videos": num,
@@ -117,6 +122,8 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "reward": means[rewards[0]] if rewards else None,
         "reward_model": rewards[0] if rewards else None,
         "rewards": means,
+        "reward_probe_auc": {name: auc(per_video[name]["overall"], hits) for name in models},
+        "per_video": {"hit": [int(h) for h in hits], "rewards": per_video},
         "seconds": round(time.time() - start, 2),
         "frames_per_second": round(num * frames / gen_seconds, 2),
         "nfe_per_frame": nfe,
@@ -127,12 +134,44 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
 
 
 def evaluate_run(run: str | Path, num: int, rewards: list[str], split: str = "test", frames: int | None = None,
-                 seed: int = 0, quiet: bool = False) -> dict:
-    """Evaluate a run folder's exported model and write the report to ``{run}/eval.json``."""
+                 seed: int | list[int] = 0, quiet: bool = False) -> dict:
+    """Evaluate a run folder's exported model and write the report to ``{run}/eval.json``.
+
+    Several sampling ``seed``s evaluate the same prompts with other noise: the figures are their
+    mean and the per-video records are concatenated (seed by seed), so runs pair video for video.
+    """
     from .models.registry import load_model
 
     run = Path(run)
     gen = load_model(str(run / "model.safetensors"), kind="video_model")
-    report = {"model": str(run), **evaluate(gen, split, num, frames=frames, rewards=rewards, seed=seed, quiet=quiet)}
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    reports = [evaluate(gen, split, num, frames=frames, rewards=rewards, seed=s, quiet=quiet, same_prompts=True)
+               for s in seeds]
+    report = {"model": str(run), **merge_reports(reports), "sampling_seeds": seeds}
     (run / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One report for several sampling seeds: means of the figures, per-video records concatenated."""
+    if len(reports) == 1:
+        return reports[0]
+    out = dict(reports[0])
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    for key in ("prompt_accuracy", "first_quarter_accuracy", "last_quarter_accuracy", "frames_per_second"):
+        vals = [r[key] for r in reports if r.get(key) is not None]
+        out[key] = mean(vals) if vals else None
+    out["attribute_accuracy"] = {a: mean([r["attribute_accuracy"][a] for r in reports]) for a in reports[0]["attribute_accuracy"]}
+    out["rewards"] = {n: {k: mean([r["rewards"][n][k] for r in reports]) for k in reports[0]["rewards"][n]}
+                      for n in reports[0]["rewards"]}
+    out["reward"] = out["rewards"].get(out["reward_model"]) if out.get("reward_model") else None
+    hits = [h for r in reports for h in r["per_video"]["hit"]]
+    per = {n: {k: [x for r in reports for x in r["per_video"]["rewards"][n][k]] for k in reports[0]["per_video"]["rewards"][n]}
+           for n in reports[0]["per_video"]["rewards"]}
+    out["per_video"] = {"hit": hits, "rewards": per}
+    from .stats import auc
+
+    out["reward_probe_auc"] = {n: auc(per[n]["overall"], [bool(h) for h in hits]) for n in per}
+    out["num_videos"] = len(hits)
+    out["seed"] = [r["seed"] for r in reports]
+    return out

@@ -131,6 +131,15 @@ def test_sweep_runs_variants_by_seeds_and_tabulates_mean_and_spread(run_cli, tmp
         vq = [e["reward"]["vq"] for e in evals]
         assert abs(summary["variants"][variant]["vq"][0] - sum(vq) / 2) < 1e-9
     assert "| dmd |" in out and (sw / "results.png").exists() and (sw / "results.csv").exists()
+    # paired differences: full - dmd, video for video (2 prompts x 2 sampling seeds) and seed for seed
+    full = [json.loads((sw / "full" / f"seed_{s}" / "eval.json").read_text()) for s in (0, 1)]
+    dmd = [json.loads((sw / "dmd" / f"seed_{s}" / "eval.json").read_text()) for s in (0, 1)]
+    assert all(e["num_videos"] == 4 and e["sampling_seeds"] == [0, 1] for e in full + dmd)
+    by_hand = sum(f - d for ef, ed in zip(full, dmd) for f, d in zip(ef["per_video"]["rewards"][reward]["vq"],
+                                                                     ed["per_video"]["rewards"][reward]["vq"])) / 8
+    mean, lo, hi = summary["paired"]["full"]["vq"]
+    assert summary["baseline"] == "dmd" and abs(mean - by_hand) < 1e-6 and lo <= mean <= hi
+    assert "Paired difference to dmd" in out
     # the two variants differ only in the weighting, so their students differ after a step
     a = load_file(str(sw / "dmd" / "seed_0" / "model.safetensors"))
     b = load_file(str(sw / "full" / "seed_0" / "model.safetensors"))

@@ -3,8 +3,10 @@
 Each run is an ordinary `genrl distill` run folder (``{out_dir}/{variant}/seed_{s}``)
 followed by `genrl eval` into its ``eval.json``; a finished run is skipped, an
 unfinished one resumes, so re-running the command after an interruption picks up
-where it stopped. The summary (mean and spread over seeds per variant) is written
-as ``results.md``, ``results.json``, ``results.csv`` and ``results.png``.
+where it stopped. The summary (mean and spread over seeds per variant, and each
+variant's paired difference to the baseline with a 95% bootstrap interval over
+training seeds and videos) is written as ``results.md``, ``results.json``,
+``results.csv`` and ``results.png``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ class SweepEval:
     """Frames per video (0 = the world's clip length)."""
     rewards: list[str] = field(default_factory=lambda: ["shapes"])
     """Reward models averaged into each eval: the first is the one used in training; add held-out ones."""
-    seed: int = 0
-    """Eval seed: the same prompts and noise for every run."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """Sampling seeds: every run generates the same prompts once per seed (same noise across runs)."""
+    baseline: str = ""
+    """Variant every other one is compared with, paired video for video (empty = the first variant)."""
 
 
 @dataclass
@@ -75,6 +79,35 @@ def step_seconds(run: Path) -> float | None:
     return per[len(per) // 2] if per else None
 
 
+def _per_video(report: dict, rewards: list[str]) -> dict[str, list[float]]:
+    """Per-video values of every metric of :func:`_metrics`, in the eval's video order."""
+    pv = report["per_video"]
+    out = {"prompt_accuracy": [float(h) for h in pv["hit"]]}
+    for i, name in enumerate(rewards):
+        tag = "" if i == 0 else f"{name}:"
+        for axis, vals in pv["rewards"][name].items():
+            out[f"{tag}{axis}"] = vals
+    return out
+
+
+def paired(reports: dict[str, list[dict]], baseline: str, rewards: list[str], seed: int = 0) -> dict[str, dict]:
+    """Variant -> metric -> (mean difference to the baseline, 95% low, 95% high), paired by training
+    seed and video (the same prompts and sampling seeds), bootstrapped over both."""
+    import torch
+
+    from ..stats import paired_bootstrap
+
+    base = [_per_video(r, rewards) for r in reports[baseline]]
+    out = {}
+    for variant, reps in reports.items():
+        if variant == baseline:
+            continue
+        mine = [_per_video(r, rewards) for r in reps]
+        out[variant] = {k: paired_bootstrap(torch.tensor([m[k] for m in mine]) - torch.tensor([b[k] for b in base]), seed=seed)
+                        for k in base[0]}
+    return out
+
+
 def summarise(cfg: SweepConfig, reports: dict[str, list[dict]], steps: dict[str, list[float]]) -> dict:
     rewards = list(cfg.eval.rewards)
     table = {}
@@ -83,7 +116,9 @@ def summarise(cfg: SweepConfig, reports: dict[str, list[dict]], steps: dict[str,
         table[variant] = {k: _mean_std([m[k] for m in per_seed]) for k in per_seed[0]}
         if steps.get(variant):
             table[variant]["step_seconds"] = _mean_std(steps[variant])
-    return {"seeds": list(cfg.seeds), "rewards": rewards, "variants": table}
+    baseline = cfg.eval.baseline or next(iter(reports))
+    return {"seeds": list(cfg.seeds), "sampling_seeds": list(cfg.eval.seeds), "rewards": rewards, "variants": table,
+            "baseline": baseline, "paired": paired(reports, baseline, rewards)}
 
 
 def write_results(cfg: SweepConfig, summary: dict, out: Path) -> None:
@@ -97,6 +132,14 @@ def write_results(cfg: SweepConfig, summary: dict, out: Path) -> None:
              "| variant | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for v, row in variants.items():
         lines.append(f"| {v} | " + " | ".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}" for k in keys) + " |")
+    if summary.get("paired"):
+        pkeys = list(next(iter(summary["paired"].values())))
+        lines += ["", f"Paired difference to {summary['baseline']} (same training seeds, prompts and sampling seeds "
+                  f"{', '.join(map(str, summary['sampling_seeds']))}), with a 95% bootstrap interval over training seeds "
+                  "and videos; an interval holding 0 is no measured difference:", "",
+                  "| variant | " + " | ".join(pkeys) + " |", "|---" * (len(pkeys) + 1) + "|"]
+        for v, row in summary["paired"].items():
+            lines.append(f"| {v} | " + " | ".join(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in (row[k] for k in pkeys)) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     csv = ["variant," + ",".join(f"{k}_mean,{k}_std" for k in keys)]
     csv += [f"{v}," + ",".join(f"{row[k][0]:.6g},{row[k][1]:.6g}" for k in keys) for v, row in variants.items()]
@@ -142,6 +185,10 @@ def sweep(cfg: SweepConfig, quiet: bool):
 
     if not cfg.variants:
         raise UsageError("config key 'variants' is empty: give at least one name -> list of key=value overrides")
+    if not cfg.eval.seeds:
+        raise UsageError("config key 'eval.seeds' is empty: give at least one sampling seed (two or more for a claim)")
+    if cfg.eval.baseline and cfg.eval.baseline not in cfg.variants:
+        raise UsageError(f"config key 'eval.baseline' is {cfg.eval.baseline!r}; valid: {', '.join(cfg.variants)}")
     if not Path(cfg.recipe).is_file():
         raise UsageError(f"config key 'recipe' is {cfg.recipe!r}, which is not a file")
     out = Path(cfg.out_dir)
@@ -162,7 +209,7 @@ def sweep(cfg: SweepConfig, quiet: bool):
                 err.exit_code = code
                 raise err
             report = evaluate_run(run, cfg.eval.num, list(cfg.eval.rewards), cfg.eval.split,
-                                  cfg.eval.frames or None, cfg.eval.seed, quiet)
+                                  cfg.eval.frames or None, list(cfg.eval.seeds), quiet)
             click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: prompt_accuracy={report['prompt_accuracy']:.4f} "
                        f"({time.time() - t0:.0f} s)", err=True)
         reports[variant].append(json.loads(report_path.read_text()))
