@@ -150,16 +150,34 @@ def test_sweep_runs_variants_by_seeds_and_tabulates_mean_and_spread(run_cli, tmp
     assert (sw / "dmd" / "seed_0" / "eval.json").stat().st_mtime_ns == before
 
 
-def test_bench_reports_both_methods_and_their_ratio(run_cli, tmp_path, assets):
+def test_bench_train_reports_both_methods_and_their_ratios(run_cli, tmp_path, assets):
     teacher, reward = assets
     out = tmp_path / "bench.json"
-    code, stdout, err = run_cli("bench", f"teacher={teacher}", f"stream_r1.reward_weights={reward}",
-                                *[t for t in TINY if t != "--quiet"], "--steps", "1", "--samples", "1", "--out", str(out), "--quiet")
+    code, stdout, err = run_cli("bench", "train", f"teacher={teacher}", f"stream_r1.reward_weights={reward}",
+                                *[t for t in TINY if t != "--quiet"], "--steps", "1", "--json", str(out), "--quiet")
     assert code == 0, err
     r = json.loads(out.read_text())
-    s = r["step_seconds"]
-    assert s["dmd"] > 0 and s["stream_r1"] > 0 and abs(r["step_ratio"] - s["stream_r1"] / s["dmd"]) < 1e-12
-    assert "| training step (s) |" in stdout and "sample_ratio" in r
+    s, mem = r["raw"]["step_seconds"], r["raw"]["generator_step_saved_bytes"]
+    assert s["dmd"] > 0 and s["stream_r1"] > 0 and abs(r["train.stream_r1_over_dmd"] - s["stream_r1"] / s["dmd"]) < 1e-12
+    # Stream-R1's generator step keeps the same student graph plus the reward pass: more saved for backward
+    assert mem["stream_r1"] > mem["dmd"] > 0 and abs(r["train.peak_memory_ratio"] - mem["stream_r1"] / mem["dmd"]) < 1e-12
+    assert "| training step (s) |" in stdout
+
+
+def test_bench_stream_reports_the_stable_keys(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    m = tiny_video_model(seed=1, streaming=True)
+    student = save_weights(m, tmp_path / "student.safetensors", "video_model", m.cfg)
+    out = tmp_path / "stream.json"
+    code, stdout, err = run_cli("bench", "stream", "--student", str(student), "--teacher", teacher, "--num", "2",
+                                "--rounds", "1", "--chunks", "2,4", "--teacher-steps", "3", "--json", str(out), "--quiet")
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    assert {"stream.fps_ratio", "stream.first_frame_latency_ratio", "stream.nfe_ratio", "stream.chunk4_over_chunk2",
+            "stream.chunk4_over_chunk2_nocache"} <= set(r)
+    assert r["stream.nfe_ratio"] == 6 / 5  # 3 CFG steps (6 evaluations) vs 4 steps + the cache refresh
+    raw = r["raw"]
+    assert abs(r["stream.fps_ratio"] - raw["frames_per_second"]["student"] / raw["frames_per_second"]["teacher"]) < 1e-9
 
 
 def test_ode_init_with_teacher_forcing_on_real_clips_adds_its_loss(run_cli, tmp_path, assets):

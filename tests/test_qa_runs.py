@@ -41,14 +41,16 @@ def test_sft_then_grpo_runs_resume_exactly_and_eval(tmp_path, run_cli):
         "colour", "shape", "size", "direction", "speed", "count", "order"}
     assert report == {**report, "accuracy": json.loads((straight / "eval.json").read_text())["accuracy"]}
 
-    code, out, err = run_cli("bench-grpo", "--config", "configs/grpo_video_qa.yaml", f"grpo.policy={sft}", *GRPO[:2],
-                             "--steps", "1", "--out", str(tmp_path / "b.json"), "-q")
+    code, out, err = run_cli("bench", "grpo", "--config", "configs/grpo_video_qa.yaml", f"grpo.policy={sft}", *GRPO[:2],
+                             "--frames", "2,4", "--steps", "1", "--prompts-per-step", "0", "--json", str(tmp_path / "b.json"), "-q")
     assert code == 0, err
     bench = json.loads((tmp_path / "b.json").read_text())
     # 2 questions x 3 rollouts: the cache encodes 2 clips per step; without it the rollout, the reference
     # and the update pass each encode all 6 rows
-    assert bench["vision_clips_per_step"] == {"cached": 2, "recomputed": 18}
-    assert abs(bench["speedup"] - bench["step_seconds"]["recomputed"] / bench["step_seconds"]["cached"]) < 1e-12
+    assert bench["raw"]["vision_clips_per_step"] == {f: {"cached": 2, "recomputed": 18} for f in ("2", "4")}
+    for f in ("2", "4"):
+        s = bench["raw"]["step_seconds"][f]
+        assert abs(bench[f"grpo.cached_speedup.{f}"] - s["recomputed"] / s["cached"]) < 1e-12
 
 
 def test_bad_grpo_settings_are_one_line_errors(tmp_path, run_cli):

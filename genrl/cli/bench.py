@@ -1,33 +1,52 @@
 """`genrl bench`: costs measured side by side in one process, reported as ratios.
 
 Timings taken in separate runs on a shared machine mostly measure the machine;
-here the methods being compared alternate step by step in one process, so any
-slowdown hits both alike and the ratio stays meaningful.
+here the things compared alternate round by round in one process, after a
+warm-up round, so a slowdown hits both alike and the ratio stays meaningful.
+Every subcommand prints a table and, with ``--json``, writes stable keys
+(``stream.*``, ``train.*``, ``grpo.*``) plus the raw medians.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from pathlib import Path
 
 import click
 
 from .distill import DistillConfig
-from .qa import GRPOConfig
 from .options import config_command, output_file, quiet_option
+from .qa import GRPOConfig
+
+json_option = click.option("--json", "json_path", type=output_file((".json",)), default=None,
+                           help="Also write the figures (stable keys + raw medians) as JSON.")
 
 
+@click.group()
+def bench():
+    """Speed and memory, measured side by side in one process (ratios, medians, spreads).
+
+    \b
+      genrl bench stream   streaming student vs the 50-step CFG teacher; per-chunk latency of a long stream
+      genrl bench train    a Stream-R1 training step vs a plain DMD step (time and activation memory)
+      genrl bench grpo     a GRPO step with cached video embeddings vs recomputing the vision tower
+      genrl bench all      all three into one JSON (the README's performance table)
+    """
+
+
+# --------------------------------------------------------------------- timing
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def _alternate(fns: dict, rounds: int, label: str, quiet: bool) -> dict[str, float]:
-    """Mean seconds of each ``fns[name](i)``, the callables taking turns for ``rounds`` timed rounds
-    (after one warm-up round, which fills caches and allocators)."""
+def alternate(fns: dict, rounds: int, label: str, quiet: bool) -> dict[str, list[float]]:
+    """Seconds of each ``fns[name](i)`` per round, the callables taking turns for ``rounds`` timed
+    rounds after one warm-up round (which fills caches and allocators)."""
     times: dict[str, list[float]] = {n: [] for n in fns}
     for i in range(rounds + 1):
         for name, fn in fns.items():
@@ -35,31 +54,215 @@ def _alternate(fns: dict, rounds: int, label: str, quiet: bool) -> dict[str, flo
             if i:
                 times[name].append(t)
         if not quiet and i:
-            click.echo(f"{label} {i}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in fns), err=True)
-    return {n: sum(t) / len(t) for n, t in times.items()}
+            click.echo(f"{label} {i}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in fns), err=True)
+    return times
 
 
-@config_command(DistillConfig)
-@click.option("--steps", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed training steps per method (after one warm-up step).")
-@click.option("--samples", type=click.IntRange(0, 1000), default=3, show_default=True, help="Timed streaming samples per student (0 = skip).")
-@click.option("--out", type=output_file((".json",)), default=None, help="Also write the figures as JSON.")
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: list[float]) -> float:
+    """Half the range of the timed rounds (0 with one round)."""
+    return (max(xs) - min(xs)) / 2
+
+
+def _write(report: dict, json_path) -> None:
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------- stream
+def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, chunks: list[int], steps: int,
+                  guidance: float, quiet: bool) -> dict:
+    """Student vs teacher on the same prompts and length, and the per-chunk latency of one long stream."""
+    import torch
+
+    from ..generation import SamplingConfig, generate
+    from ..models.registry import load_model
+    from ..worlds.shapes import ShapesWorld, WorldConfig
+
+    student, teacher = load_model(student_name, "video_model"), load_model(teacher_name, "video_model")
+    if not student.cfg.streaming.enabled:
+        raise click.UsageError(f"{student_name} is not a streaming student")
+    world = ShapesWorld(WorldConfig())
+    prompts, frames = world.prompts("test", range(num)), world.cfg.frames
+    sampling = SamplingConfig(steps, guidance)
+    first: dict[str, float] = {}
+
+    def run(model, name, decode):
+        t0 = time.perf_counter()
+        first.pop(name, None)
+
+        def mark(start, pixels):
+            first.setdefault(name, time.perf_counter() - t0)
+
+        with torch.no_grad():
+            if decode:
+                generate(model, prompts, frames, sampling, seed=0, on_chunk=mark)
+            elif model.cfg.streaming.enabled:
+                for _ in model.stream(prompts, frames, torch.Generator().manual_seed(0)):
+                    mark(0, None)
+            else:
+                model.sample(prompts, frames, steps, guidance, torch.Generator().manual_seed(0))
+                mark(0, None)
+        return first[name]
+
+    firsts: dict[str, list[float]] = {}
+
+    def timed(model, name, decode):
+        def fn(i):
+            ttff = run(model, name, decode)
+            if i:
+                firsts.setdefault(name, []).append(ttff)
+        return fn
+
+    fns = {"student": timed(student, "student", True), "teacher": timed(teacher, "teacher", True),
+           "student_nodecode": timed(student, "student_nodecode", False),
+           "teacher_nodecode": timed(teacher, "teacher_nodecode", False)}
+    times = alternate(fns, rounds, "stream", quiet)
+    videos_frames = num * frames
+    fps = {n: videos_frames / med(t) for n, t in times.items()}
+    nfe_student = float(len(student.cfg.streaming.timesteps) + 1)
+    nfe_teacher = float(steps * (2 if guidance != 1.0 else 1))
+    chunk_lat = chunk_latencies(student, max(chunks), chunks, rounds, quiet)
+    c2, cmax = f"chunk{min(chunks)}", f"chunk{max(chunks)}"
+    return {
+        "stream.fps_ratio": fps["student"] / fps["teacher"],
+        "stream.fps_ratio_nodecode": fps["student_nodecode"] / fps["teacher_nodecode"],
+        "stream.first_frame_latency_ratio": med(firsts["teacher"]) / med(firsts["student"]),
+        "stream.nfe_ratio": nfe_teacher / nfe_student,
+        f"stream.{cmax}_over_{c2}": med(chunk_lat["cache"][max(chunks)]) / med(chunk_lat["cache"][min(chunks)]),
+        f"stream.{cmax}_over_{c2}_nocache": med(chunk_lat["nocache"][max(chunks)]) / med(chunk_lat["nocache"][min(chunks)]),
+        "raw": {"frames_per_second": fps, "seconds": {n: med(t) for n, t in times.items()},
+                "seconds_spread": {n: spread(t) for n, t in times.items()},
+                "first_frame_seconds": {n: med(t) for n, t in firsts.items()},
+                "nfe_per_frame": {"student": nfe_student, "teacher": nfe_teacher},
+                "chunk_seconds": {kind: {str(k): med(v) for k, v in d.items()} for kind, d in chunk_lat.items()},
+                "decode_chunk_seconds": med(chunk_lat["decode"][min(chunks)]),
+                "videos": num, "frames": frames, "student": student_name, "teacher": teacher_name,
+                "teacher_steps": steps, "teacher_guidance": guidance},
+    }
+
+
+def chunk_latencies(student, n_chunks: int, at: list[int], rounds: int, quiet: bool) -> dict[str, dict[int, list[float]]]:
+    """Seconds to make chunk k (its denoising steps + the cache refresh) of one stream of ``n_chunks``
+    chunks with the rolling KV cache, against recomputing every earlier frame at each step without one
+    (block-causal forward over the whole history); and the decode of one chunk, apart."""
+    import torch
+
+    from .. import schedulers as fm
+
+    chunk = student.cfg.dit.chunk_frames
+    sigmas = student.streaming_sigmas()
+    out = {"cache": {k: [] for k in at}, "nocache": {k: [] for k in at}, "decode": {k: [] for k in at}}
+    prompts = ["a small red square moving left slowly on a dark background"]
+    with torch.no_grad():
+        text = student.encode_text(prompts)
+        for r in range(rounds + 1):
+            g = torch.Generator().manual_seed(r)
+            cache, history = student.new_cache(), []
+            for k in range(1, n_chunks + 1):
+                x = torch.randn(student.latent_shape(1, chunk), generator=g)
+                t0 = time.perf_counter()
+                for i, s in enumerate(sigmas[:-1]):
+                    x0 = student.predict_x0_streaming(x, s, text, cache)
+                    if i + 1 < len(sigmas) - 1:
+                        x = fm.add_noise(x0, torch.randn(x0.shape, generator=g), sigmas[i + 1])
+                student.write_cache(x0, text, cache, g)
+                cached = time.perf_counter() - t0
+                if r and k in at:
+                    out["cache"][k].append(cached)
+                    out["decode"][k].append(_timed(lambda: student.decode(x0)))
+                    out["nocache"][k].append(_timed(lambda: _no_cache_chunk(student, history, text, sigmas, g)))
+                history.append(x0)
+            if not quiet and r:
+                click.echo(f"chunks {r}/{rounds}: " + ", ".join(f"chunk {k} {out['cache'][k][-1] * 1e3:.1f} ms "
+                                                              f"(no cache {out['nocache'][k][-1] * 1e3:.1f} ms)" for k in at), err=True)
+    return out
+
+
+def _no_cache_chunk(student, history: list, text, sigmas: list[float], g) -> None:
+    """One chunk made without a KV cache: every step runs the block-causal model over all earlier frames too."""
+    import torch
+
+    from .. import schedulers as fm
+
+    past = torch.cat(history, dim=1) if history else None
+    x = torch.randn(history[0].shape if history else student.latent_shape(1, student.cfg.dit.chunk_frames), generator=g)
+    n = x.shape[1]
+    for i, s in enumerate(sigmas[:-1]):
+        full = x if past is None else torch.cat((past, x), dim=1)
+        t = torch.zeros(1, full.shape[1])
+        t[:, -n:] = s * fm.NUM_TRAIN_TIMESTEPS
+        v = student.dit(full, t, *text, causal=True)[:, -n:]
+        x0 = fm.x0_from_velocity(x, v, s)
+        if i + 1 < len(sigmas) - 1:
+            x = fm.add_noise(x0, torch.randn(x0.shape, generator=g), sigmas[i + 1])
+
+
+@bench.command(name="stream", context_settings={"show_default": True})
+@click.option("--student", default="shapes-student-dmd", help="Streaming student (name or path).")
+@click.option("--teacher", default="shapes-teacher", help="Bidirectional teacher (name or path).")
+@click.option("--num", type=click.IntRange(1, 256), default=8, help="Videos generated at once (same test prompts for both).")
+@click.option("--rounds", type=click.IntRange(1, 100), default=3, help="Timed rounds after one warm-up round.")
+@click.option("--chunks", default="2,8,32,64", help="Chunks of one long stream whose latency is reported.")
+@click.option("--teacher-steps", type=click.IntRange(1, 1000), default=50, help="Teacher Euler steps.")
+@click.option("--guidance", type=click.FloatRange(1, 50), default=4.0, help="Teacher CFG scale.")
+@json_option
 @quiet_option
-def bench(cfg: DistillConfig, steps: int, samples: int, out, quiet: bool):
-    """Cost of a Stream-R1 training step against a plain DMD step, side by side.
+def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance, json_path, quiet):
+    """Streaming student vs the 50-step CFG teacher, and constant per-chunk cost of a long stream.
 
-    Builds both methods from the same distill config (the Stream-R1 one as
-    configured, the DMD one with the same models and seeds), alternates their
-    training steps and reports seconds per step and the ratio; then times
-    streaming sampling of both students the same way.
+    Counted: generating the videos from noise, text encoding and decoding included
+    ("with decode"), or denoising only; time to first frame is when the first chunk
+    reaches pixels (the teacher's whole video does at once). Chunk latency: the chunk's
+    denoising steps and its cache refresh (decode timed apart), with the rolling KV cache
+    vs recomputing all earlier frames at every step.
 
     \b
     Example:
-      genrl bench --config configs/stream_r1.yaml --steps 5
+      genrl bench stream --student shapes-student-dmd --teacher shapes-teacher --json stream.json
     """
+    at = sorted({int(c) for c in chunks.split(",")})
+    r = stream_report(student, teacher, num, rounds, at, teacher_steps, guidance, quiet)
+    raw, lo, hi = r["raw"], min(at), max(at)
+    click.echo("\n".join([
+        "| what | student | teacher | student / teacher |", "|---|---|---|---|",
+        f"| frames/s with decode | {raw['frames_per_second']['student']:.1f} | {raw['frames_per_second']['teacher']:.2f} | {r['stream.fps_ratio']:.1f}x |",
+        f"| frames/s, denoising only | {raw['frames_per_second']['student_nodecode']:.1f} | {raw['frames_per_second']['teacher_nodecode']:.2f} | {r['stream.fps_ratio_nodecode']:.1f}x |",
+        f"| time to first frame (s) | {raw['first_frame_seconds']['student']:.3f} | {raw['first_frame_seconds']['teacher']:.3f} | {r['stream.first_frame_latency_ratio']:.1f}x sooner |",
+        f"| NFE per frame | {raw['nfe_per_frame']['student']:g} | {raw['nfe_per_frame']['teacher']:g} | {r['stream.nfe_ratio']:.0f}x fewer |",
+        "", f"| chunk | " + " | ".join(str(k) for k in at) + f" | chunk {hi} / chunk {lo} |", "|---" * (len(at) + 2) + "|",
+        "| rolling KV cache (ms) | " + " | ".join(f"{raw['chunk_seconds']['cache'][str(k)] * 1e3:.1f}" for k in at)
+        + f" | {r[f'stream.chunk{hi}_over_chunk{lo}']:.2f} |",
+        "| no cache, history recomputed (ms) | " + " | ".join(f"{raw['chunk_seconds']['nocache'][str(k)] * 1e3:.1f}" for k in at)
+        + f" | {r[f'stream.chunk{hi}_over_chunk{lo}_nocache']:.2f} |",
+        f"| decode of one chunk (ms) | {raw['decode_chunk_seconds'] * 1e3:.1f} |" + " |" * len(at)]))
+    _write(r, json_path)
+
+
+# ---------------------------------------------------------------------- train
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors a step saves for backward (its activation memory), counted by autograd's hooks."""
+    import torch
+
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def train_report(cfg: DistillConfig, steps: int, quiet: bool) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from ..generation import SamplingConfig, generate
     from ..train.trainer import StepContext, seed_everything
     from .distill import build_method
 
@@ -68,59 +271,136 @@ def bench(cfg: DistillConfig, steps: int, samples: int, out, quiet: bool):
         seed_everything(cfg.train.seed)
         methods[name] = build_method(dataclasses.replace(cfg, method=name), quiet=True)
     ctx = StepContext(Accelerator(cpu=not torch.cuda.is_available()), cfg.train)  # as the Trainer builds it
-    fns = {n: (lambda i, m=m: m.train_step(i, ctx)) for n, m in methods.items()}
-    report = {"step_seconds": _alternate(fns, steps, "step", quiet)}
-    report["step_ratio"] = report["step_seconds"]["stream_r1"] / report["step_seconds"]["dmd"]
-    if samples:
-        _, prompts, _ = methods["dmd"].world.clips("test", range(8))
-        frames = methods["dmd"].world.cfg.frames
-        fns = {n: (lambda i, m=m: generate(m.ema.module, prompts, frames, SamplingConfig(), seed=i)) for n, m in methods.items()}
-        report["sample_seconds"] = _alternate(fns, samples, "sample", quiet)
-        report["sample_ratio"] = report["sample_seconds"]["stream_r1"] / report["sample_seconds"]["dmd"]
-    lines = ["| what | dmd | stream_r1 | ratio |", "|---|---|---|---|",
-             f"| training step (s) | {report['step_seconds']['dmd']:.3f} | {report['step_seconds']['stream_r1']:.3f} | {report['step_ratio']:.2f} |"]
-    if samples:
-        lines.append(f"| streaming sample of 8 clips (s) | {report['sample_seconds']['dmd']:.3f} | "
-                     f"{report['sample_seconds']['stream_r1']:.3f} | {report['sample_ratio']:.2f} |")
-    click.echo("\n".join(lines))
-    if out:
-        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    times = alternate({n: (lambda i, m=m: m.train_step(i, ctx)) for n, m in methods.items()}, steps, "step", quiet)
+    memory = {n: saved_bytes(lambda m=m: m.generator_loss({}).backward()) for n, m in methods.items()}
+    for m in methods.values():
+        m.opt.zero_grad(set_to_none=True)
+    sec = {n: med(t) for n, t in times.items()}
+    return {"train.stream_r1_over_dmd": sec["stream_r1"] / sec["dmd"],
+            "train.peak_memory_ratio": memory["stream_r1"] / memory["dmd"],
+            "raw": {"step_seconds": sec, "step_seconds_spread": {n: spread(t) for n, t in times.items()},
+                    "generator_step_saved_bytes": memory, "steps": steps}}
 
 
-@config_command(GRPOConfig, name="bench-grpo")
-@click.option("--steps", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed GRPO steps per setting (after one warm-up step).")
-@click.option("--out", type=output_file((".json",)), default=None, help="Also write the figures as JSON.")
+@bench.command(name="train", context_settings={"show_default": True})
+@click.option("--steps", type=click.IntRange(1, 1000), default=5, help="Timed training steps per method (after one warm-up step).")
+@json_option
 @quiet_option
-def bench_grpo(cfg: GRPOConfig, steps: int, out, quiet: bool):
-    """Cost of a GRPO step with cached video embeddings against recomputing the vision tower.
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="A distill recipe (e.g. configs/stream_r1.yaml; default: the distill defaults).")
+def bench_train(steps, json_path, quiet, overrides, config_path):
+    """A Stream-R1 training step against a plain DMD step: time and activation memory.
 
-    Builds the method twice from one grpo config (grpo.cache_video on and off,
-    same policy and seeds), alternates their steps and reports seconds per
-    step, the speed-up and how many clips the vision tower encoded per step.
+    Both methods are built from the same distill config (Stream-R1 as configured, DMD with
+    the same models and seeds) and their steps alternate. Memory is what the generator step
+    saves for backward (autograd's saved tensors: the activation memory), Stream-R1's reward
+    pass and saliency backward included.
 
     \b
     Example:
-      genrl bench-grpo --config configs/grpo_video_qa.yaml --steps 5
+      genrl bench train --config configs/stream_r1.yaml --steps 4 --json train.json
     """
+    from ..config import load_config
+
+    r = train_report(load_config(DistillConfig, config_path, overrides), steps, quiet)
+    raw = r["raw"]
+    click.echo("\n".join([
+        "| what | dmd | stream_r1 | ratio |", "|---|---|---|---|",
+        f"| training step (s) | {raw['step_seconds']['dmd']:.3f} | {raw['step_seconds']['stream_r1']:.3f} | {r['train.stream_r1_over_dmd']:.2f} |",
+        f"| generator step activations (MB) | {raw['generator_step_saved_bytes']['dmd'] / 2**20:.1f} | "
+        f"{raw['generator_step_saved_bytes']['stream_r1'] / 2**20:.1f} | {r['train.peak_memory_ratio']:.2f} |"]))
+    _write(r, json_path)
+
+
+# ----------------------------------------------------------------------- grpo
+def grpo_report(cfg: GRPOConfig, frames: list[int], steps: int, prompts_per_step: int, quiet: bool) -> dict:
     import torch
     from accelerate import Accelerator
 
     from ..methods.grpo import build_grpo
+    from ..methods.qa import load_policy
+    from ..models.vlm import TinyVLM
     from ..train.trainer import StepContext, seed_everything
 
-    methods = {}
-    for name, cached in (("cached", True), ("recomputed", False)):
-        seed_everything(cfg.train.seed)
-        methods[name] = build_grpo(dataclasses.replace(cfg.grpo, cache_video=cached), cfg.optim, cfg.train.seed)
     ctx = StepContext(Accelerator(cpu=not torch.cuda.is_available()), cfg.train)
-    fns = {n: (lambda i, m=m: m.train_step(i, ctx)) for n, m in methods.items()}
-    seconds = _alternate(fns, steps, "step", quiet)
-    report = {"step_seconds": seconds, "speedup": seconds["recomputed"] / seconds["cached"],
-              "vision_clips_per_step": {n: m.vision_rows / (steps + 1) for n, m in methods.items()}}
-    v = report["vision_clips_per_step"]
-    click.echo("\n".join([
-        "| what | cached embeddings | recomputed | speed-up |", "|---|---|---|---|",
-        f"| GRPO step (s) | {seconds['cached']:.3f} | {seconds['recomputed']:.3f} | {report['speedup']:.2f}x |",
-        f"| clips through the vision tower per step | {v['cached']:g} | {v['recomputed']:g} | |"]))
-    if out:
-        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    base = load_policy(cfg.grpo.policy)
+    out = {"speedup": {}, "seconds": {}, "vision_clips_per_step": {}}
+    for f in frames:
+        qa = dataclasses.replace(cfg.grpo.qa, frames=f)
+        methods = {}
+        for name, cached in (("cached", True), ("recomputed", False)):
+            seed_everything(cfg.train.seed)
+            policy = TinyVLM(dataclasses.replace(base.cfg, frames=f))
+            policy.load_state_dict(base.state_dict())
+            g = dataclasses.replace(cfg.grpo, qa=qa, cache_video=cached,
+                                    prompts_per_step=prompts_per_step or cfg.grpo.prompts_per_step)
+            methods[name] = build_grpo(g, cfg.optim, cfg.train.seed, policy=policy)
+        times = alternate({n: (lambda i, m=m: m.train_step(i, ctx)) for n, m in methods.items()}, steps, f"grpo {f} frames", quiet)
+        sec = {n: med(t) for n, t in times.items()}
+        out["seconds"][str(f)] = sec
+        out["speedup"][str(f)] = sec["recomputed"] / sec["cached"]
+        out["vision_clips_per_step"][str(f)] = {n: m.vision_rows / (steps + 1) for n, m in methods.items()}
+    return {**{f"grpo.cached_speedup.{f}": out["speedup"][str(f)] for f in frames},
+            "raw": {"step_seconds": out["seconds"], "vision_clips_per_step": out["vision_clips_per_step"],
+                    "steps": steps, "group_size": cfg.grpo.group_size,
+                    "prompts_per_step": prompts_per_step or cfg.grpo.prompts_per_step}}
+
+
+@bench.command(name="grpo", context_settings={"show_default": True})
+@click.option("--frames", default="8,32,128", help="Clip lengths to compare at.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=2, help="Timed GRPO steps per setting (after one warm-up step).")
+@click.option("--prompts-per-step", type=click.IntRange(0, 1024), default=2, help="Questions per step (0 = the config's).")
+@json_option
+@quiet_option
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default="configs/grpo_video_qa.yaml", help="A grpo recipe.")
+def bench_grpo(frames, steps, prompts_per_step, json_path, quiet, overrides, config_path):
+    """A GRPO step with cached video embeddings vs recomputing the vision tower, at several clip lengths.
+
+    The method is built twice per length (grpo.cache_video on and off, same policy and
+    seeds) and their steps alternate; the table gives seconds per step, the speed-up and
+    the clips the vision tower encoded per step.
+
+    \b
+    Example:
+      genrl bench grpo --config configs/grpo_video_qa.yaml --frames 8,32,128 --json grpo.json
+    """
+    from ..config import load_config
+
+    fr = sorted({int(f) for f in frames.split(",")})
+    r = grpo_report(load_config(GRPOConfig, config_path, overrides), fr, steps, prompts_per_step, quiet)
+    raw = r["raw"]
+    lines = ["| frames | cached (s) | recomputed (s) | speed-up | clips encoded per step (cached / recomputed) |",
+             "|---|---|---|---|---|"]
+    for f in fr:
+        s, v = raw["step_seconds"][str(f)], raw["vision_clips_per_step"][str(f)]
+        lines.append(f"| {f} | {s['cached']:.3f} | {s['recomputed']:.3f} | {r[f'grpo.cached_speedup.{f}']:.2f}x | "
+                     f"{v['cached']:g} / {v['recomputed']:g} |")
+    click.echo("\n".join(lines))
+    _write(r, json_path)
+
+
+@bench.command(name="all", context_settings={"show_default": True})
+@click.option("--rounds", type=click.IntRange(1, 100), default=3, help="Timed rounds or steps of each comparison.")
+@json_option
+@quiet_option
+@click.pass_context
+def bench_all(ctx, rounds, json_path, quiet):
+    """stream, train and grpo with their defaults, into one JSON (the README's performance table).
+
+    \b
+    Example:
+      genrl bench all --json bench.json
+    """
+    from ..config import load_config
+
+    report = {}
+    for name, fn in (("stream", lambda: stream_report("shapes-student-dmd", "shapes-teacher", 8, rounds, [2, 8, 32, 64], 50, 4.0, quiet)),
+                     ("train", lambda: train_report(load_config(DistillConfig, "configs/stream_r1.yaml"), rounds, quiet)),
+                     ("grpo", lambda: grpo_report(load_config(GRPOConfig, "configs/grpo_video_qa.yaml"), [8, 32, 128], max(1, rounds - 1), 2, quiet))):
+        r = fn()
+        report.update({k: v for k, v in r.items() if k != "raw"})
+        report[f"{name}.raw"] = r["raw"]
+    click.echo(json.dumps({k: v for k, v in report.items() if not k.endswith(".raw")}, indent=2))
+    _write(report, json_path)

@@ -51,7 +51,6 @@ def _register() -> None:
     cli.add_command(score.score)
     cli.add_command(convert.convert)
     cli.add_command(bench.bench)
-    cli.add_command(bench.bench_grpo)
 
 
 _register()
