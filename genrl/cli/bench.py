@@ -74,7 +74,7 @@ def _write(report: dict, json_path) -> None:
 
 # --------------------------------------------------------------------- stream
 def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, chunks: list[int], steps: int,
-                  guidance: float, quiet: bool) -> dict:
+                  guidance: float, quiet: bool, frames: int = 0) -> dict:
     """Student vs teacher on the same prompts and length, and the per-chunk latency of one long stream."""
     import torch
 
@@ -86,7 +86,7 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
     if not student.cfg.streaming.enabled:
         raise click.UsageError(f"{student_name} is not a streaming student")
     world = ShapesWorld(WorldConfig())
-    prompts, frames = world.prompts("test", range(num)), world.cfg.frames
+    prompts, frames = world.prompts("test", range(num)), frames or world.cfg.frames
     sampling = SamplingConfig(steps, guidance)
     first: dict[str, float] = {}
 
@@ -209,9 +209,10 @@ def _no_cache_chunk(student, history: list, text, sigmas: list[float], g) -> Non
 @click.option("--chunks", default="2,8,32,64", help="Chunks of one long stream whose latency is reported.")
 @click.option("--teacher-steps", type=click.IntRange(1, 1000), default=50, help="Teacher Euler steps.")
 @click.option("--guidance", type=click.FloatRange(1, 50), default=4.0, help="Teacher CFG scale.")
+@click.option("--frames", type=click.IntRange(0, 4096), default=0, help="Frames of each video, the same for both (0 = the world's 9).")
 @json_option
 @quiet_option
-def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance, json_path, quiet):
+def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance, frames, json_path, quiet):
     """Streaming student vs the 50-step CFG teacher, and constant per-chunk cost of a long stream.
 
     Counted: generating the videos from noise, text encoding and decoding included
@@ -225,7 +226,7 @@ def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance,
       genrl bench stream --student shapes-student-dmd --teacher shapes-teacher --json stream.json
     """
     at = sorted({int(c) for c in chunks.split(",")})
-    r = stream_report(student, teacher, num, rounds, at, teacher_steps, guidance, quiet)
+    r = stream_report(student, teacher, num, rounds, at, teacher_steps, guidance, quiet, frames)
     raw, lo, hi = r["raw"], min(at), max(at)
     click.echo("\n".join([
         "| what | student | teacher | student / teacher |", "|---|---|---|---|",

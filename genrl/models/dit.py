@@ -68,10 +68,15 @@ def rope_angles(pos: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) of x (B, H, N, D) by angles (N, D/2)."""
+def rope_table(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) of RoPE angles, computed once per forward and shared by every block."""
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, angles) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, H, N, D) by angles (N, D/2), or by their (cos, sin) table."""
     x2 = x.float().unflatten(-1, (-1, 2))
-    cos, sin = angles.cos(), angles.sin()
+    cos, sin = angles if isinstance(angles, tuple) else rope_table(angles)
     a, b = x2[..., 0], x2[..., 1]
     return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).type_as(x)
 
@@ -217,11 +222,21 @@ class Block(nn.Module):
         self.modulation = nn.Parameter(torch.randn(6, d) / d**0.5)
 
     def forward(self, x, e, angles, text, text_mask, mask=None, cache=None, block=0, ctx_angles=None):
-        # e: (B, N, 6, D) per-token time modulation from the shared projection
+        # e: (B, F, 6, D) per-frame time modulation from the shared projection, broadcast over each frame's tokens
         sh1, sc1, g1, sh2, sc2, g2 = (e + self.modulation).unbind(dim=2)
-        x = x + g1 * self.attn(self.norm1(x) * (1 + sc1) + sh1, angles, mask, cache, block, ctx_angles)
+        x = x + _per_frame(g1, self.attn(_modulate(self.norm1(x), sc1, sh1), angles, mask, cache, block, ctx_angles))
         x = x + self.cross(self.norm_x(x), text, text_mask, cache, block)
-        return x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
+        return x + _per_frame(g2, self.mlp(_modulate(self.norm2(x), sc2, sh2)))
+
+
+def _per_frame(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """scale (B, F, D) times tokens x (B, F * tokens_per_frame, D), frame by frame, without repeating scale."""
+    return (scale[:, :, None] * x.unflatten(1, (scale.shape[1], -1))).flatten(1, 2)
+
+
+def _modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x * (1 + scale) + shift with per-frame scale and shift (B, F, D) over tokens x (B, N, D)."""
+    return (x.unflatten(1, (scale.shape[1], -1)) * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -294,7 +309,7 @@ class VideoDiT(nn.Module):
         tokens = self.patch_embed(self._patchify(x))
         t = t.expand(B, Fr) if t.ndim == 2 else t[:, None].expand(B, Fr)
         temb = self.time_embed(timestep_embedding(t, 256))  # (B, F, D)
-        e = self.time_proj(temb).unflatten(-1, (6, -1)).repeat_interleave(tpf, dim=1)  # (B, N, 6, D)
+        e = self.time_proj(temb).unflatten(-1, (6, -1))  # (B, F, 6, D), one row per frame
 
         mask = ctx_angles = None
         if cache is None:
@@ -304,10 +319,12 @@ class VideoDiT(nn.Module):
         else:
             n_ctx = cache.frames  # context frames get contiguous positions 0..n_ctx-1
             pos = token_positions(n_ctx + Fr, rows, cols, device=x.device)
-            ctx_angles = rope_angles(pos, hd, self.cfg.rope_theta)
-            angles = ctx_angles[n_ctx * tpf :]
+            ctx_angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
+            angles = tuple(a[n_ctx * tpf :] for a in ctx_angles)
+        if not isinstance(angles, tuple):
+            angles = rope_table(angles)
         for i, blk in enumerate(self.blocks):
             tokens = blk(tokens, e, angles, text, text_mask, mask, cache, i, ctx_angles)
-        sh, sc = (temb.repeat_interleave(tpf, dim=1)[:, :, None] + self.head_modulation).unbind(dim=2)
-        out = self.head(self.norm_out(tokens) * (1 + sc) + sh)
+        sh, sc = (temb[:, :, None] + self.head_modulation).unbind(dim=2)
+        out = self.head(_modulate(self.norm_out(tokens), sc, sh))
         return self._unpatchify(out, Fr, H, W)
