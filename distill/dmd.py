@@ -36,11 +36,12 @@ from .rollout import self_forcing_rollout
 def dmd_gradient(x: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
     """g = (x_fake - x_real) / mean_{F,C,H,W} |x - x_real|, per sample.
 
-    Non-finite entries (x == x_real gives 0/0 or c/0) become 0, not float max as a bare
-    nan_to_num would make them.
+    A sample with x == x_real everywhere (0/0) gets 0; a non-finite teacher or critic score is
+    left non-finite so the trainer's guard skips the step instead of training on zeros.
     """
     norm = (x - x_real).abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True)
-    return torch.nan_to_num((x_fake - x_real) / norm, nan=0.0, posinf=0.0, neginf=0.0)
+    # only x == x_real (norm 0) maps to 0; a non-finite score stays non-finite, so the trainer skips the step
+    return torch.where(norm > 0, (x_fake - x_real) / norm.clamp_min(1e-30), torch.zeros_like(x))
 
 
 def dmd_loss(x: torch.Tensor, g: torch.Tensor, weights: torch.Tensor | None = None, rollout_weights: torch.Tensor | None = None) -> torch.Tensor:

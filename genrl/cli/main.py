@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ..errors import UsageError
+from ..errors import TrainingDiverged, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         click.echo(f"error: {e}", err=True)
         return 2
+    except TrainingDiverged as e:
+        click.echo(f"error: {e}", err=True)
+        return 1
     except KeyboardInterrupt:
         click.echo("interrupted; outputs written so far are complete", err=True)
         return 130

@@ -55,11 +55,21 @@ def _register_defaults() -> None:
             pass
 
 
+def check_finite(state: dict, where: str) -> None:
+    """Refuse to write weights holding NaN or inf (exit code 1): a poisoned file is worse than none."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            from ..errors import TrainingDiverged
+
+            raise TrainingDiverged(f"{where}: weight {k!r} is not finite; nothing was written")
+
+
 def save_weights(module: nn.Module, path: str | Path, kind: str, config: Any, dtype: torch.dtype | None = None) -> Path:
     """Write ``module``'s state as safetensors with its kind and config in the metadata (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
+    check_finite(module.state_dict(), str(path))
     for k, v in module.state_dict().items():
         v = v.detach().cpu().contiguous()
         state[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v.clone()

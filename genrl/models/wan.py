@@ -310,7 +310,10 @@ class WanVideoModel(FlowVideoModel):
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``transformer/`` (diffusers format) and genrl_wan.json (the rest of the recipe) into ``run_dir``."""
+        from .registry import check_finite
+
         run_dir = Path(run_dir)
+        check_finite(self.dit.transformer.state_dict(), str(run_dir / "transformer"))
         self.dit.transformer.save_pretrained(str(run_dir / "transformer"))
         cfg = dataclasses.replace(self.cfg, transformer=str(run_dir.resolve()))
         tmp = run_dir / f".{EXPORT_FILE}.tmp"

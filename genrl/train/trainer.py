@@ -10,6 +10,7 @@ checkpoint/resume (models, optimisers, schedulers, RNG, step, method state).
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
@@ -50,6 +51,8 @@ class TrainConfig:
     """Seed of every random stream of the run."""
     resume: bool = True
     """Continue from the run folder's latest checkpoint when there is one."""
+    max_bad_steps: int = 3
+    """Consecutive steps with a non-finite loss or gradient (each skipped) before the run stops with exit code 1."""
     tracker: str = "none"
     """Also log to 'tensorboard' or 'wandb' through Accelerate (when installed), or 'none'."""
     frozen_dtype: str = "auto"
@@ -63,10 +66,18 @@ class TrainConfig:
 
 
 class StepContext:
-    """What a method's train_step gets: accumulation, backward and clipping done one way."""
+    """What a method's train_step gets: accumulation, backward and clipping done one way.
+
+    A non-finite loss or gradient (on any process) skips the optimiser step: gradients are
+    dropped, the optimiser, its schedule and the weights stay as they were, and the skip is
+    counted (``skipped_steps``, ``bad_steps_in_a_row``).
+    """
 
     def __init__(self, accelerator, cfg: TrainConfig):
         self.accelerator, self.cfg = accelerator, cfg
+        self.skipped_steps = 0
+        self.bad_steps_in_a_row = 0
+        self.step_was_bad = False
 
     def optimize(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], micro_loss: Callable[[int], torch.Tensor], scheduler=None) -> dict[str, float]:
         """Run ``grad_accum`` micro-batches of ``micro_loss(i)``, clip, step, zero. Returns loss and grad norm."""
@@ -79,15 +90,27 @@ class StepContext:
             total += float(loss.detach())
         if self.accelerator.num_processes > 1:
             total = self._average_gradients(params, total)
+        gn = torch.sqrt(sum((p.grad.detach().float() ** 2).sum() for p in params if p.grad is not None))
+        if not self._finite(total, gn):
+            optimizer.zero_grad(set_to_none=True)
+            self.step_was_bad = True
+            return {"loss": total, "grad_norm": float(gn), "skipped": 1.0}
         if self.cfg.grad_clip > 0:
             gn = self.accelerator.clip_grad_norm_(params, self.cfg.grad_clip)
-        else:
-            gn = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in params if p.grad is not None))
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return {"loss": total, "grad_norm": float(gn)}
+
+    def _finite(self, loss: float, grad_norm: torch.Tensor) -> bool:
+        """Whether loss and gradients are finite on every process (all skip together, or none)."""
+        ok = torch.tensor([float(math.isfinite(loss) and bool(torch.isfinite(grad_norm)))])
+        if self.accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
 
 
     def _average_gradients(self, params: list[nn.Parameter], loss: float) -> float:
@@ -243,6 +266,10 @@ class Trainer:
         if not self.is_main:
             return
         weights = {n: self.accelerator.unwrap_model(m).state_dict() for n, m in self.method.checkpoint_modules().items()}
+        from ..models.registry import check_finite
+
+        for n, w in weights.items():
+            check_finite(w, f"{self.ckpt_root} ({n}, step {step})")
         state = {
             "step": step,
             "num_processes": self.accelerator.num_processes,
@@ -265,6 +292,24 @@ class Trainer:
         _set_rng_state(state["rng"])
         return step
 
+    def _count_bad_step(self, ctx: StepContext, step: int, metrics: dict[str, float], seconds: float) -> None:
+        """Skip a step whose loss or gradient was non-finite; stop after ``max_bad_steps`` in a row."""
+        if not ctx.step_was_bad:
+            ctx.bad_steps_in_a_row = 0
+            return
+        ctx.skipped_steps += 1
+        ctx.bad_steps_in_a_row += 1
+        metrics["skipped_steps"] = float(ctx.skipped_steps)
+        if self.is_main:
+            self.log(step, {"skipped_steps": float(ctx.skipped_steps), "nonfinite_step": float(step)}, seconds)
+        if ctx.bad_steps_in_a_row >= self.cfg.max_bad_steps:
+            from ..errors import TrainingDiverged
+
+            raise TrainingDiverged(
+                f"{self.run_dir}: loss or gradients non-finite for {ctx.bad_steps_in_a_row} steps in a row (up to step "
+                f"{step}); those steps were skipped and nothing after the last good checkpoint was written — lower "
+                f"optim.lr or check the inputs, then re-run to resume")
+
     def log(self, step: int, metrics: dict[str, float], seconds: float) -> None:
         """Append one row to metrics.jsonl and hand it to the trackers."""
         if not metrics:
@@ -286,8 +331,10 @@ class Trainer:
             print(f"resumed {self.run_dir} at step {start}")
         with _graceful_interrupt() as stop, progress_bar(self.cfg.steps - start, self.method.name, self.quiet or not self.is_main) as advance:
             for step in range(start + 1, self.cfg.steps + 1):
+                ctx.step_was_bad = False
                 with self.accelerator.autocast():
                     last = self.method.train_step(step, ctx)
+                self._count_bad_step(ctx, step, last, time.time() - t0)
                 if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
                     self.log(step, last, time.time() - t0)
                 if self.cfg.sample_every and step % self.cfg.sample_every == 0 and step != self.cfg.steps and self.is_main:
