@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from genrl import schedulers as fm
+from genrl.registry import METHODS
 from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_write
 from genrl.models.video_model import FlowVideoModel
 from genrl.train.ema import EMA
@@ -210,3 +211,9 @@ class DMDMethod(Method):
 
     def export(self, run_dir: Path) -> Path:
         return self.ema.module.save(run_dir)
+
+
+@METHODS.register("dmd")
+def build(cfg, student, teacher, critic, world, quiet: bool = False) -> DMDMethod:
+    """DMD from a distill recipe config and its built roles."""
+    return DMDMethod(cfg.dmd, student, teacher, world, cfg.optim, cfg.critic_optim, cfg.train.seed, critic=critic)

@@ -24,6 +24,7 @@ from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_
 from genrl.errors import UsageError
 from genrl.models.video_model import FlowVideoModel
 from genrl.progress import track
+from genrl.registry import METHODS
 from genrl.train.ema import EMA
 from genrl.train.trainer import Method, Role, StepContext
 
@@ -176,3 +177,9 @@ class ODEInitMethod(Method):
 
     def export(self, run_dir: Path) -> Path:
         return self.ema.module.save(run_dir)
+
+
+@METHODS.register("ode_init")
+def build(cfg, student, teacher, critic, world, quiet: bool = False) -> ODEInitMethod:
+    """ODE init from a distill recipe config and its built roles (a critic is not used)."""
+    return ODEInitMethod(cfg.ode, student, teacher, world, cfg.optim, cfg.train.seed, Path(cfg.out_dir), quiet)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from genrl.registry import METHODS
 from genrl.stats import effective_sample_size
 from genrl.train.trainer import Role
 
@@ -188,3 +189,10 @@ class StreamR1Method(DMDMethod):
     def load_extra_state(self, state):
         self.history.clear()
         self.history.extend(state.get("history", []))
+
+
+@METHODS.register("stream_r1")
+def build(cfg, student, teacher, critic, world, quiet: bool = False) -> StreamR1Method:
+    """Stream-R1 from a distill recipe config and its built roles."""
+    return StreamR1Method(cfg.stream_r1, cfg.dmd, student, teacher, world, cfg.optim, cfg.critic_optim, cfg.train.seed,
+                          critic=critic)

@@ -23,11 +23,11 @@ from .worlds.shapes import ATTRIBUTES, ShapesWorld, WorldConfig
 
 def load_reward(name: str):
     """A reward backend by name, or the shapes backend with a .safetensors file / built-in weights name."""
-    from rewards.base import build_reward, reward_names
+    from .registry import REWARDS
 
-    if name in reward_names():
-        return build_reward(name)
-    return build_reward("shapes", weights=name)
+    if name in REWARDS:
+        return REWARDS.get(name)()
+    return REWARDS.get("shapes")(weights=name)
 
 
 PROMPT_STYLES = ("full", "partial", "paraphrase")

@@ -8,11 +8,12 @@ z-normalised with its stored mean/std, and gradient saliency maps over
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from genrl.registry import REWARDS
 
 AXES = ("vq", "mq", "ta")
 
@@ -117,28 +118,15 @@ def spread_saliency(sal: torch.Tensor, read: list[int]) -> torch.Tensor:
     return (1 - w) * src[:, left] + w * src[:, right]
 
 
-_REGISTRY: dict[str, Callable[..., RewardModel]] = {}
-
-
 def register_reward(name: str):
-    def deco(fn):
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    """Register a backend builder under ``name`` in genrl's reward registry (decorator)."""
+    return REWARDS.register(name)
 
 
 def reward_names() -> list[str]:
-    from . import registry  # noqa: F401 - populates the registry
-
-    return sorted(_REGISTRY)
+    return REWARDS.names()
 
 
 def build_reward(name: str, **kwargs) -> RewardModel:
     """Build a reward backend by name (``shapes``, ``clip``, ``videoreward``)."""
-    from genrl.errors import UsageError
-
-    names = reward_names()
-    if name not in _REGISTRY:
-        raise UsageError(f"unknown reward model {name!r}; valid: {', '.join(names)}")
-    return _REGISTRY[name](**kwargs)
+    return REWARDS.get(name)(**kwargs)

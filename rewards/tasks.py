@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from genrl import registry
+
 _FORMAT = re.compile(r"^\s*<think>.*?</think>\s*<answer>.+?</answer>\s*$", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -95,3 +97,6 @@ TASK_REWARDS: dict[str, Callable[[str, str], float]] = {
     "progress": progress_reward,
     "format": format_reward,
 }
+
+for _name, _fn in TASK_REWARDS.items():  # genrl's GRPO core looks them up by name through its registry
+    registry.TASK_REWARDS.register(_name, _fn)

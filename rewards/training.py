@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from genrl.methods.common import GeneratorState, OptimConfig, adamw
 from genrl.models.registry import save_weights
-from genrl.train.trainer import Method, StepContext
-from genrl.worlds.shapes import ShapesWorld
+from genrl.registry import RECIPES, Recipe
+from genrl.train.trainer import Method, StepContext, TrainConfig
+from genrl.worlds.shapes import ShapesWorld, WorldConfig
 
 from .base import AXES
 from .corruptions import MQ_KINDS, VQ_KINDS, mq_corrupt, ta_corrupt, vq_corrupt
@@ -188,3 +189,34 @@ class RewardMethod(Method):
     def export(self, run_dir: Path) -> Path:
         self.model.calibrate(*calibration_set(self.world))
         return save_weights(self.model, run_dir / "model.safetensors", "shapes_reward", self.cfg.model)
+
+
+# ---------------------------------------------------------------------- recipe
+@dataclass
+class TrainRewardConfig:
+    """`genrl train-reward` recipe."""
+
+    out_dir: str = "runs/reward"
+    """Run folder."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    reward: RewardMethodConfig = field(default_factory=RewardMethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build(cfg: TrainRewardConfig, quiet: bool = False) -> RewardMethod:
+    return RewardMethod(cfg.reward, cfg.optim, ShapesWorld(cfg.world), cfg.train.seed)
+
+
+def run(cfg: TrainRewardConfig, quiet: bool = False) -> dict:
+    """Train, export (calibrated), and return the last held-out pair accuracies."""
+    from genrl.train.trainer import Trainer, read_metrics, seed_everything
+
+    seed_everything(cfg.train.seed)
+    trainer = Trainer(cfg.train, build(cfg, quiet), Path(cfg.out_dir), full_config=cfg, quiet=quiet)
+    trainer.fit()
+    rows = [r for r in read_metrics(cfg.out_dir) if "vq_accuracy" in r]
+    return {"is_main": trainer.is_main, "accuracy": {k: v for k, v in (rows[-1] if rows else {}).items() if "accuracy" in k}}
+
+
+RECIPES.register("train-reward", Recipe("train-reward", TrainRewardConfig, build, run))

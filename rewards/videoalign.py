@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from genrl.errors import UsageError
+from genrl.registry import CONVERTERS
 
 from .videoreward import SETTINGS_FILE, SPECIAL_TOKENS
 
@@ -266,3 +267,6 @@ def load_converted(path: Path, dtype: torch.dtype = torch.float32):
     head.weight.data.copy_(head_w)
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model.to(dtype), tokenizer, head.to(dtype)
+
+
+CONVERTERS.register("videoreward", convert)

@@ -94,7 +94,7 @@ def test_dmd_trains_on_longer_than_window_rollouts(run_cli, tmp_path, assets):
     rows = [json.loads(l) for l in (tmp_path / "long" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
-    from genrl.cli.distill import DistillConfig, build_method
+    from distill.recipe import DistillConfig, build_method
     from genrl.worlds.shapes import WorldConfig
     from genrl.models.video_model import StreamingConfig
     from distill.dmd import DMDConfig

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from .distill import DistillConfig
+from .distill import DistillConfig, RECIPE as DISTILL
 from .options import config_command, output_file, quiet_option
 from .qa import GRPOConfig
 
@@ -265,12 +265,11 @@ def train_report(cfg: DistillConfig, steps: int, quiet: bool) -> dict:
     from accelerate import Accelerator
 
     from ..train.trainer import StepContext, seed_everything
-    from .distill import build_method
 
     methods = {}
     for name in ("dmd", "stream_r1"):
         seed_everything(cfg.train.seed)
-        methods[name] = build_method(dataclasses.replace(cfg, method=name), quiet=True)
+        methods[name] = DISTILL.build(dataclasses.replace(cfg, method=name), quiet=True)
     ctx = StepContext(Accelerator(cpu=not torch.cuda.is_available()), cfg.train)  # as the Trainer builds it
     times = alternate({n: (lambda i, m=m: m.train_step(i, ctx)) for n, m in methods.items()}, steps, "step", quiet)
     memory = {n: saved_bytes(lambda m=m: m.generator_loss({}).backward()) for n, m in methods.items()}

@@ -34,8 +34,8 @@ def videoreward(src, dst, base, videoalign_src, template_file, step):
         --base /models/Qwen2-VL-2B-Instruct --videoalign-src ~/src/VideoAlign
       genrl score clip.mp4 --prompt "a corgi surfing" --reward videoreward --weights /models/videoreward-genrl
     """
-    from rewards.videoalign import convert as run
+    from ..registry import CONVERTERS
 
-    out = run(src, dst, base, videoalign_src, template_file, step)
+    out = CONVERTERS.get("videoreward")(src, dst, base, videoalign_src, template_file, step)
     click.echo(f"wrote {out}: transformers weights with the reward head, tokenizer with the reward tokens, "
                "genrl_videoreward.json (template, frame rule, normalisation)")

@@ -53,7 +53,9 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path):
     """
     from ..config import load_config
     from ..plan import parse_memory, plan_distill
-    from .distill import DistillConfig
+    from ..registry import RECIPES
+
+    DistillConfig = RECIPES.get("distill").config
 
     gpu_bytes = parse_memory(gpu_memory)
     with _env_placeholders(config_path) as missing:

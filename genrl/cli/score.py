@@ -85,14 +85,14 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
     """
     import torch
 
-    from rewards.base import build_reward
+    from ..registry import REWARDS
 
     from ..io.video import VideoReadError
     from ..progress import progress_bar
 
     files = _collect(paths)
     prompts = _prompts_for(files, prompt, prompts_file)
-    model = build_reward(reward_name, **({"weights": weights} if weights else {}))
+    model = REWARDS.get(reward_name)(**({"weights": weights} if weights else {}))
     rows: list[dict] = []
     with progress_bar(len(files), "score", quiet or len(files) < 4) as advance:
         for lo in range(0, len(files), batch):

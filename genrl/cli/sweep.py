@@ -180,8 +180,11 @@ def sweep(cfg: SweepConfig, quiet: bool):
     Example (plain DMD vs Inter-only vs Intra-only vs Stream-R1, 3 seeds):
       genrl sweep --config configs/experiments/stream_r1_ablation.yaml
     """
+    from ..config import load_config
     from ..evaluation import evaluate_run
-    from .main import main
+    from ..registry import RECIPES
+
+    recipe = RECIPES.get("distill")
 
     if not cfg.variants:
         raise UsageError("config key 'variants' is empty: give at least one name -> list of key=value overrides")
@@ -201,13 +204,8 @@ def sweep(cfg: SweepConfig, quiet: bool):
         if not report_path.exists():
             click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: distill -> {run}", err=True)
             t0 = time.time()
-            args = ["distill", "--config", cfg.recipe, *cfg.overrides, *cfg.variants[variant],
-                    f"out_dir={run}", f"train.seed={seed}", "eval_num=0"] + (["--quiet"] if quiet else [])
-            code = main(args)
-            if code != 0:  # distill printed why; keep its exit code (2 = bad config, 1 = failed work)
-                err = click.ClickException(f"run {run} failed (exit code {code}); re-run the sweep to resume it")
-                err.exit_code = code
-                raise err
+            overrides = [*cfg.overrides, *cfg.variants[variant], f"out_dir={run}", f"train.seed={seed}", "eval_num=0"]
+            recipe.run(load_config(recipe.config, cfg.recipe, overrides), quiet)
             report = evaluate_run(run, cfg.eval.num, list(cfg.eval.rewards), cfg.eval.split,
                                   cfg.eval.frames or None, list(cfg.eval.seeds), quiet)
             click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: prompt_accuracy={report['prompt_accuracy']:.4f} "

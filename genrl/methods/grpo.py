@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from rewards.tasks import TASK_REWARDS
+from ..registry import TASK_REWARDS
 
 from .. import grpo as G
 from ..models.hf_vlm import QwenVLPolicy
@@ -178,7 +178,7 @@ class GRPOMethod(Method):
         return None
 
     def accuracy_reward(self, item: QAItem, text: str) -> float:
-        return TASK_REWARDS[accuracy_reward_name(item)](text, item.answer)
+        return TASK_REWARDS.get(accuracy_reward_name(item))(text, item.answer)
 
     # -------------------------------------------------------------- machinery
     def _encode(self, model: Policy, videos: torch.Tensor, grad: bool = False) -> torch.Tensor:
@@ -209,7 +209,7 @@ class GRPOMethod(Method):
         texts = [self.policy.tokenizer.decode(r) for r in ro.ids]
         rows = [it for it in items for _ in range(Gs)]
         ro.accuracy = torch.tensor([self.accuracy_reward(it, t) for it, t in zip(rows, texts)])
-        ro.fmt = torch.tensor([TASK_REWARDS["format"](t, "") for t in texts])
+        ro.fmt = torch.tensor([TASK_REWARDS.get("format")(t, "") for t in texts])
         ro.rewards = ro.accuracy + self.cfg.format_weight * ro.fmt
         return ro
 
@@ -303,7 +303,7 @@ class TWGRPOMethod(GRPOMethod):
         return videos, [invert(it) if f else it for it, f in zip(items, flip.tolist())]
 
     def accuracy_reward(self, item: QAItem, text: str) -> float:
-        return TASK_REWARDS[accuracy_reward_name(item, self.cfg.tw_grpo.soft_reward)](text, item.answer)
+        return TASK_REWARDS.get(accuracy_reward_name(item, self.cfg.tw_grpo.soft_reward))(text, item.answer)
 
     def token_weights(self, ro: Rollouts, logits: torch.Tensor) -> torch.Tensor:
         kl = G.group_mean_kl(logits.detach(), ro.mask, self.cfg.group_size)

@@ -77,9 +77,8 @@ def accuracy_reward_name(item: QAItem, soft: bool = True) -> str:
 def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int = 64, qa: ShapesQA | None = None,
                 quiet: bool = True) -> dict:
     """Greedy answers to ``num`` items of ``split``: accuracy overall and per question type."""
-    from rewards.tasks import TASK_REWARDS
-
     from ..progress import progress_bar
+    from ..registry import TASK_REWARDS
 
     qa = qa or ShapesQA(_qa_config_for(model))
     was_training = model.training
@@ -95,8 +94,8 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
             ids, _ = model.generate(model.encode_video(videos.to(dev)), p_ids, p_mask, max_new_tokens=MAX_NEW_TOKENS, temperature=0)
             for it, row in zip(items, ids):
                 text = model.tokenizer.decode(row)
-                hits.setdefault(it.qtype, []).append(TASK_REWARDS[accuracy_reward_name(it)](text, it.answer))
-                fmt.append(TASK_REWARDS["format"](text, ""))
+                hits.setdefault(it.qtype, []).append(TASK_REWARDS.get(accuracy_reward_name(it))(text, it.answer))
+                fmt.append(TASK_REWARDS.get("format")(text, ""))
             advance(len(items), f"acc={sum(sum(v) for v in hits.values()) / len(fmt):.3f}")
     model.train(was_training)
     total = [x for v in hits.values() for x in v]

@@ -10,7 +10,6 @@ exported from one) loads as a :class:`~genrl.models.wan.WanVideoModel`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +32,6 @@ BUILTIN: dict[str, str] = {
     "shapes-vlm": "shapes-vlm.safetensors",
 }
 _KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {}
-PLUGINS = ("rewards.registry",)
 
 
 def register_kind(kind: str, config_cls: type, build: Callable[[Any], nn.Module]) -> None:
@@ -48,11 +46,9 @@ def _register_defaults() -> None:
     register_kind("autoencoder", AutoencoderConfig, Autoencoder)
     register_kind("video_model", VideoModelConfig, VideoModel)
     register_kind("vlm", VLMConfig, TinyVLM)
-    for plugin in PLUGINS:  # packages layered on genrl register their own kinds
-        try:
-            importlib.import_module(plugin)
-        except ImportError:
-            pass
+    from ..registry import load_plugins
+
+    load_plugins()  # packages layered on genrl register their own kinds
 
 
 def check_finite(state: dict, where: str) -> None:
