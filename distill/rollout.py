@@ -50,6 +50,7 @@ def self_forcing_rollout(
                 x = fm.add_noise(x0, eps, sigmas[i + 1])
         with torch.set_grad_enabled(grad):
             x0 = student.predict_x0_streaming(x, sigmas[exit_step], text, cache)
-        student.write_cache(x0, text, cache, generator)
+        if start + chunk < noise.shape[1]:  # the last chunk's cache refresh would serve no later chunk
+            student.write_cache(x0, text, cache, generator)
         outs.append(x0)
     return Rollout(torch.cat(outs, dim=1), exit_step)

@@ -39,7 +39,8 @@ def is_streaming(model: VideoModel) -> bool:
 
 
 def nfe_per_frame(model: VideoModel, sampling: SamplingConfig) -> float:
-    """Teacher: steps x (2 with CFG). Student: its few steps + the cache refresh pass."""
+    """Teacher: steps x (2 with CFG). Student: its few steps + the cache refresh pass (a long stream's
+    rate; a video's last chunk skips its refresh, which no later chunk would read)."""
     if is_streaming(model):
         return float(len(model.cfg.streaming.timesteps) + 1)
     return float(sampling.steps * (2 if sampling.guidance != 1.0 else 1))

@@ -154,7 +154,8 @@ class FlowVideoModel(nn.Module):
         """Generate chunk by chunk; yields each finished chunk's latents (B, chunk, C, h, w).
 
         Each chunk runs the few-step schedule (predict x0, re-noise to the next level with
-        fresh noise), then is written into the rolling KV cache for the chunks after it.
+        fresh noise), then is written into the rolling KV cache for the chunks after it (the
+        last chunk is not: nothing reads it).
         """
         text = self.encode_text(prompts)
         cache = self.new_cache()
@@ -169,7 +170,8 @@ class FlowVideoModel(nn.Module):
                 if i + 1 < len(sigmas) - 1:
                     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
                     x = fm.add_noise(x0, eps, sigmas[i + 1])
-            self.write_cache(x0, text, cache, generator)
+            if start + chunk < frames:  # the last chunk's cache refresh would serve no later chunk
+                self.write_cache(x0, text, cache, generator)
             yield x0
 
 
