@@ -168,11 +168,8 @@ def _read_png_folder(path: Path) -> list[np.ndarray]:
 def _read_file(path: Path) -> list[np.ndarray]:
     import imageio.v3 as iio
 
-    if path.stat().st_size == 0:
-        raise VideoReadError(f"{path}: file is empty")
+    _check_file(path)
     suffix = path.suffix.lower()
-    if suffix not in VIDEO_SUFFIXES:
-        raise VideoReadError(f"{path}: unsupported video type {suffix or '(none)'}; valid: {', '.join(VIDEO_SUFFIXES)}")
     plugin = "pillow" if suffix == ".gif" else "pyav" if _has_pyav() else "FFMPEG"
     try:
         if plugin == "pillow":
