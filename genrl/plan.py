@@ -77,9 +77,6 @@ class Plan:
     activations: dict[str, int] = field(default_factory=dict)
     """'none' / 'checkpointing': estimated bytes kept for backward in the largest step."""
 
-    def role(self, name: str) -> RolePlan:
-        return next(r for r in self.roles if r.name == name)
-
     def fits(self, gpus: int, gpu_bytes: int) -> list[dict]:
         """Options and the memory each needs per GPU."""
         frozen = sum(r.total_bytes for r in self.roles if not r.trainable and not r.ema)
