@@ -189,3 +189,9 @@ def test_ode_init_with_teacher_forcing_on_real_clips_adds_its_loss(run_cli, tmp_
     assert len(steps) == 2
     for r in steps:
         assert r["real_loss"] > 0 and abs(r["loss"] - (r["ode_loss"] + 0.5 * r["real_loss"])) < 1e-5
+
+
+def test_bench_lists_are_checked_in_one_line(run_cli):
+    for args in (("stream", "--chunks", "2,x"), ("grpo", "--frames", "0,8")):
+        code, _, err = run_cli("bench", *args)
+        assert code == 2 and "positive integers separated by commas" in err and len(err.strip().splitlines()) == 1

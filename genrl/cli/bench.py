@@ -37,6 +37,17 @@ def bench():
     """
 
 
+def int_list(ctx, param, value: str) -> list[int]:
+    """A comma-separated list of positive integers (a click callback): sorted, without repeats."""
+    try:
+        out = sorted({int(v) for v in value.split(",")})
+    except ValueError:
+        out = []
+    if not out or out[0] < 1:
+        raise click.BadParameter(f"{value!r}: give positive integers separated by commas, e.g. 2,8,32")
+    return out
+
+
 # --------------------------------------------------------------------- timing
 def _timed(fn) -> float:
     t0 = time.perf_counter()
@@ -206,7 +217,7 @@ def _no_cache_chunk(student, history: list, text, sigmas: list[float], g) -> Non
 @click.option("--teacher", default="shapes-teacher", help="Bidirectional teacher (name or path).")
 @click.option("--num", type=click.IntRange(1, 256), default=8, help="Videos generated at once (same test prompts for both).")
 @click.option("--rounds", type=click.IntRange(1, 100), default=3, help="Timed rounds after one warm-up round.")
-@click.option("--chunks", default="2,8,32,64", help="Chunks of one long stream whose latency is reported.")
+@click.option("--chunks", default="2,8,32,64", callback=int_list, help="Chunks of one long stream whose latency is reported.")
 @click.option("--teacher-steps", type=click.IntRange(1, 1000), default=50, help="Teacher Euler steps.")
 @click.option("--guidance", type=click.FloatRange(1, 50), default=4.0, help="Teacher CFG scale.")
 @click.option("--frames", type=click.IntRange(0, 4096), default=0, help="Frames of each video, the same for both (0 = the world's 9).")
@@ -225,7 +236,7 @@ def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance,
     Example:
       genrl bench stream --student shapes-student-dmd --teacher shapes-teacher --json stream.json
     """
-    at = sorted({int(c) for c in chunks.split(",")})
+    at = chunks
     r = stream_report(student, teacher, num, rounds, at, teacher_steps, guidance, quiet, frames)
     raw, lo, hi = r["raw"], min(at), max(at)
     click.echo("\n".join([
@@ -348,7 +359,7 @@ def grpo_report(cfg: GRPOConfig, frames: list[int], steps: int, prompts_per_step
 
 
 @bench.command(name="grpo", context_settings={"show_default": True})
-@click.option("--frames", default="8,32,128", help="Clip lengths to compare at.")
+@click.option("--frames", default="8,32,128", callback=int_list, help="Clip lengths to compare at.")
 @click.option("--steps", type=click.IntRange(1, 1000), default=2, help="Timed GRPO steps per setting (after one warm-up step).")
 @click.option("--prompts-per-step", type=click.IntRange(0, 1024), default=2, help="Questions per step (0 = the config's).")
 @json_option
@@ -368,7 +379,7 @@ def bench_grpo(frames, steps, prompts_per_step, json_path, quiet, overrides, con
     """
     from ..config import load_config
 
-    fr = sorted({int(f) for f in frames.split(",")})
+    fr = frames
     r = grpo_report(load_config(GRPOConfig, config_path, overrides), fr, steps, prompts_per_step, quiet)
     raw = r["raw"]
     lines = ["| frames | cached (s) | recomputed (s) | speed-up | clips encoded per step (cached / recomputed) |",
