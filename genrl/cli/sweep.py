@@ -195,7 +195,7 @@ def sweep(cfg: SweepConfig, quiet: bool):
     if not Path(cfg.recipe).is_file():
         raise UsageError(f"config key 'recipe' is {cfg.recipe!r}, which is not a file")
     out = Path(cfg.out_dir)
-    plan = [(v, s) for v in cfg.variants for s in cfg.seeds]
+    plan = [(v, s) for s in cfg.seeds for v in cfg.variants]  # seed-major: a cut-short sweep stays paired
     reports: dict[str, list[dict]] = {v: [] for v in cfg.variants}
     steps: dict[str, list[float]] = {v: [] for v in cfg.variants}
     for i, (variant, seed) in enumerate(plan, 1):
