@@ -96,12 +96,12 @@ def test_train_shift_sets_the_training_noise_levels_only(monkeypatch, tiny_autoe
         assert seen[-1] == want and m.model.cfg.shift == 3.0  # sampling keeps the model's shift
 
 
-def test_damaged_checkpoint_is_refused(run_cli, tmp_path, tiny_autoencoder):
+def test_a_run_whose_only_checkpoint_is_damaged_is_refused(run_cli, tmp_path, tiny_autoencoder):
     _pretrain(run_cli, tmp_path / "d", 2, tiny_autoencoder)
     state = tmp_path / "d" / "checkpoints" / "step_0000002" / "state.pt"
     state.write_bytes(state.read_bytes()[:-10])
     code, _, err = run_cli("pretrain", f"out_dir={tmp_path / 'd'}", "train.steps=3", f"flow.autoencoder={tiny_autoencoder}", *TINY, "--quiet")
-    assert code == 2 and "checksum mismatch" in err
+    assert code == 2 and "no intact checkpoint" in err and "state.pt has" in err
 
 
 def test_interrupted_save_leaves_previous_checkpoint_loadable(tmp_path):

@@ -6,6 +6,10 @@ step) and ``manifest.json`` (step and sha256 of every file). It is written under
 a temporary name and renamed into place, and ``checkpoints/latest`` is replaced
 atomically afterwards, so a kill at any moment leaves either the previous
 checkpoint or the new one, never a half-written one.
+
+Resume takes the newest *intact* checkpoint (every file present with its
+recorded checksum), warning about each damaged one it passes over; rotation
+counts only intact checkpoints, so it never deletes the last good one.
 """
 
 from __future__ import annotations
@@ -64,19 +68,63 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
         files.append(f"{module}.safetensors")
     torch.save(state, tmp / "state.pt")
     files.append("state.pt")
-    manifest = {"step": step, "files": {f: _sha256(tmp / f) for f in files}}
+    manifest = {"step": step, "files": {f: _sha256(tmp / f) for f in files},
+                "sizes": {f: (tmp / f).stat().st_size for f in files}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     final = root / name
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
     _write_atomic_text(root / "latest", name + "\n")
-    for old in sorted(p for p in root.glob("step_*") if p.name != name)[: max(0, len(list(root.glob("step_*"))) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
+    _rotate(root, keep)
     return final
 
 
+def _step_folders(root: Path) -> list[Path]:
+    """``step_*`` folders under ``root``, newest first."""
+    found = []
+    for p in root.glob("step_*") if root.is_dir() else ():
+        tail = p.name[len("step_"):]
+        if p.is_dir() and tail.isdigit():
+            found.append((int(tail), p))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def checkpoint_problem(path: Path, verify: bool = True) -> str | None:
+    """Why checkpoint folder ``path`` cannot be loaded, or None when it is intact.
+
+    ``verify`` compares every file's sha256 with the manifest; without it only presence
+    and sizes are checked (cheap enough to run on every save)."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        files, _ = dict(manifest["files"]), int(manifest["step"])
+    except FileNotFoundError:
+        return "no manifest.json"
+    except (ValueError, KeyError, TypeError):
+        return "manifest.json is damaged"
+    for f, digest in files.items():
+        if not (path / f).is_file():
+            return f"{f} is missing"
+        size = manifest.get("sizes", {}).get(f)
+        if size is not None and (path / f).stat().st_size != size:
+            return f"{f} has {(path / f).stat().st_size} bytes, {size} were written"
+        if verify and _sha256(path / f) != digest:
+            return f"{f}: checksum mismatch"
+    return None
+
+
+def _rotate(root: Path, keep: int) -> None:
+    """Delete checkpoints older than the ``keep`` newest intact ones (damaged ones never count)."""
+    intact = 0
+    for p in _step_folders(root):
+        if intact >= keep:
+            shutil.rmtree(p, ignore_errors=True)
+        elif checkpoint_problem(p, verify=False) is None:
+            intact += 1
+
+
 def latest_checkpoint(root: Path) -> Path | None:
+    """Where ``root/latest`` points, if that folder exists."""
     pointer = root / "latest"
     if not pointer.exists():
         return None
@@ -84,16 +132,36 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def resumable_checkpoint(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest intact checkpoint under ``root`` and a warning for each damaged or missing newer one.
+
+    ``(None, [])`` when ``root`` holds no checkpoints at all (a fresh run). When it held some but
+    none is intact, raises instead of letting the run restart from step 0 over them."""
+    warnings = []
+    pointer = root / "latest"
+    named = pointer.read_text().strip() if pointer.is_file() else ""
+    if named and not (root / named).is_dir():
+        warnings.append(f"{pointer} names {named}, which is missing")
+    folders = _step_folders(root)
+    for p in folders:
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p, warnings
+        warnings.append(f"skipping damaged checkpoint {p}: {problem}")
+    if folders or named:
+        raise UsageError(f"{root}: no intact checkpoint to resume from ({'; '.join(warnings)}); "
+                         "move the folder away to start over")
+    return None, []
+
+
 def load_checkpoint(path: Path, verify: bool = True) -> tuple[int, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Read a checkpoint folder: (step, weights per module, state)."""
-    manifest_path = path / "manifest.json"
-    if not manifest_path.exists():
+    problem = checkpoint_problem(path, verify)
+    if problem == "no manifest.json":
         raise UsageError(f"{path}: not a genrl checkpoint (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    if verify:
-        for f, digest in manifest["files"].items():
-            if not (path / f).exists() or _sha256(path / f) != digest:
-                raise UsageError(f"{path / f}: checksum mismatch; the checkpoint is damaged")
+    if problem is not None:
+        raise UsageError(f"{path}: the checkpoint is damaged ({problem})")
+    manifest = json.loads((path / "manifest.json").read_text())
     weights = {f[: -len(".safetensors")]: load_file(str(path / f)) for f in manifest["files"] if f.endswith(".safetensors")}
     state = torch.load(path / "state.pt", weights_only=False)
     return manifest["step"], weights, state

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from torch import nn
 
 from ..config import save_config
 from ..progress import progress_bar
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -280,10 +281,18 @@ class Trainer:
         save_checkpoint(self.ckpt_root, step, weights, state, keep=self.cfg.keep_checkpoints)
 
     def maybe_resume(self) -> int:
-        path = latest_checkpoint(self.ckpt_root) if self.cfg.resume else None
+        """Load the newest intact checkpoint (warning about damaged newer ones); cut metrics.jsonl back to it."""
+        path, warnings = resumable_checkpoint(self.ckpt_root) if self.cfg.resume else (None, [])
+        if self.is_main:
+            for w in warnings:
+                print(f"warning: {w}", file=sys.stderr)
         if path is None:
+            if self.is_main:
+                self._cut_metrics(0)
             return 0
         step, weights, state = load_checkpoint(path)
+        if self.is_main:
+            self._cut_metrics(step)
         for n, m in self.method.checkpoint_modules().items():
             self.accelerator.unwrap_model(m).load_state_dict(weights[n])
         for n, o in self.method.stateful().items():
@@ -291,6 +300,26 @@ class Trainer:
         self.method.load_extra_state(state["method"])
         _set_rng_state(state["rng"])
         return step
+
+    def _cut_metrics(self, step: int) -> None:
+        """Keep the rows of metrics.jsonl up to ``step`` (the replayed steps are logged again); drop a partial line."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                dropped += 1
+                continue
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                keep.append(line + "\n")
+        if dropped:
+            print(f"warning: {path}: dropped {dropped} partial line(s) left by an interrupted write", file=sys.stderr)
+        tmp = path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
 
     def _count_bad_step(self, ctx: StepContext, step: int, metrics: dict[str, float], seconds: float) -> None:
         """Skip a step whose loss or gradient was non-finite; stop after ``max_bad_steps`` in a row."""
@@ -382,5 +411,14 @@ def _graceful_interrupt():
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """Rows of a run's metrics.jsonl; a line cut short by a kill is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
