@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from genrl import schedulers as fm
+from genrl.config import check
 from genrl.registry import METHODS
 from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_write
 from genrl.models.video_model import FlowVideoModel
@@ -83,22 +84,22 @@ def guided_x0(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, guidance: float) -
 class DMDConfig:
     """DMD settings."""
 
-    batch_size: int = 8
+    batch_size: int = check(8, ">=1")
     """Rollouts per generator micro-batch (and per critic micro-batch)."""
-    critic_ratio: int = 5
+    critic_ratio: int = check(5, ">=1")
     """Critic updates per generator update."""
-    real_guidance: float = 3.0
+    real_guidance: float = check(3.0, "[0, 50]")
     """Guidance w of the teacher's (real score) prediction in the anchors' convention
     cond + w (cond - uncond); w = 3 is genrl's sampling CFG scale 4, w = 0 is no guidance."""
-    min_t: float = 20.0
+    min_t: float = check(20.0, "[0, 1000]")
     """Smallest DMD timestep."""
-    max_t: float = 980.0
+    max_t: float = check(980.0, "[0, 1000]")
     """Largest DMD timestep."""
-    ema_decay: float = 0.99
+    ema_decay: float = check(0.99, "[0, 1]")
     """Generator EMA decay (the EMA is what is exported)."""
-    num_samples: int = 8
+    num_samples: int = check(8, ">=1")
     """Clips in each sample grid."""
-    max_rollout_frames: int = 0
+    max_rollout_frames: int = check(0, ">=0")
     """Longer-than-window training: each iteration rolls out a random whole number of chunks
     between world.frames and this many frames (rolling the KV cache as in long sampling), and
     the DMD and critic losses see its last world.frames frames. 0 = world.frames."""

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from genrl import schedulers as fm
+from genrl.config import check
 from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_write
 from genrl.errors import UsageError
 from genrl.models.video_model import FlowVideoModel
@@ -33,23 +34,23 @@ from genrl.train.trainer import Method, Role, StepContext
 class ODEInitConfig:
     """ODE-init settings."""
 
-    num_pairs: int = 512
+    num_pairs: int = check(512, ">=1")
     """Teacher trajectories generated at the start of the run."""
-    teacher_steps: int = 30
+    teacher_steps: int = check(30, ">=1")
     """Teacher Euler steps per trajectory (the student's levels are added to the grid)."""
-    guidance: float = 4.0
+    guidance: float = check(4.0, "[0, 50]")
     """Teacher CFG scale."""
-    batch_size: int = 16
+    batch_size: int = check(16, ">=1")
     """Trajectories per micro-batch."""
-    ema_decay: float = 0.99
+    ema_decay: float = check(0.99, "[0, 1]")
     """Student EMA decay (the EMA is exported)."""
-    num_samples: int = 8
+    num_samples: int = check(8, ">=1")
     """Clips in each sample grid."""
-    stage_steps: int = 300
+    stage_steps: int = check(300, ">=0")
     """Optimiser steps when ODE init runs as the first stage of a DMD / Stream-R1 recipe."""
-    stage_lr: float = 1.0e-4
+    stage_lr: float = check(1.0e-4, ">0")
     """Learning rate of that first stage."""
-    real_weight: float = 0.0
+    real_weight: float = check(0.0, ">=0")
     """Weight of a flow-matching loss on real clips, chunk by chunk with the clean earlier chunks
     in the cache (teacher forcing). The teacher's weights know nothing of causal generation, and
     ODE pairs alone taught it motion slowly: a chunk's teacher target depends on noise the student

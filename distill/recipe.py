@@ -114,6 +114,12 @@ def build_method(cfg: DistillConfig, quiet: bool):
     world = build_world(cfg)
     student, teacher, critic = build_models(cfg)
     frames = student.latent_frames(cfg.world.frames)
+    chunk = student.cfg.dit.chunk_frames
+    if frames % chunk:  # a partial last chunk would be dropped by the rollout
+        fits = [f for f in range(1, 4 * cfg.world.frames + 8 * chunk) if student.latent_frames(f) % chunk == 0]
+        near = sorted(fits, key=lambda f: abs(f - cfg.world.frames))[:2]
+        raise UsageError(f"config key 'world.frames' is {cfg.world.frames} ({frames} latent frames); valid: whole "
+                         f"{chunk}-latent-frame chunks, e.g. {' or '.join(map(str, sorted(near)))}")
     if frames % cfg.streaming.local_frames and frames > cfg.streaming.local_frames:
         raise UsageError("world.frames (in latent frames) longer than streaming.local_frames must be a multiple of it")
     return METHODS.get(cfg.method)(cfg, student=student, teacher=teacher, critic=critic, world=world, quiet=quiet)

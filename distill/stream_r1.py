@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from genrl.config import check
 from genrl.registry import METHODS
 from genrl.stats import effective_sample_size
 from genrl.train.trainer import Role
@@ -114,29 +115,29 @@ def saliency_to_latent(S: torch.Tensor, frames: int, hw: tuple[int, int]) -> tor
 class StreamR1Config:
     """Stream-R1 weighting knobs."""
 
-    beta: float = 2.0
+    beta: float = check(2.0, "[-20, 20]")
     """Inter-Reliability strength: rollout weight exp(beta * r). 0 = off."""
-    lam: float = 0.5
+    lam: float = check(0.5, ">=0")
     """Weight of the axis-balance penalty in r."""
-    window: int = 50
+    window: int = check(50, ">=1")
     """History window (generator steps) of per-axis mean rewards for the balance penalty."""
-    balance_warmup: int = 50
+    balance_warmup: int = check(50, ">=0")
     """Generator steps of history before the balance penalty counts (before it, r = mean z)."""
-    temperature: float = 1.0
+    temperature: float = check(1.0, ">0")
     """T of the softmax(-z / T) fusing per-axis saliency."""
-    tau_min: float = 0.2
+    tau_min: float = check(0.2, "[0, 1]")
     """Floor of the temporal weights (after min-max normalisation)."""
-    sigma_min: float = 0.15
+    sigma_min: float = check(0.15, "[0, 1]")
     """Floor of the spatial weights (after per-frame min-max normalisation)."""
     intra: bool = True
     """Use the saliency weights W (False = W = 1)."""
-    axes: list[str] = field(default_factory=lambda: ["vq", "mq", "ta"])
+    axes: list[str] = check(factory=lambda: ["vq", "mq", "ta"], rule="nonempty and each one of: vq, mq, ta")
     """Reward axes that count."""
     reward: str = "shapes"
     """Reward backend name."""
     reward_weights: str = "shapes-reward"
     """Weights of the reward backend (name or path)."""
-    max_weight: float = 10.0
+    max_weight: float = check(10.0, ">0")
     """Upper clamp of the rollout weights (guards against a runaway exp)."""
 
 

@@ -4,11 +4,16 @@ A schema is a dataclass tree; YAML (a file may ``inherit: base.yaml`` and
 override parts of it) and command-line overrides are merged onto it
 with OmegaConf in struct mode, so an unknown key, a wrong type or a missing
 file is a :class:`ConfigError` with one line naming the key and what is valid.
+
+Value constraints sit next to the fields they constrain (``lr: float = check(1e-4, ">0")``)
+and are checked once, after every load, for every command.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +25,7 @@ from .errors import UsageError
 
 T = TypeVar("T")
 
-__all__ = ["ConfigError", "load_config", "save_config", "to_yaml", "MISSING"]
+__all__ = ["ConfigError", "check", "load_config", "save_config", "to_yaml", "MISSING"]
 
 
 class ConfigError(UsageError):
@@ -55,7 +60,77 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         raise ConfigError(f"config key '{e.full_key}' is required but not set") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid config: {_first_line(e)}") from None
+    validate(obj)
     return obj  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------ value constraints
+def check(default: Any = MISSING, rule: str = "", *, factory: typing.Callable[[], Any] | None = None) -> Any:
+    """A dataclass field whose value must satisfy ``rule``, checked after every load.
+
+    Rules: ``>0``, ``>=0``, ``>=1`` (any ``<op><number>``), intervals ``[0, 1]`` / ``(0, 1000]``,
+    ``nonempty``, ``one of: a, b``; ``each <rule>`` applies to every element of a list, and rules
+    combine with `` and ``. Non-finite numbers never pass a numeric rule.
+    """
+    meta = {"check": rule}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_CMP = re.compile(r"^(>=|<=|>|<)\s*(-?[\d.e+-]+)$")
+_INTERVAL = re.compile(r"^([\[(])\s*(-?[\d.e+-]+|-inf)\s*,\s*(-?[\d.e+-]+|inf)\s*([\])])$")
+
+
+def _ok(value: Any, rule: str) -> bool:
+    rule = rule.strip()
+    if " and " in rule:
+        return all(_ok(value, r) for r in rule.split(" and "))
+    if rule.startswith("each "):
+        return all(_ok(v, rule[5:]) for v in (value or []))
+    if rule == "nonempty":
+        return bool(value)
+    if rule.startswith("one of:"):
+        return str(value) in [c.strip() for c in rule[len("one of:"):].split(",")]
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if m := _CMP.match(rule):
+        op, bound = m.group(1), float(m.group(2))
+        return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+    if m := _INTERVAL.match(rule):
+        lo, hi = float(m.group(2)), float(m.group(3))
+        return (value >= lo if m.group(1) == "[" else value > lo) and (value <= hi if m.group(4) == "]" else value < hi)
+    raise ValueError(f"unknown config rule {rule!r}")
+
+
+def _describe(rule: str) -> str:
+    words = {">0": "a number > 0", ">=0": "a number >= 0", ">=1": "an integer >= 1", ">=2": "an integer >= 2",
+             "nonempty": "a non-empty list"}
+    parts = []
+    for r in rule.split(" and "):
+        r = r.strip()
+        each = r.startswith("each ")
+        r = r[5:] if each else r
+        d = words.get(r) or (r.replace("one of:", "one of") if r.startswith("one of:") else f"a number in {r}"
+                             if _INTERVAL.match(r) else f"a number {r}")
+        parts.append(f"every element {d}" if each else d)
+    return " and ".join(parts)
+
+
+def validate(obj: Any, prefix: str = "") -> None:
+    """Check every ``check()`` rule in a loaded config tree; the first violation is a ConfigError."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        rule = f.metadata.get("check")
+        if rule and not _ok(value, rule):
+            raise ConfigError(f"config key '{prefix}{f.name}' is {value!r}; valid: {_describe(rule)}")
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{prefix}{f.name}.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                validate(v, f"{prefix}{f.name}.{k}.")
 
 
 def _open_dicts(node: DictConfig, schema: type) -> None:

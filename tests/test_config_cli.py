@@ -123,3 +123,33 @@ def test_readme_command_table_matches_the_cli():
 def test_data_probe_through_the_shipped_autoencoder(run_cli):
     code, out, _ = run_cli("data", "probe", "--num", "8", "--quiet", "--autoencoder", "shapes-autoencoder")
     assert code == 0 and "after shapes-autoencoder: 1.0000" in out
+
+
+@pytest.mark.parametrize(
+    "command, overrides, message",
+    [
+        ("distill", ["dmd.batch_size=0"], "config key 'dmd.batch_size' is 0; valid: an integer >= 1"),
+        ("distill", ["optim.lr=-1e-4"], "config key 'optim.lr' is -0.0001; valid: a number > 0"),
+        ("distill", ["optim.lr=nan"], "config key 'optim.lr' is nan; valid: a number > 0"),
+        ("distill", ["train.log_every=0"], "config key 'train.log_every' is 0; valid: an integer >= 1"),
+        ("distill", ["train.checkpoint_every=0"], "config key 'train.checkpoint_every' is 0; valid: an integer >= 1"),
+        ("distill", ["streaming.timesteps=[]"], "config key 'streaming.timesteps' is []; valid: a non-empty list"),
+        ("distill", ["streaming.timesteps=[1000,-5]"], "every element a number in (0, 1000]"),
+        ("distill", ["train.tracker=mlflow"], "config key 'train.tracker' is 'mlflow'; valid: one of none, tensorboard, wandb"),
+        ("distill", ["train.steps=-3"], "config key 'train.steps' is -3; valid: a number >= 0"),
+        ("distill", ["train.grad_accum=0"], "config key 'train.grad_accum' is 0; valid: an integer >= 1"),
+        ("distill", ["world.height=0"], "config key 'world.height' is 0; valid: a number in [8, 4096]"),
+        ("distill", ["dmd.real_guidance=1e38"], "config key 'dmd.real_guidance' is 1e+38; valid: a number in [0, 50]"),
+        ("distill", ["stream_r1.axes=[vq,speed]"], "config key 'stream_r1.axes'"),
+        ("distill", ["world.frames=7"], "config key 'world.frames' is 7 (7 latent frames); valid: whole 3-latent-frame chunks, e.g. 6 or 9"),
+        ("pretrain", ["optim.warmup_steps=-1"], "config key 'optim.warmup_steps' is -1"),
+        ("grpo", ["grpo.group_size=1"], "config key 'grpo.group_size' is 1; valid: an integer >= 2"),
+        ("grpo", ["grpo.loss=mean"], "config key 'grpo.loss' is 'mean'; valid: one of grpo, bnpo, dr_grpo, dapo"),
+        ("sweep", ["seeds=[]"], "config key 'seeds' is []; valid: a non-empty list"),
+    ],
+)
+def test_bad_values_are_one_line_naming_key_value_and_what_is_valid(run_cli, tmp_path, command, overrides, message):
+    extra = ["--config", "configs/experiments/stream_r1_vs_dmd.yaml"] if command == "sweep" else []
+    code, out, err = run_cli(command, *extra, f"out_dir={tmp_path / 'run'}", *overrides)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()  # refused before any work

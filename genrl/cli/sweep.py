@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from ..config import check
 from ..errors import UsageError
 from .options import config_command, quiet_option
 
@@ -50,7 +51,7 @@ class SweepConfig:
     """The `genrl distill` config every run starts from."""
     overrides: list[str] = field(default_factory=list)
     """key=value overrides applied to every run (e.g. train.steps=150)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = check(factory=lambda: [0, 1, 2], rule="nonempty")
     """train.seed of each run of a variant."""
     variants: dict[str, list[str]] = field(default_factory=dict)
     """Variant name -> its key=value overrides (an empty list runs the recipe as is)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import check
 from ..io.grid import captioned_grid
 from ..io.video import write_video
 from ..worlds.probe import AttributeProbe
@@ -18,17 +19,17 @@ from ..worlds.probe import AttributeProbe
 class OptimConfig:
     """AdamW with linear warm-up."""
 
-    lr: float = 3e-4
+    lr: float = check(3e-4, ">0")
     """Peak learning rate."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = check(factory=lambda: [0.9, 0.999], rule="each [0, 1)")
     """AdamW betas."""
-    weight_decay: float = 0.0
+    weight_decay: float = check(0.0, ">=0")
     """AdamW weight decay."""
-    warmup_steps: int = 100
+    warmup_steps: int = check(100, ">=0")
     """Linear warm-up length in optimiser steps."""
-    decay_steps: int = 0
+    decay_steps: int = check(0, ">=0")
     """Cosine decay to ``min_lr_ratio * lr`` over this many steps after warm-up (0 = constant)."""
-    min_lr_ratio: float = 0.05
+    min_lr_ratio: float = check(0.05, "[0, 1]")
     """Final learning rate of the cosine decay, relative to ``lr``."""
 
 

@@ -39,6 +39,7 @@ import torch
 from ..registry import TASK_REWARDS
 
 from .. import grpo as G
+from ..config import check
 from ..models.hf_vlm import QwenVLPolicy
 from ..models.registry import save_weights
 from ..models.vlm import TinyVLM
@@ -95,33 +96,33 @@ class GRPOMethodConfig:
     policy_dtype: str = "float32"
     """Weights dtype of a transformers policy: 'float32', 'bfloat16' or 'float16'."""
     qa: QAConfig = field(default_factory=QAConfig)
-    prompts_per_step: int = 8
+    prompts_per_step: int = check(8, ">=1")
     """Questions per step."""
-    group_size: int = 8
+    group_size: int = check(8, ">=2")
     """Rollouts per question (G)."""
-    max_new_tokens: int = MAX_NEW_TOKENS
+    max_new_tokens: int = check(MAX_NEW_TOKENS, ">=1")
     """Longest completion sampled (the SFT format needs up to 11 tokens with <eos>)."""
-    temperature: float = 1.0
+    temperature: float = check(1.0, ">0")
     """Sampling temperature of the rollouts."""
-    iterations: int = 1
+    iterations: int = check(1, ">=1")
     """Updates per rollout batch (the mu of GRPO); > 1 uses the rollout policy's log-probs as old."""
-    beta: float = 0.04
+    beta: float = check(0.04, ">=0")
     """Weight of the k3 KL to the reference (0 = no reference pass)."""
-    eps_low: float = 0.2
-    eps_high: float = 0.2
+    eps_low: float = check(0.2, "[0, 1]")
+    eps_high: float = check(0.2, ">=0")
     """Clip range of the ratio: [1 - eps_low, 1 + eps_high] (DAPO raises eps_high)."""
-    scale: str = "group"
+    scale: str = check("group", "one of: group, batch, none")
     """Advantage scaling: 'group' std, 'batch' std or 'none' (Dr. GRPO)."""
-    loss: str = "grpo"
+    loss: str = check("grpo", "one of: grpo, bnpo, dr_grpo, dapo")
     """Loss aggregation: 'grpo', 'bnpo', 'dr_grpo' or 'dapo'."""
-    format_weight: float = 0.5
+    format_weight: float = check(0.5, ">=0")
     """Weight of the format reward next to accuracy."""
     cache_video: bool = True
     """Encode each video once per prompt group and reuse it (MR-SP stage 1)."""
     train_vision: bool = False
     """Update the vision tower too; needs ``cache_video: false`` (cached embeddings would go stale), so
     every update pass runs the tower with gradients."""
-    eval_num: int = 256
+    eval_num: int = check(256, ">=0")
     """Held-out (test split) questions scored at each sample step."""
     t_grpo: TGRPOConfig = field(default_factory=TGRPOConfig)
     tw_grpo: TWGRPOConfig = field(default_factory=TWGRPOConfig)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import schedulers as fm
+from ..config import check
 from .autoencoder import Autoencoder, AutoencoderConfig
 from .dit import DiTConfig, KVCache, VideoDiT
 from .text import TextEncoder, TextEncoderConfig, WordTokenizer
@@ -26,13 +27,13 @@ class StreamingConfig:
 
     enabled: bool = False
     """True for streaming students; False for bidirectional teachers."""
-    timesteps: list[float] = field(default_factory=lambda: [1000.0, 750.0, 500.0, 250.0])
+    timesteps: list[float] = check(factory=lambda: [1000.0, 750.0, 500.0, 250.0], rule="nonempty and each (0, 1000]")
     """Denoising timesteps per chunk (shifted by the model's shift)."""
-    local_frames: int = 9
+    local_frames: int = check(9, ">=1")
     """Frames a chunk attends to (cache + itself); the training length keeps positions in range."""
-    sink_frames: int = 3
+    sink_frames: int = check(3, ">=0")
     """First frames kept in the cache forever once the window rolls."""
-    context_noise: float = 0.0
+    context_noise: float = check(0.0, "[0, 1000]")
     """Timestep at which clean chunks are re-encoded into the cache."""
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import save_config
+from ..config import check, save_config
 from ..progress import progress_bar
 from .checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 
@@ -34,27 +34,27 @@ from .checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 class TrainConfig:
     """Loop settings shared by every training command."""
 
-    steps: int = 1000
+    steps: int = check(1000, ">=0")
     """Optimiser steps to train for (in total, counting resumed ones)."""
-    grad_accum: int = 1
+    grad_accum: int = check(1, ">=1")
     """Micro-batches accumulated per optimiser step."""
-    grad_clip: float = 1.0
+    grad_clip: float = check(1.0, ">=0")
     """Max gradient norm (0 = no clipping)."""
-    log_every: int = 10
+    log_every: int = check(10, ">=1")
     """Steps between metric lines in metrics.jsonl."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = check(500, ">=1")
     """Steps between checkpoints (one is always written at the end and on Ctrl-C)."""
-    sample_every: int = 0
+    sample_every: int = check(0, ">=0")
     """Steps between sample videos written to the run folder (0 = only at the end)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = check(2, ">=1")
     """How many checkpoints to keep."""
     seed: int = 0
     """Seed of every random stream of the run."""
     resume: bool = True
     """Continue from the run folder's latest checkpoint when there is one."""
-    max_bad_steps: int = 3
+    max_bad_steps: int = check(3, ">=1")
     """Consecutive steps with a non-finite loss or gradient (each skipped) before the run stops with exit code 1."""
-    tracker: str = "none"
+    tracker: str = check("none", "one of: none, tensorboard, wandb")
     """Also log to 'tensorboard' or 'wandb' through Accelerate (when installed), or 'none'."""
     frozen_dtype: str = "auto"
     """dtype of frozen roles (teacher, reward, reference): 'auto' (bfloat16 on a GPU, float32 on CPU),

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import check
+
 # Attribute vocabularies. Order matters: attribute tensors hold indices into these.
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.15, 0.15),
@@ -50,11 +52,11 @@ _SPLIT_SALT = {"train": 0x5EED0, "val": 0x5EED1, "test": 0x5EED2}
 class WorldConfig:
     """Geometry of the shapes world."""
 
-    height: int = 32
+    height: int = check(32, "[8, 4096]")
     """Frame height in pixels."""
-    width: int = 32
+    width: int = check(32, "[8, 4096]")
     """Frame width in pixels."""
-    frames: int = 9
+    frames: int = check(9, ">=1")
     """Frames per clip (the training length)."""
     held_out_triples: int = 8
     """How many (colour, shape, direction) triples the test split holds out."""
