@@ -162,3 +162,38 @@ def test_report_tabulates_the_eval_and_the_final_step_it_was_given(tmp_path):
     assert final == rows[1]
     assert "## Last periodic evaluation (step 2)" in text and "| sample_prompt_accuracy | 0.625 |" in text
     assert "![losses](plots/losses.png)" in text and (run / "plots" / "losses.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------- --checkpoint forms
+def test_checkpoint_accepts_a_run_folder_a_checkpoint_folder_and_a_weights_file(run_cli, tmp_path, assets):
+    from safetensors.torch import save_file
+
+    from genrl.models.registry import load_model
+
+    teacher, _ = assets
+    run = tmp_path / "run"
+    code, _, err = run_cli("distill", f"out_dir={run}", f"teacher={teacher}", *TINY, "method=dmd", "train.steps=2",
+                           "dmd.ema_decay=0.5")
+    assert code == 0, err
+    ckpt = run / "checkpoints" / "step_0000001"
+    forms = {"run": run, "checkpoint": ckpt, "file": run / "model.safetensors"}
+    states = {k: load_model(str(p), kind="video_model").state_dict() for k, p in forms.items()}
+    ema1 = load_file(str(ckpt / "ema.safetensors"))
+    assert all(torch.equal(states["checkpoint"][k], ema1[k]) for k in ema1)  # the step-1 EMA
+    assert all(torch.equal(states["run"][k], states["file"][k]) for k in ema1)
+    assert any(not torch.equal(states["run"][k], ema1[k]) for k in ema1)  # the run folder is the final export
+    for p in forms.values():
+        code, out, err = run_cli("sample", "--checkpoint", str(p), "--prompt", "a red square", "--frames", "6",
+                                 "--steps", "2", "--out", str(tmp_path / "x.gif"))
+        assert code == 0 and "1 video(s) x 6 frames" in out, err
+
+    # weights that do not fit their recorded config: one line naming the key
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    first = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != first}, str(tmp_path / "cut.safetensors"), metadata=meta)
+    code, _, err = run_cli("sample", "--checkpoint", str(tmp_path / "cut.safetensors"), "--prompt", "x",
+                           "--out", str(tmp_path / "y.gif"))
+    assert code == 2 and f"key {first!r} is missing" in err and len(err.strip().splitlines()) == 1

@@ -153,3 +153,32 @@ def test_bad_values_are_one_line_naming_key_value_and_what_is_valid(run_cli, tmp
     code, out, err = run_cli(command, *extra, f"out_dir={tmp_path / 'run'}", *overrides)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["eval", "--model", "shapes-teacher", "--num", "2", "--out", "{bad}/x.json"], "'--out'"),
+        (["score", "genrl/assets", "--out", "{bad}/s.json"], "'--out'"),
+        (["score", "genrl/assets", "--saliency", "{bad}/sal"], "'--saliency'"),
+        (["sample", "--model", "shapes-teacher", "--prompt", "x", "--out", "{bad}/x.gif"], "'--out'"),
+        (["sample", "--model", "shapes-teacher", "--prompt", "x", "--out", "x.gif", "--frames-dir", "{bad}/f"], "'--frames-dir'"),
+        (["distill", "out_dir={bad}/run"], "config key 'out_dir'"),
+        (["grpo", "out_dir={bad}/run"], "config key 'out_dir'"),
+        (["plan", "--json", "{bad}/plan.json"], "'--json'"),
+        (["bench", "stream", "--json", "{bad}/b.json"], "'--json'"),
+    ],
+)
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(run_cli, tmp_path, args, option):
+    bad = tmp_path / "a_file"
+    bad.write_text("")
+    code, out, err = run_cli(*[a.format(bad=bad) for a in args])
+    assert code == 2 and option in err and "a_file is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    assert not out.strip()  # nothing ran
+
+
+def test_the_writability_probe_leaves_no_trace(tmp_path):
+    from genrl.cli.options import writable_problem
+
+    assert writable_problem(tmp_path / "new" / "deeper") is None
+    assert list(tmp_path.iterdir()) == []

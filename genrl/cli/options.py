@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import click
+
+from ..errors import UsageError
 
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed; same seed, same numbers.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars; only the final summary line.")
 
 
+def writable_problem(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (created if need be), or None. Leaves no trace:
+    folders it had to create for the probe are removed again."""
+    folder = Path(folder)
+    created = []
+    try:
+        for parent in [*reversed(folder.parents), folder]:
+            if not parent.exists():
+                parent.mkdir()
+                created.append(parent)
+            elif not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+        probe = folder / f".genrl-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        for p in reversed(created):
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+def check_out_dir(cfg) -> None:
+    """Refuse a config whose ``out_dir`` cannot be written, before any work starts."""
+    out = getattr(cfg, "out_dir", None)
+    if out and (problem := writable_problem(Path(out))):
+        raise UsageError(f"config key 'out_dir' is {out!r}, which cannot be written: {problem}")
+
+
 class OutputFile(click.ParamType):
-    """A path to write, with one of the allowed suffixes; its folder is created."""
+    """A path to write, with one of the allowed suffixes, in a folder that can be written."""
 
     name = "file"
 
@@ -21,15 +57,30 @@ class OutputFile(click.ParamType):
 
     def convert(self, value, param, ctx):
         path = Path(value)
-        if path.suffix.lower() not in self.suffixes:
+        if self.suffixes and path.suffix.lower() not in self.suffixes:
             self.fail(f"{value!r} must end in {' or '.join(self.suffixes)}", param, ctx)
         if path.exists() and path.is_dir():
             self.fail(f"{value!r} is a folder, expected a file", param, ctx)
+        if problem := writable_problem(path.parent):
+            self.fail(f"{value!r} cannot be written: {problem}", param, ctx)
         return path
 
 
-def output_file(suffixes: tuple[str, ...]) -> OutputFile:
+def output_file(suffixes: tuple[str, ...] = ()) -> OutputFile:
+    """A file to write (any suffix when ``suffixes`` is empty), checked writable before work starts."""
     return OutputFile(suffixes)
+
+
+class OutputFolder(click.ParamType):
+    """A folder to write into, checked writable before work starts."""
+
+    name = "folder"
+
+    def convert(self, value, param, ctx):
+        path = Path(value)
+        if problem := writable_problem(path):
+            self.fail(f"{value!r} cannot be written: {problem}", param, ctx)
+        return path
 
 
 def config_command(schema: type, name: str | None = None):
@@ -49,6 +100,7 @@ def config_command(schema: type, name: str | None = None):
 
                 click.echo(to_yaml(cfg), nl=False)
                 return 0
+            check_out_dir(cfg)
             return fn(cfg, **kwargs)
 
         return click.command(name=name, context_settings={"show_default": True})(command)

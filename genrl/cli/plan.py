@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
+from .options import output_file
 
 
 @contextmanager
@@ -36,7 +37,7 @@ def _gb(n: float) -> str:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="A `genrl distill` recipe.")
 @click.option("--gpus", type=click.IntRange(1, 4096), default=1, help="GPUs the run would use.")
 @click.option("--gpu-memory", default="80GB", help="Memory of one GPU (e.g. 80GB, 141GB).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the plan as JSON.")
+@click.option("--json", "json_path", type=output_file((".json",)), default=None, help="Also write the plan as JSON.")
 def plan(overrides, config_path, gpus, gpu_memory, json_path):
     """Parameters and memory per role of a distillation recipe, and what fits on your GPUs.
 

@@ -9,7 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..worlds.shapes import SPLITS
-from .options import output_file, quiet_option, seed_option
+from .options import OutputFolder, output_file, quiet_option, seed_option
 
 
 def model_options(fn):
@@ -54,7 +54,7 @@ def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Pixel enlargement in the written file.")
 @click.option("--height", type=click.IntRange(16, 4096), default=None, help="Frame height (Wan models; default 480).")
 @click.option("--width", type=click.IntRange(16, 4096), default=None, help="Frame width (Wan models; default 832).")
-@click.option("--frames-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--frames-dir", type=OutputFolder(), default=None,
               help="Also write every frame as PNG the moment its chunk is generated (streaming students).")
 @seed_option
 @quiet_option

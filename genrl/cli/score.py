@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from .options import quiet_option
+from .options import OutputFolder, output_file, quiet_option
 
 AXES = ("vq", "mq", "ta")
 
@@ -60,8 +60,8 @@ def _prompts_for(files: list[Path], prompt: str | None, prompts_file: str | None
 @click.option("--reward", "reward_name", default="shapes", show_default=True, help="Reward backend: shapes, clip or videoreward.")
 @click.option("--weights", default=None, help="Weights for the backend (name or path; default: its built-in).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the scores to this file instead of stdout.")
-@click.option("--saliency", "saliency_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=output_file(), default=None, help="Write the scores to this file instead of stdout.")
+@click.option("--saliency", "saliency_dir", type=OutputFolder(), default=None,
               help="Also write per-axis saliency heat-map gifs (and a PNG of their mean) into this folder.")
 @click.option("--batch", type=click.IntRange(1, 256), default=16, show_default=True, help="Videos scored at once.")
 @quiet_option

@@ -38,6 +38,35 @@ def register_kind(kind: str, config_cls: type, build: Callable[[Any], nn.Module]
     _KINDS[kind] = (config_cls, build)
 
 
+def model_metadata(module: nn.Module) -> dict[str, str]:
+    """safetensors metadata (kind and config) of a module genrl knows how to rebuild; {} otherwise."""
+    if "video_model" not in _KINDS:
+        _register_defaults()
+    cfg = getattr(module, "cfg", None)
+    for kind, (config_cls, build) in _KINDS.items():
+        if isinstance(build, type) and type(module) is build and isinstance(cfg, config_cls):
+            return {"genrl_kind": kind, "genrl_config": json.dumps(dataclasses.asdict(cfg))}
+    return {}
+
+
+CHECKPOINT_PREFERENCE = ("ema", "student", "model", "policy", "reward", "autoencoder")
+"""Which module of a checkpoint folder `--checkpoint` loads: the EMA (what runs export) first."""
+
+
+def _checkpoint_weights(path: Path) -> Path:
+    """The loadable weights file of a checkpoint folder (checkpoints/step_N)."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"), key=lambda f: (
+        CHECKPOINT_PREFERENCE.index(f.stem) if f.stem in CHECKPOINT_PREFERENCE else len(CHECKPOINT_PREFERENCE), f.name))
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            if (h.metadata() or {}).get("genrl_kind"):
+                return f
+    raise UsageError(f"{path}: this checkpoint's weights carry no model config (written before genrl recorded one); "
+                     f"load the run folder's model.safetensors instead")
+
+
 def _register_defaults() -> None:
     from .autoencoder import Autoencoder, AutoencoderConfig
     from .video_model import VideoModel, VideoModelConfig
@@ -84,6 +113,8 @@ def resolve_path(name_or_path: str) -> Path:
             raise UsageError(f"built-in model {name_or_path!r} has no weights in this install ({path} missing)")
         return path
     path = Path(name_or_path)
+    if path.is_dir() and (path / "manifest.json").is_file():  # a checkpoint folder: checkpoints/step_N
+        return _checkpoint_weights(path)
     if path.is_dir():
         for candidate in (path / "model.safetensors", *sorted(path.glob("*.safetensors"))):
             if candidate.exists():
@@ -133,5 +164,24 @@ def load_model(name_or_path: str, kind: str | None = None, device: str | torch.d
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_cls), json.loads(meta["genrl_config"])))
     model = build(cfg)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state)
+    _load_strict(model, state, path)
     return model.to(device).eval()
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict, with a mismatch named in one line (the first key and what differs)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing:
+        raise UsageError(f"{path}: weights do not match their config: key {missing[0]!r} is missing "
+                         f"({len(missing)} missing in all)")
+    if unexpected:
+        raise UsageError(f"{path}: weights do not match their config: unexpected key {unexpected[0]!r} "
+                         f"({len(unexpected)} unexpected in all)")
+    if shapes:
+        k = shapes[0]
+        raise UsageError(f"{path}: weights do not match their config: key {k!r} has shape "
+                         f"{tuple(state[k].shape)}, the config builds {tuple(own[k].shape)}")
+    model.load_state_dict(state)

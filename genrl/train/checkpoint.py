@@ -54,8 +54,11 @@ def _unshared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``root`` and point ``root/latest`` at it."""
+def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict[str, Any],
+                    keep: int = 2, metadata: dict[str, dict[str, str]] | None = None) -> Path:
+    """Write checkpoint ``step`` under ``root`` and point ``root/latest`` at it.
+
+    ``metadata`` (per module) goes into each safetensors header, so `--checkpoint` can rebuild the model."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
     tmp = root / f".tmp_{name}"
@@ -64,7 +67,7 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, dict[str, torch.Te
     tmp.mkdir()
     files = []
     for module, sd in weights.items():
-        save_file(_unshared(sd), str(tmp / f"{module}.safetensors"))
+        save_file(_unshared(sd), str(tmp / f"{module}.safetensors"), metadata=(metadata or {}).get(module) or None)
         files.append(f"{module}.safetensors")
     torch.save(state, tmp / "state.pt")
     files.append("state.pt")

@@ -266,8 +266,9 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return
-        weights = {n: self.accelerator.unwrap_model(m).state_dict() for n, m in self.method.checkpoint_modules().items()}
-        from ..models.registry import check_finite
+        modules = {n: self.accelerator.unwrap_model(m) for n, m in self.method.checkpoint_modules().items()}
+        weights = {n: m.state_dict() for n, m in modules.items()}
+        from ..models.registry import check_finite, model_metadata
 
         for n, w in weights.items():
             check_finite(w, f"{self.ckpt_root} ({n}, step {step})")
@@ -278,7 +279,8 @@ class Trainer:
             "method": self.method.extra_state(),
             "rng": _rng_state(),
         }
-        save_checkpoint(self.ckpt_root, step, weights, state, keep=self.cfg.keep_checkpoints)
+        save_checkpoint(self.ckpt_root, step, weights, state, keep=self.cfg.keep_checkpoints,
+                        metadata={n: model_metadata(m) for n, m in modules.items()})
 
     def maybe_resume(self) -> int:
         """Load the newest intact checkpoint (warning about damaged newer ones); cut metrics.jsonl back to it."""
