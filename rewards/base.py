@@ -55,6 +55,12 @@ class RewardModel(nn.Module):
 
         return read_video(path)
 
+    def unavailable(self, frames: torch.Tensor, prompt: str) -> dict[str, str]:
+        """Axes this model cannot honestly score for one video (axis -> why), reported as n/a.
+
+        Motion needs at least two frames; subclasses add what their text side cannot read."""
+        return {"mq": "are shorter than 2 frames"} if "mq" in self.axes and frames.shape[0] < 2 else {}
+
     def score_read(self, frames: torch.Tensor, prompt: str) -> RewardScores:
         """Scores of one video returned by :meth:`read_file`."""
         return self(frames[None], [prompt])

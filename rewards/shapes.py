@@ -68,6 +68,14 @@ def _conv_encoder(w: int, d: int, cin: int = 3) -> nn.Sequential:
 class ShapesReward(RewardModel):
     frames_read = "all frames, at 32x32"
 
+    def unavailable(self, frames: torch.Tensor, prompt: str) -> dict[str, str]:
+        from genrl.worlds.shapes import parse_caption
+
+        out = super().unavailable(frames, prompt)
+        if all(v is None for v in parse_caption(prompt).values()):
+            out["ta"] = "have a prompt naming nothing the shapes world knows"
+        return out
+
     def __init__(self, cfg: ShapesRewardConfig):
         super().__init__()
         self.cfg = cfg

@@ -60,3 +60,26 @@ def test_prompts_file_and_saliency_output(run_cli, tiny_reward, videos, tmp_path
     assert (tmp_path / "sal" / "a_saliency.gif").exists() and (tmp_path / "sal" / "b_saliency.gif").exists()
     code, _, err = run_cli("score", str(folder / "a.gif"), "--weights", tiny_reward)
     assert code == 2 and "give exactly one of --prompt TEXT or --prompts FILE" in err
+
+
+def test_axes_that_cannot_be_scored_are_n_a_with_a_warning_and_left_out_of_overall(run_cli, tiny_reward, tmp_path):
+    v, caps, _ = ShapesWorld().clips("val", range(1))
+    write_video(tmp_path / "long.gif", v[0])
+    write_video(tmp_path / "one.gif", v[0, :1])
+    code, out, err = run_cli("score", str(tmp_path / "long.gif"), "--prompt", caps[0], "--weights", tiny_reward,
+                             "--format", "json")
+    assert code == 0
+    (full,) = json.loads(out)
+    (tmp_path / "p.tsv").write_text(f"{tmp_path / 'long.gif'}\ta purple fish\n{tmp_path / 'one.gif'}\t{caps[0]}\n")
+    code, out, err = run_cli("score", str(tmp_path / "long.gif"), str(tmp_path / "one.gif"), "--prompts",
+                             str(tmp_path / "p.tsv"), "--weights", tiny_reward, "--format", "json")
+    assert code == 0
+    unknown, short = json.loads(out)
+    assert unknown["ta"] is None and unknown["vq"] == full["vq"] and unknown["mq"] == full["mq"]
+    assert unknown["overall"] == pytest.approx((full["vq"] + full["mq"]) / 2, abs=1e-4)
+    assert short["mq"] is None and short["frames"] == 1 and short["ta"] is not None
+    assert short["overall"] == pytest.approx((short["vq"] + short["ta"]) / 2, abs=1e-4)
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 2 and "text alignment is reported as n/a" in err and "motion quality is reported as n/a" in err
+    code, out, _ = run_cli("score", str(tmp_path / "one.gif"), "--prompt", caps[0], "--weights", tiny_reward)
+    assert "n/a" in out.splitlines()[1]

@@ -73,7 +73,10 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
     (shapes: every frame at 32x32; clip: every frame at CLIP's size; videoreward:
     2 frames a second of the file's real frame rate within 448x448, as VideoAlign
     does), resizing while decoding. Scores are z-normalised with the model's stored
-    statistics; `overall` is their mean (VideoAlign's own inference sums them). A file
+    statistics; `overall` is their mean (VideoAlign's own inference sums them). An axis
+    a model cannot score is n/a (null in JSON) with a warning and left out of `overall`:
+    motion of a clip shorter than 2 frames, text alignment of a prompt naming nothing the
+    shapes reward knows. A file
     that cannot be read is listed with its error; the rest are still scored and
     the exit code is 1.
 
@@ -94,6 +97,7 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
     prompts = _prompts_for(files, prompt, prompts_file)
     model = REWARDS.get(reward_name)(**({"weights": weights} if weights else {}))
     rows: list[dict] = []
+    not_scored: dict[tuple[str, str], int] = {}  # (axis, reason) -> videos with that axis reported as n/a
     with progress_bar(len(files), "score", quiet or len(files) < 4) as advance:
         for lo in range(0, len(files), batch):
             group = list(zip(files[lo : lo + batch], prompts[lo : lo + batch]))
@@ -107,11 +111,18 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
             for (f, p), v in zip(ok, videos):
                 with torch.no_grad():
                     s = model.score_read(v, p)
-                rows.append({"path": str(f), "prompt": p, **{a: round(float(s.z[a][0]), 4) if a in s.z else None for a in AXES},
-                             "overall": round(float(s.overall[0]), 4), "frames": v.shape[0]})
+                missing = model.unavailable(v, p)
+                for item in missing.items():
+                    not_scored[item] = not_scored.get(item, 0) + 1
+                z = {a: float(s.z[a][0]) for a in AXES if a in s.z and a not in missing}
+                rows.append({"path": str(f), "prompt": p, **{a: round(z[a], 4) if a in z else None for a in AXES},
+                             "overall": round(sum(z.values()) / len(z), 4) if z else None, "frames": v.shape[0]})
                 if saliency_dir:
                     _write_saliency(model, v, p, Path(saliency_dir), f)
             advance(len(group))
+    names = {"vq": "visual quality", "mq": "motion quality", "ta": "text alignment"}
+    for (axis, why), n in not_scored.items():
+        click.echo(f"warning: {n} video(s) {why}: {names[axis]} is reported as n/a and left out of overall", err=True)
     order = {str(f): i for i, f in enumerate(files)}
     rows.sort(key=lambda r: order[r["path"]])
     text = _render(rows, fmt)
@@ -166,6 +177,7 @@ def _render(rows: list[dict], fmt: str) -> str:
         if "error" in r:
             lines.append(f"{name:<40} error: {r['error']}")
         else:
-            cells = " ".join(f"{r[a]:>7.3f}" if r[a] is not None else f"{'-':>7}" for a in AXES)
-            lines.append(f"{name:<40} {cells} {r['overall']:>8.3f}")
+            cells = " ".join(f"{r[a]:>7.3f}" if r[a] is not None else f"{'n/a':>7}" for a in AXES)
+            overall = f"{r['overall']:>8.3f}" if r["overall"] is not None else f"{'n/a':>8}"
+            lines.append(f"{name:<40} {cells} {overall}")
     return "\n".join(lines) + "\n"
