@@ -65,6 +65,10 @@ def _conv_encoder(w: int, d: int, cin: int = 3) -> nn.Sequential:
     )
 
 
+FRAME_CHUNK = 256
+"""Frames per pass of the per-frame encoders when scoring without gradients (memory stays flat in length)."""
+
+
 class ShapesReward(RewardModel):
     frames_read = "all frames, at 32x32"
 
@@ -94,15 +98,27 @@ class ShapesReward(RewardModel):
 
     def video_features(self, videos: torch.Tensor) -> torch.Tensor:
         """(B, 3d): pooled frame features, pooled motion features and their spread over time."""
-        B, Fr = videos.shape[:2]
-        feats = self.frame_encoder((videos * 2 - 1).flatten(0, 1)).unflatten(0, (B, Fr))  # (B, F, d)
-        steps = torch.cat((torch.zeros_like(videos[:, :1]), videos[:, 1:] - videos[:, :-1]), dim=1)
-        # each difference next to the frame it leads to: a 1-px strip of change looks the same
-        # on the leading and the trailing edge; only the frame says on which side the shape is
-        diffs = self.diff_encoder(torch.cat((videos * 2 - 1, steps), dim=2).flatten(0, 1)).unflatten(0, (B, Fr))
+        Fr = videos.shape[1]
+        chunk = Fr if torch.is_grad_enabled() else FRAME_CHUNK  # without gradients, memory stays flat in length
+        parts = [self._encode_frames(videos, lo, min(Fr, lo + chunk)) for lo in range(0, Fr, chunk)]
+        feats, diffs = (torch.cat(p, dim=1) if len(parts) > 1 else p[0] for p in zip(*parts))
         motion = self.motion(diffs.transpose(1, 2)).transpose(1, 2)  # (B, F, d)
         m_var = motion.std(1) if Fr > 1 else torch.zeros_like(motion[:, 0])
         return torch.cat((feats.mean(1), motion.mean(1), m_var), dim=-1)
+
+    def _encode_frames(self, videos: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame and difference features (B, hi - lo, d) of frames lo..hi-1."""
+        B = videos.shape[0]
+        x = videos[:, lo:hi]
+        ext = videos[:, max(lo - 1, 0):hi]
+        steps = ext[:, 1:] - ext[:, :-1]
+        if lo == 0:
+            steps = torch.cat((torch.zeros_like(x[:, :1]), steps), dim=1)
+        feats = self.frame_encoder((x * 2 - 1).flatten(0, 1)).unflatten(0, (B, hi - lo))
+        # each difference next to the frame it leads to: a 1-px strip of change looks the same
+        # on the leading and the trailing edge; only the frame says on which side the shape is
+        diffs = self.diff_encoder(torch.cat((x * 2 - 1, steps), dim=2).flatten(0, 1)).unflatten(0, (B, hi - lo))
+        return feats, diffs
 
     def read_file(self, path) -> torch.Tensor:
         """Every frame at the 32x32 the model reads, resized as it is decoded (memory does not grow with resolution)."""

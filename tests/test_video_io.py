@@ -55,3 +55,57 @@ def test_bad_files_name_the_file(tmp_path):
             read_video(path)
         assert str(path) in str(e.value), what
         assert "\n" not in str(e.value)
+
+
+def _long_video(path, frames, size=256):
+    import imageio.v2 as iio
+
+    w = iio.get_writer(path, fps=30, codec="libx264", quality=5, macro_block_size=8)
+    for i in range(frames):
+        f = np.zeros((size, size, 3), np.uint8)
+        f[80:140, (i * 7) % 190 : (i * 7) % 190 + 60] = (200, 40, 40)
+        w.append_data(f)
+    w.close()
+    return path
+
+
+def test_read_resized_equals_resizing_each_decoded_frame(tmp_path, monkeypatch):
+    import genrl.io.video as V
+
+    monkeypatch.setattr(V, "_BLOCK", 7)  # several blocks and a partial last one
+    path = _long_video(tmp_path / "v.mp4", 20, size=64)
+    full = read_video(path)
+    want = torch.nn.functional.interpolate(full, size=(16, 16), mode="area")
+    got = V.read_resized(path, (16, 16))
+    assert got.shape == (20, 3, 16, 16) and torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(V.read_resized(path, (64, 64)), full)
+
+
+def test_reading_a_long_video_at_model_size_keeps_memory_flat(tmp_path):
+    """Peak memory of read_resized grows with frames x 32 x 32, not with frames x source size
+    (one leaked full-size float frame per frame before: +1.5 GB here)."""
+    import subprocess
+    import sys
+
+    path = _long_video(tmp_path / "long.mp4", 2000)
+    probe = ("import resource, sys\nfrom genrl.io.video import read_resized\nimport torch\n"
+             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "v = read_resized(sys.argv[1], (32, 32))\n"
+             "print(v.shape[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)")
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=300)
+    frames, grown_mb = map(int, out.stdout.split())
+    assert frames == 2000 and grown_mb < 150, grown_mb  # the output itself is 24 MB
+
+
+def test_shapes_reward_scores_a_long_video_in_frame_chunks_exactly(monkeypatch):
+    import rewards.shapes as S
+
+    torch.manual_seed(0)
+    model = S.ShapesReward(S.ShapesRewardConfig(width=8, dim=16)).eval()
+    v = torch.rand(2, 23, 3, 32, 32)
+    with torch.no_grad():
+        whole = model.raw_scores(v, ["a red square", "a blue circle"])
+        monkeypatch.setattr(S, "FRAME_CHUNK", 5)
+        chunked = model.raw_scores(v, ["a red square", "a blue circle"])
+    for a in whole:
+        torch.testing.assert_close(chunked[a], whole[a], rtol=1e-5, atol=1e-6)

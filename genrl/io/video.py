@@ -111,17 +111,35 @@ def video_info(path: str | Path) -> tuple[int, float]:
 def read_resized(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """Every frame, resized to ``size`` (area) as it is decoded: (F, 3, h, w) float in [0, 1].
 
-    Memory grows with F x h x w, never with the source resolution.
+    Memory grows with F x h x w, never with the source resolution: each decoded frame goes
+    through one reused float buffer and lands in preallocated blocks of the output, so the
+    allocator never splits a freed full-size frame around a small kept one (which grew the
+    heap by one full-size frame per frame before).
     """
     import torch.nn.functional as F
 
-    out = []
+    size = tuple(size)
+    blocks: list[torch.Tensor] = []
+    buf: torch.Tensor | None = None
+    n = _BLOCK
     for frame in _iter_frames(Path(path)):
-        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
-        out.append(x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="area"))
-    if not out:
+        src = torch.from_numpy(frame).permute(2, 0, 1)
+        if buf is None or buf.shape[1:] != src.shape:
+            buf = torch.empty((1, *src.shape))
+        buf[0].copy_(src).div_(255)
+        if n == _BLOCK:
+            blocks.append(torch.empty((_BLOCK, 3, *size)))
+            n = 0
+        blocks[-1][n] = buf[0] if tuple(buf.shape[-2:]) == size else F.interpolate(buf, size=size, mode="area")[0]
+        n += 1
+    if not blocks:
         raise VideoReadError(f"{path}: contains no frames")
-    return torch.cat(out)
+    blocks[-1] = blocks[-1][:n]
+    return blocks[0].clone() if len(blocks) == 1 else torch.cat(blocks)
+
+
+_BLOCK = 256
+"""Frames per preallocated block of :func:`read_resized`'s output."""
 
 
 def read_frames(path: str | Path, indices: list[int]) -> torch.Tensor:
