@@ -47,10 +47,13 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. optim.lr=1e-4)")
     if overrides:
-        try:
-            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"cannot parse overrides: {_first_line(e)}") from None
+        for o in overrides:  # name the one override that does not parse
+            try:
+                OmegaConf.from_dotlist([o])
+            except Exception as e:  # noqa: BLE001 - OmegaConf and yaml raise many types
+                raise ConfigError(f"cannot parse override {o!r}: {_first_line(e)}; quote a plain string value, "
+                                  f"e.g. key='value'") from None
+        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
     merged = base
     for source, layer in layers:
         merged = _merge(merged, layer, source, schema)
@@ -178,10 +181,34 @@ def _merge(base: DictConfig, layer: DictConfig, source: str, schema: type) -> Di
         key = e.full_key or str(e.key)
         raise ConfigError(f"{source}: unknown config key '{key}'; valid here: {_valid_keys(schema, key)}") from None
     except ValidationError as e:
+        if not e.full_key:  # a plain value where a group of settings belongs (e.g. optim=0)
+            raise _shape_error(base, layer, source, schema) from None
         want = _field_type(schema, e.full_key)
         raise ConfigError(f"{source}: config key '{e.full_key}' got {e.value!r}, expected {want}") from None
+    except (TypeError, ValueError):  # a mapping where a list belongs, or the other way round
+        raise _shape_error(base, layer, source, schema) from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{source}: {_first_line(e)}") from None
+
+
+def _kind(node: Any) -> str:
+    return "a group of settings" if OmegaConf.is_dict(node) else "a list" if OmegaConf.is_list(node) else "a value"
+
+
+def _shape_error(base: DictConfig, layer: DictConfig, source: str, schema: type, prefix: str = "") -> ConfigError:
+    """The first key whose value is a mapping, a list or a scalar where the schema has another of these."""
+    for k, v in layer.items():
+        if str(k) not in base:
+            continue
+        want, got = base[str(k)], v
+        if _kind(want) != _kind(got) and want is not None:
+            extra = f" (valid keys: {_valid_keys(schema, f'{prefix}{k}.x')})" if OmegaConf.is_dict(want) else ""
+            return ConfigError(f"{source}: config key '{prefix}{k}' must be {_kind(want)}, got {_kind(got)}{extra}")
+        if OmegaConf.is_dict(want) and OmegaConf.is_dict(got):
+            inner = _shape_error(want, got, source, schema, f"{prefix}{k}.")
+            if "could not merge" not in str(inner):
+                return inner
+    return ConfigError(f"{source}: could not merge its values into the schema (a value of the wrong kind)")
 
 
 def _hints(cls: type) -> dict[str, Any]:
