@@ -168,10 +168,12 @@ class StreamR1Method(DMDMethod):
         history = torch.tensor(list(self.history)) if self.history else None
         r = combined_reward(z, history, cfg.lam, cfg.balance_warmup)
         self.history.append(z.mean(0).tolist())
-        rw = rollout_weights(r, cfg.beta).clamp_max(cfg.max_weight)
+        raw_w = rollout_weights(r, cfg.beta)
+        rw = raw_w.clamp_max(cfg.max_weight)
         metrics = {f"reward_{a}": float(z[:, i].mean()) for i, a in enumerate(cfg.axes)}
         metrics.update(reward_r=float(r.mean()), rollout_weight_max=float(rw.max()), rollout_weight_min=float(rw.min()),
-                       rollout_ess=effective_sample_size(rw))
+                       rollout_ess=effective_sample_size(rw),
+                       rollout_weights_clamped=float((raw_w > cfg.max_weight).float().mean()))  # share hitting max_weight
         W = None
         if sal is not None:
             S = fuse_saliency(sal, z, cfg.temperature)

@@ -17,7 +17,7 @@ GROUPS = {
     "losses": ("loss", "critic_loss"),
     "gradient norms": ("grad_norm", "critic_grad_norm", "dmd_grad_norm"),
     "reward per axis (z)": ("reward_vq", "reward_mq", "reward_ta", "reward_r"),
-    "rollout weights": ("rollout_weight_min", "rollout_weight_max"),
+    "rollout weights": ("rollout_weight_min", "rollout_weight_max", "rollout_weights_clamped"),
     "sample prompt accuracy": ("sample_prompt_accuracy",),
     "held-out pair accuracy": ("vq_accuracy", "mq_accuracy", "ta_accuracy"),
     "held-out QA accuracy": ("heldout_accuracy", "val_accuracy"),

@@ -195,3 +195,17 @@ def test_bench_lists_are_checked_in_one_line(run_cli):
     for args in (("stream", "--chunks", "2,x"), ("grpo", "--frames", "0,8")):
         code, _, err = run_cli("bench", *args)
         assert code == 2 and "positive integers separated by commas" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rollout_weight_clamping_is_logged(run_cli, tmp_path, assets):
+    teacher, reward = assets
+    run = tmp_path / "clamp"
+    _distill(run_cli, run, teacher, "method=stream_r1", "train.steps=2", f"stream_r1.reward_weights={reward}",
+             "stream_r1.beta=-20", "stream_r1.max_weight=1.0", "eval_num=0")
+    rows = [r for r in (json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    # the untrained tiny reward gives r < 0 (about -0.3), so exp(-20 r) > 1 = max_weight for every rollout
+    assert all(r["rollout_weight_max"] == 1.0 and r["rollout_weights_clamped"] == 1.0 for r in rows)
+    _distill(run_cli, tmp_path / "free", teacher, "method=stream_r1", "train.steps=1", f"stream_r1.reward_weights={reward}",
+             "eval_num=0")
+    free = [json.loads(l) for l in (tmp_path / "free" / "metrics.jsonl").read_text().splitlines()][0]
+    assert free["rollout_weights_clamped"] == 0.0

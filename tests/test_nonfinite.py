@@ -62,3 +62,12 @@ def test_nonfinite_weights_are_never_written(tmp_path):
     with pytest.raises(TrainingDiverged, match="dit.head.bias"):
         save_weights(m, tmp_path / "x.safetensors", "video_model", m.cfg)
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_sft_that_goes_nonfinite_stops_with_exit_code_1_and_exports_nothing(run_cli, tmp_path):
+    out = tmp_path / "sft"
+    code, _, err = run_cli("sft", "--config", "configs/sft_video_qa.yaml", f"out_dir={out}", "sft.size=debug",
+                           "sft.batch_size=4", "sft.eval_num=4", "eval_num=4", "train.steps=8", "optim.lr=1e12",
+                           "optim.warmup_steps=0", "train.grad_clip=0", "-q")
+    assert code == 1 and "non-finite for 3 steps in a row" in err, err
+    assert not (out / "model.safetensors").exists()
