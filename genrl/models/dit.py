@@ -160,13 +160,15 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.q_norm, self.k_norm = RMSNorm(dim // heads), RMSNorm(dim // heads)
         self.out = nn.Linear(dim, dim)
+        self.core = attention
+        """Softmax attention over [B, H, N, D] (sequence parallelism swaps in its all-to-all version)."""
 
     def forward(self, x, angles, mask=None, cache: KVCache | None = None, block: int = 0, ctx_angles=None):
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         if cache is None:
-            o = attention(apply_rope(q, angles), apply_rope(k, angles), v, mask)
+            o = self.core(apply_rope(q, angles), apply_rope(k, angles), v, mask)
         else:
             ck, cv = cache.context(block)
             kk = k if ck is None else torch.cat((ck, k), dim=2)
@@ -302,27 +304,37 @@ class VideoDiT(nn.Module):
         causal: bool = False,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
+        if cache is None:
+            return self.forward_frames(x, t, text, text_mask, causal)
         B, Fr, C, H, W = x.shape
         p, hd = self.cfg.patch, self.cfg.dim // self.cfg.heads
         rows, cols = H // p, W // p
-        tpf = rows * cols
+        n_ctx = cache.frames  # context frames get contiguous positions 0..n_ctx-1
+        pos = token_positions(n_ctx + Fr, rows, cols, device=x.device)
+        ctx_angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
+        angles = tuple(a[n_ctx * rows * cols :] for a in ctx_angles)
+        return self._run(x, t, angles, text, text_mask, None, cache, ctx_angles)
+
+    def forward_frames(self, x, t, text, text_mask, causal: bool = False, frame_offset: int = 0,
+                       total_frames: int | None = None) -> torch.Tensor:
+        """Frames ``frame_offset ..`` of a ``total_frames``-long video (the whole video by default): RoPE at
+        their global positions, the (block-causal) mask over the whole sequence. Sequence parallelism runs
+        each rank's slice through this, with attention cores that see every token."""
+        B, Fr, C, H, W = x.shape
+        p, hd = self.cfg.patch, self.cfg.dim // self.cfg.heads
+        rows, cols = H // p, W // p
+        total = total_frames or Fr
+        pos = token_positions(Fr, rows, cols, frame_offset=frame_offset, device=x.device)
+        angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
+        mask = self.block_causal_mask(total, rows * cols, x.device) if causal else None
+        return self._run(x, t, angles, text, text_mask, mask, None, None)
+
+    def _run(self, x, t, angles, text, text_mask, mask, cache, ctx_angles) -> torch.Tensor:
+        B, Fr, C, H, W = x.shape
         tokens = self.patch_embed(self._patchify(x))
         t = t.expand(B, Fr) if t.ndim == 2 else t[:, None].expand(B, Fr)
         temb = self.time_embed(timestep_embedding(t, 256))  # (B, F, D)
         e = self.time_proj(temb).unflatten(-1, (6, -1))  # (B, F, 6, D), one row per frame
-
-        mask = ctx_angles = None
-        if cache is None:
-            angles = rope_angles(token_positions(Fr, rows, cols, device=x.device), hd, self.cfg.rope_theta)
-            if causal:
-                mask = self.block_causal_mask(Fr, tpf, x.device)
-        else:
-            n_ctx = cache.frames  # context frames get contiguous positions 0..n_ctx-1
-            pos = token_positions(n_ctx + Fr, rows, cols, device=x.device)
-            ctx_angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
-            angles = tuple(a[n_ctx * tpf :] for a in ctx_angles)
-        if not isinstance(angles, tuple):
-            angles = rope_table(angles)
         for i, blk in enumerate(self.blocks):
             tokens = blk(tokens, e, angles, text, text_mask, mask, cache, i, ctx_angles)
         sh, sc = (temb[:, :, None] + self.head_modulation).unbind(dim=2)

@@ -1,0 +1,149 @@
+"""Ulysses sequence parallelism for genrl's video DiT, on torch.distributed collectives.
+
+Each of P ranks holds a contiguous slice of the video's frames (the sequence is cut at frame
+boundaries, so per-frame modulation stays local). Self-attention is the only place that needs
+the whole sequence: q, k and v are projected and rotated (RoPE at their global positions) on the
+local tokens, an all-to-all turns "all heads of my tokens" into "my heads of all tokens", attention
+runs over the full sequence, and a second all-to-all turns it back. Cross-attention reads the
+replicated text with local queries and needs nothing. Frame counts that P does not divide are
+padded at the end and the padding is masked out of every key set.
+
+It is applied after construction (``apply_sequence_parallel``) by swapping each self-attention's
+``core`` and wrapping the model; nothing in the model's own forward knows about it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..attention import attention
+from ..errors import UsageError
+
+
+class _AllToAll(torch.autograd.Function):
+    """Split ``x`` along ``scatter`` into P parts, send part j to rank j, concatenate what arrives along ``gather``."""
+
+    @staticmethod
+    def forward(ctx, x, group, scatter: int, gather: int):
+        ctx.group, ctx.scatter, ctx.gather = group, scatter, gather
+        return _a2a(x, group, scatter, gather)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _a2a(grad, ctx.group, ctx.gather, ctx.scatter), None, None, None
+
+
+def _a2a(x: torch.Tensor, group, scatter: int, gather: int) -> torch.Tensor:
+    world = dist.get_world_size(group)
+    parts = [p.contiguous() for p in x.chunk(world, dim=scatter)]
+    out = [torch.empty_like(parts[0]) for _ in range(world)]
+    dist.all_to_all(out, parts, group=group)
+    return torch.cat(out, dim=gather)
+
+
+def all_to_all(x: torch.Tensor, group, scatter: int, gather: int) -> torch.Tensor:
+    """Differentiable all-to-all (its backward is the reverse all-to-all)."""
+    return _AllToAll.apply(x, group, scatter, gather)
+
+
+class _Gather(torch.autograd.Function):
+    """All-gather along ``dim``; backward hands each rank the gradient of its own slice (no summing:
+    each rank's loss covers only its slice of the output)."""
+
+    @staticmethod
+    def forward(ctx, x, group, dim: int):
+        ctx.group, ctx.dim = group, dim
+        world = dist.get_world_size(group)
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x.contiguous(), group=group)
+        return torch.cat(out, dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rank = dist.get_rank(ctx.group)
+        return grad.chunk(dist.get_world_size(ctx.group), dim=ctx.dim)[rank].contiguous(), None, None
+
+
+class UlyssesAttention:
+    """Drop-in for ``attention(q, k, v, mask)`` on sequence shards [B, H, N/P, D]: heads <-> sequence all-to-all."""
+
+    def __init__(self, group=None):
+        self.group = group
+        self.key_mask: torch.Tensor | None = None  # (N,) True for real (not padding) tokens, set per forward
+
+    def __call__(self, q, k, v, mask=None):
+        world = dist.get_world_size(self.group)
+        if q.shape[1] % world:
+            raise UsageError(f"sequence parallelism over {world} ranks needs heads divisible by {world}; "
+                             f"the model has {q.shape[1]}")
+        q, k, v = (all_to_all(t, self.group, scatter=1, gather=2) for t in (q, k, v))  # my heads, every token
+        if self.key_mask is not None:
+            keys = self.key_mask[None, None, None, :]
+            mask = keys if mask is None else mask & keys
+        o = attention(q, k, v, mask)
+        return all_to_all(o, self.group, scatter=2, gather=1)  # every head, my tokens
+
+
+class SequenceParallelDiT(nn.Module):
+    """A VideoDiT whose frames are split over the ranks of ``group``; same inputs and output as the model.
+
+    Every rank passes the whole input and gets the whole output; internally each computes only its
+    frames. For training, :meth:`local_frames` says which output frames a rank owns: put the loss on
+    those (scaled as a share of the whole), and sum gradients over the group.
+    """
+
+    def __init__(self, dit: nn.Module, group=None):
+        super().__init__()
+        self.dit, self.group = dit, group
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        if dit.cfg.heads % self.world:
+            raise UsageError(f"parallel.sequence={self.world} needs the DiT's heads ({dit.cfg.heads}) divisible by it")
+        self.cores = [UlyssesAttention(group) for _ in dit.blocks]
+        for blk, core in zip(dit.blocks, self.cores):
+            blk.attn.core = core
+
+    @property
+    def cfg(self):
+        return self.dit.cfg
+
+    def local_frames(self, frames: int) -> slice:
+        """The output frames this rank computes (and owns the loss of)."""
+        per = -(-frames // self.world)
+        return slice(min(frames, self.rank * per), min(frames, (self.rank + 1) * per))
+
+    def forward(self, x, t, text, text_mask, causal: bool = False, cache=None):
+        if cache is not None:
+            raise UsageError("streaming with a KV cache is not sequence-parallel yet: sample with parallel.sequence=1")
+        dit, P = self.dit, self.world
+        B, Fr, C, H, W = x.shape
+        per = -(-Fr // P)
+        pad = per * P - Fr
+        if pad:
+            x = torch.cat((x, x.new_zeros(B, pad, C, H, W)), dim=1)
+        t = t.expand(B, Fr) if t.ndim == 2 else t[:, None].expand(B, Fr)
+        if pad:
+            t = torch.cat((t, t[:, -1:].expand(B, pad)), dim=1)
+        lo = self.rank * per
+        p = dit.cfg.patch
+        tpf = (H // p) * (W // p)
+        real = (torch.arange(per * P, device=x.device) < Fr).repeat_interleave(tpf)
+        for core in self.cores:
+            core.key_mask = real if pad else None
+        out = dit.forward_frames(x[:, lo : lo + per], t[:, lo : lo + per], text, text_mask, causal,
+                                 frame_offset=lo, total_frames=per * P)
+        full = _Gather.apply(out, self.group, 1)
+        return full[:, :Fr]
+
+
+def apply_sequence_parallel(model: nn.Module, size: int, group=None) -> nn.Module:
+    """Make ``model.dit`` sequence-parallel over ``size`` ranks (``parallel.sequence``); 1 returns it as is."""
+    if size <= 1:
+        return model
+    if not dist.is_initialized() or dist.get_world_size(group) != size:
+        have = dist.get_world_size(group) if dist.is_initialized() else 1
+        raise UsageError(f"parallel.sequence={size} needs {size} processes in its group (launch with "
+                         f"accelerate launch --num_processes {size} or torchrun); this run has {have}")
+    model.dit = SequenceParallelDiT(model.dit, group)
+    return model
