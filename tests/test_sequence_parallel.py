@@ -89,8 +89,50 @@ def test_two_rank_ulysses_equals_one_process_for_attention_and_a_whole_dit(tmp_p
 def test_sequence_parallel_needs_its_processes_and_divisible_heads():
     from genrl.parallel import apply_sequence_parallel
 
-    class M(torch.nn.Module):
-        pass
-
     with pytest.raises(UsageError, match="needs 2 processes"):
-        apply_sequence_parallel(M(), 2)
+        apply_sequence_parallel(_dit(), 2)
+
+
+TEACHER = ["flow.model.dit.dim=24", "flow.model.dit.depth=1", "flow.model.dit.heads=2", "flow.model.dit.text_dim=16",
+           "flow.model.dit.mlp_ratio=1.0", "flow.model.text.dim=16", "flow.model.text.layers=1",
+           "flow.model.text.heads=2", "flow.model.autoencoder.width=8", "flow.batch_size=2", "flow.num_samples=2",
+           "flow.sample_steps=2", "world.frames=5", "train.log_every=1", "train.checkpoint_every=2",
+           "optim.warmup_steps=1", "train.steps=3", "--quiet"]
+
+
+def test_pretrain_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
+    """Frames 5 over 2 ranks (uneven); 2 steps, then a resume to 3, against a plain 3-step run."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from genrl.models.autoencoder import Autoencoder, AutoencoderConfig
+    from genrl.models.registry import save_weights
+
+    torch.manual_seed(0)
+    ae = str(save_weights(Autoencoder(AutoencoderConfig(width=8)), tmp_path / "ae.safetensors", "autoencoder",
+                          AutoencoderConfig(width=8)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
+    args = ["pretrain", f"flow.autoencoder={ae}", *TEACHER]
+    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, f"out_dir={tmp_path / 'one'}"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "genrl.cli", *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
+    for steps in ("train.steps=2", "train.steps=3"):  # stop at 2, resume to 3
+        r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "checkpoints" / "step_0000003" / "model.safetensors"))
+    b = load_file(str(tmp_path / "sp" / "checkpoints" / "step_0000003" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    rows = [json.loads(l) for l in (tmp_path / "sp" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses == pytest.approx([r["loss"] for r in ref if "loss" in r], rel=1e-4)

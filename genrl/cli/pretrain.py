@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..methods.autoencoder import AutoencoderMethodConfig
 from ..methods.common import OptimConfig
 from ..methods.flow import FlowMethodConfig
-from ..train.trainer import TrainConfig
+from ..train.trainer import ParallelConfig, TrainConfig
 from ..worlds.shapes import WorldConfig
 from .options import config_command, quiet_option
 
@@ -31,6 +31,7 @@ class PretrainConfig:
     autoencoder: AutoencoderMethodConfig = field(default_factory=AutoencoderMethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def build_method(cfg: PretrainConfig):
@@ -65,6 +66,6 @@ def pretrain(cfg: PretrainConfig, quiet: bool):
 
     seed_everything(cfg.train.seed)  # model initialisation is part of the run's randomness
     method = build_method(cfg)
-    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet)
+    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)
     last = trainer.fit()
     click.echo(f"{cfg.method} run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))

@@ -98,6 +98,9 @@ class FlowMethod(Method):
     def roles(self):
         return {"model": Role(self.model, trainable=True), "ema": Role(self.ema.module, cast=False)}
 
+    def sequence_parallel_models(self):
+        return [self.model.dit]
+
     def checkpoint_modules(self):
         return {"model": self.model, "ema": self.ema.module}
 

@@ -9,7 +9,8 @@ replicated text with local queries and needs nothing. Frame counts that P does n
 padded at the end and the padding is masked out of every key set.
 
 It is applied after construction (``apply_sequence_parallel``) by swapping each self-attention's
-``core`` and wrapping the model; nothing in the model's own forward knows about it.
+``core`` and the DiT instance's ``forward``; nothing in the model's own forward knows about it, and
+its parameters, state_dict keys and checkpoints stay those of the plain model.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class UlyssesAttention:
         return all_to_all(o, self.group, scatter=2, gather=1)  # every head, my tokens
 
 
-class SequenceParallelDiT(nn.Module):
+class SequenceParallelDiT:
     """A VideoDiT whose frames are split over the ranks of ``group``; same inputs and output as the model.
 
     Every rank passes the whole input and gets the whole output; internally each computes only its
@@ -95,7 +96,6 @@ class SequenceParallelDiT(nn.Module):
     """
 
     def __init__(self, dit: nn.Module, group=None):
-        super().__init__()
         self.dit, self.group = dit, group
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
         if dit.cfg.heads % self.world:
@@ -103,10 +103,6 @@ class SequenceParallelDiT(nn.Module):
         self.cores = [UlyssesAttention(group) for _ in dit.blocks]
         for blk, core in zip(dit.blocks, self.cores):
             blk.attn.core = core
-
-    @property
-    def cfg(self):
-        return self.dit.cfg
 
     def local_frames(self, frames: int) -> slice:
         """The output frames this rank computes (and owns the loss of)."""
@@ -136,14 +132,33 @@ class SequenceParallelDiT(nn.Module):
         full = _Gather.apply(out, self.group, 1)
         return full[:, :Fr]
 
+    __call__ = forward
 
-def apply_sequence_parallel(model: nn.Module, size: int, group=None) -> nn.Module:
-    """Make ``model.dit`` sequence-parallel over ``size`` ranks (``parallel.sequence``); 1 returns it as is."""
+
+def apply_sequence_parallel(dit: nn.Module, size: int, group=None) -> nn.Module:
+    """Make a VideoDiT sequence-parallel over the ``size`` ranks of ``group`` (``parallel.sequence``), in place."""
     if size <= 1:
-        return model
-    if not dist.is_initialized() or dist.get_world_size(group) != size:
-        have = dist.get_world_size(group) if dist.is_initialized() else 1
+        return dit
+    have = dist.get_world_size(group) if dist.is_initialized() else 1
+    if have != size:
         raise UsageError(f"parallel.sequence={size} needs {size} processes in its group (launch with "
                          f"accelerate launch --num_processes {size} or torchrun); this run has {have}")
-    model.dit = SequenceParallelDiT(model.dit, group)
-    return model
+    sp = SequenceParallelDiT(dit, group)
+    dit.forward = sp.forward  # the instance's forward: same module, parameters and state_dict
+    dit.sequence_parallel = sp
+    return dit
+
+
+def sequence_groups(size: int):
+    """This process's sequence-parallel group: consecutive ranks [k*size, (k+1)*size); data parallel across them.
+
+    Every process creates every group (torch.distributed requires it) and keeps its own."""
+    world = dist.get_world_size()
+    if world % size:
+        raise UsageError(f"parallel.sequence={size} must divide the number of processes ({world})")
+    mine = None
+    for k in range(world // size):
+        g = dist.new_group(list(range(k * size, (k + 1) * size)))
+        if dist.get_rank() // size == k:
+            mine = g
+    return mine

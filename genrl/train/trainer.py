@@ -66,6 +66,15 @@ class TrainConfig:
     """Keep frozen roles in CPU memory and stream their layers to the GPU as they run (accelerate's cpu_offload)."""
 
 
+@dataclass
+class ParallelConfig:
+    """How the processes of a launch split the work (data parallel across the rest)."""
+
+    sequence: int = check(1, ">=1")
+    """Sequence-parallel group size: each video's frames are split over this many processes (Ulysses
+    all-to-all attention); it must divide the process count. 1 = off."""
+
+
 class StepContext:
     """What a method's train_step gets: accumulation, backward and clipping done one way.
 
@@ -74,8 +83,9 @@ class StepContext:
     counted (``skipped_steps``, ``bad_steps_in_a_row``).
     """
 
-    def __init__(self, accelerator, cfg: TrainConfig):
+    def __init__(self, accelerator, cfg: TrainConfig, sequence: int = 1):
         self.accelerator, self.cfg = accelerator, cfg
+        self.sequence = sequence  # ranks of a sequence-parallel group hold parts of one gradient: summed, not averaged
         self.skipped_steps = 0
         self.bad_steps_in_a_row = 0
         self.step_was_bad = False
@@ -126,12 +136,12 @@ class StepContext:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss], device=grads[0].device)])
         dist.all_reduce(flat)
-        flat /= world
+        flat[:-1] /= world // self.sequence  # mean over data-parallel replicas, sum within a sequence group
         offset = 0
         for p, g in zip(params, grads):
             p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
             offset += g.numel()
-        return float(flat[-1])
+        return float(flat[-1]) / world  # every rank of a sequence group computed the same loss
 
 
 @dataclass
@@ -154,12 +164,18 @@ class Method:
         """Every model the method runs. Default: the checkpointed modules, all trainable."""
         return {n: Role(m, trainable=True) for n, m in self.checkpoint_modules().items()}
 
-    def prepare(self, accelerator) -> None:
-        """Called once the accelerator exists and the roles are placed: give each process
-        its own data stream (models start identical: same seed)."""
+    def prepare(self, accelerator, sequence: int = 1) -> None:
+        """Called once the accelerator exists and the roles are placed: give each data-parallel
+        replica its own data stream (models start identical: same seed); the processes of one
+        sequence-parallel group share theirs."""
         data = self.stateful().get("data")
-        if data is not None and accelerator.num_processes > 1:
-            data.generator.manual_seed(int(data.generator.initial_seed()) + 1_000_003 * accelerator.process_index)
+        replica = accelerator.process_index // sequence
+        if data is not None and replica:
+            data.generator.manual_seed(int(data.generator.initial_seed()) + 1_000_003 * replica)
+
+    def sequence_parallel_models(self) -> list[nn.Module]:
+        """The DiTs ``parallel.sequence`` splits over processes (none: the method does not support it)."""
+        return []
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
         raise NotImplementedError
@@ -242,7 +258,8 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, method: Method, run_dir: str | Path, full_config: Any = None, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, method: Method, run_dir: str | Path, full_config: Any = None, quiet: bool = False,
+                 parallel: ParallelConfig | None = None):
         from accelerate import Accelerator
 
         self.cfg, self.method, self.quiet = cfg, method, quiet
@@ -258,8 +275,27 @@ class Trainer:
         if log_with:
             self.accelerator.init_trackers(method.name)
         place_roles(self.method.roles(), self.accelerator.device, cfg)
-        self.method.prepare(self.accelerator)
+        self.sequence = (parallel or ParallelConfig()).sequence
+        if self.sequence > 1:
+            self._apply_sequence_parallel()
+        self.method.prepare(self.accelerator, self.sequence)
         self.ckpt_root = self.run_dir / "checkpoints"
+
+    def _apply_sequence_parallel(self) -> None:
+        from ..errors import UsageError
+        from ..parallel import apply_sequence_parallel, sequence_groups
+
+        models = self.method.sequence_parallel_models()
+        if not models:
+            raise UsageError(f"parallel.sequence={self.sequence}: the {self.method.name} method does not support "
+                             "sequence parallelism yet; valid: 1")
+        n = self.accelerator.num_processes
+        if n % self.sequence:
+            raise UsageError(f"parallel.sequence={self.sequence} must divide the number of processes ({n}); launch "
+                             f"with accelerate launch --num_processes {self.sequence} (or a multiple of it)")
+        group = sequence_groups(self.sequence)
+        for m in models:
+            apply_sequence_parallel(m, self.sequence, group)
 
     # -------------------------------------------------------------- checkpoints
     def save(self, step: int) -> None:
@@ -354,7 +390,7 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         seed_everything(self.cfg.seed)
         start = self.maybe_resume()
-        ctx = StepContext(self.accelerator, self.cfg)
+        ctx = StepContext(self.accelerator, self.cfg, self.sequence)
         last: dict[str, float] = {}
         step = start
         t0 = time.time()
