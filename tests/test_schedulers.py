@@ -63,3 +63,36 @@ def test_cfg_formula():
     assert torch.equal(fm.cfg(vu, vc, 1.0), vc)
     assert torch.equal(fm.cfg(vu, vc, 0.0), vu)
     assert torch.allclose(fm.cfg(vu, vc, 3.0), torch.tensor([7.0, 4.0]))
+
+
+def test_training_sigmas_are_shifted_logit_normal_draws():
+    """sigma = s u / (1 + (s - 1) u) with u = sigmoid(N(0, 1)): checked draw by draw and by its quantiles."""
+    import math
+
+    from genrl.schedulers import sample_training_sigma
+
+    g = torch.Generator().manual_seed(5)
+    n = torch.randn(4, generator=g)
+    sig = sample_training_sigma(4, 3.0, torch.Generator().manual_seed(5))
+    u = torch.sigmoid(n)
+    torch.testing.assert_close(sig, 3.0 * u / (1 + 2.0 * u))
+    uni = sample_training_sigma(4, 1.0, torch.Generator().manual_seed(5), logit_normal=False)
+    torch.testing.assert_close(uni, torch.rand(4, generator=torch.Generator().manual_seed(5)))
+    big = sample_training_sigma(200_000, 1.0, torch.Generator().manual_seed(0))
+    # logit-normal(0, 1): median 0.5, and P(sigma < sigmoid(1)) = Phi(1) = 0.8413
+    assert abs(float(big.median()) - 0.5) < 0.005
+    assert abs(float((big < 1 / (1 + math.exp(-1))).float().mean()) - 0.8413) < 0.005
+    shifted = sample_training_sigma(200_000, 3.0, torch.Generator().manual_seed(0))
+    assert abs(float(shifted.median()) - 0.75) < 0.005  # the shift moves the median 0.5 to 3 * 0.5 / 2 = 0.75
+
+
+def test_sampling_sigmas_by_hand():
+    import pytest
+
+    from genrl.schedulers import sampling_sigmas
+
+    torch.testing.assert_close(sampling_sigmas(4, 1.0), torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    # shift 3: 3 s / (1 + 2 s) at s = 1, 0.5, 0 -> 1, 0.75, 0
+    torch.testing.assert_close(sampling_sigmas(2, 3.0), torch.tensor([1.0, 0.75, 0.0]))
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        sampling_sigmas(0, 1.0)
