@@ -136,3 +136,17 @@ def test_pretrain_with_parallel_sequence_2_under_accelerate_equals_one_process(t
     ref = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses == pytest.approx([r["loss"] for r in ref if "loss" in r], rel=1e-4)
+
+
+def test_bench_sp_writes_per_length_ratios(run_cli, tmp_path):
+    import json
+
+    code, out, err = run_cli("bench", "sp", "--frames", "4,12", "--rounds", "1", "--dim", "32", "--heads", "2",
+                             "--side", "4", "--json", str(tmp_path / "sp.json"), "--quiet")
+    assert code == 0, err
+    r = json.loads((tmp_path / "sp.json").read_text())
+    assert {"sp.dit.activation_ratio.4", "sp.dit.activation_ratio.12", "sp.dit.time_ratio.12"} <= set(r)
+    # each rank holds half the tokens: its saved activations shrink, more so as attention dominates
+    assert r["sp.dit.activation_ratio.12"] < r["sp.dit.activation_ratio.4"] < 1.0
+    raw = r["raw"]["12"]
+    assert raw["tokens"] == 12 * 4 and len(raw["seconds"]["sp1"]) == 1

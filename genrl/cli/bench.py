@@ -33,7 +33,8 @@ def bench():
       genrl bench stream   streaming student vs the 50-step CFG teacher; per-chunk latency of a long stream
       genrl bench train    a Stream-R1 training step vs a plain DMD step (time and activation memory)
       genrl bench grpo     a GRPO step with cached video embeddings vs recomputing the vision tower
-      genrl bench all      all three into one JSON (the README's performance table)
+      genrl bench sp       a DiT layer with sequence parallelism over 2 processes vs none
+      genrl bench all      stream, train and grpo into one JSON (the README's performance table)
     """
 
 
@@ -390,6 +391,107 @@ def bench_grpo(frames, steps, prompts_per_step, json_path, quiet, overrides, con
                      f"{v['cached']:g} / {v['recomputed']:g} |")
     click.echo("\n".join(lines))
     _write(r, json_path)
+
+
+# ------------------------------------------------------------------------- sp
+def _sp_worker(rank: int, init: str, out: str, frames: list[int], rounds: int, dim: int, heads: int, side: int) -> None:
+    """One of two gloo ranks: a DiT layer's forward + backward at each length, alone (SP=1) and split (SP=2)."""
+    import copy
+
+    import torch
+    import torch.distributed as dist
+
+    from ..models.dit import DiTConfig, VideoDiT
+    from ..parallel import SequenceParallelDiT
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    layer = VideoDiT(DiTConfig(dim=dim, depth=1, heads=heads, text_dim=dim, in_channels=4, patch=2))
+    split = copy.deepcopy(layer)
+    sp = SequenceParallelDiT(split)
+    text, mask = torch.randn(1, 16, dim), torch.ones(1, 16, dtype=torch.bool)
+    raw: dict = {}
+    for F in frames:
+        x, t = torch.randn(1, F, 4, side, side), torch.full((1,), 500.0)
+
+        def one():
+            if rank == 0:
+                layer(x, t, text, mask, causal=True).square().mean().backward()
+
+        def two():
+            y = sp(x, t, text, mask, causal=True)
+            own = sp.local_frames(F)
+            y[:, own].square().sum().div(y.numel()).backward()
+
+        mem = {"sp1": saved_bytes(one) if rank == 0 else 0, "sp2": saved_bytes(two)}
+        times: dict[str, list[float]] = {"sp1": [], "sp2": []}
+        for i in range(rounds + 1):  # alternating, after a warm-up round
+            for name, fn in (("sp1", one), ("sp2", two)):
+                dist.barrier()
+                t0 = time.perf_counter()
+                fn()
+                dist.barrier()
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+        raw[F] = {"tokens": F * (side // 2) ** 2, "activation_bytes": mem, "seconds": times}
+    if rank == 0:
+        Path(out).write_text(json.dumps(raw))
+    dist.destroy_process_group()
+
+
+def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, quiet: bool) -> dict:
+    """Per-rank activation memory and time of one DiT layer, SP=1 vs SP=2 (two gloo processes on this machine)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "sp.json"
+        mp.spawn(_sp_worker, args=(f"file://{Path(d) / 'rdv'}", str(out), frames, rounds, dim, heads, side), nprocs=2)
+        raw = {int(k): v for k, v in json.loads(out.read_text()).items()}
+    report: dict = {"raw": raw}
+    rows = []
+    for F, r in raw.items():
+        mem = r["activation_bytes"]["sp2"] / r["activation_bytes"]["sp1"]
+        t = med(r["seconds"]["sp2"]) / med(r["seconds"]["sp1"])
+        report[f"sp.dit.activation_ratio.{F}"] = round(mem, 3)
+        report[f"sp.dit.time_ratio.{F}"] = round(t, 3)
+        rows.append((F, r["tokens"], r["activation_bytes"]["sp1"] / 2**20, r["activation_bytes"]["sp2"] / 2**20, mem,
+                     med(r["seconds"]["sp1"]), med(r["seconds"]["sp2"]), t))
+    if not quiet:
+        click.echo(f"one DiT layer (dim {dim}, {heads} heads, {side}x{side} latents), forward + backward, per rank:")
+    click.echo(f"{'frames':>6} {'tokens':>7} {'act SP1 MB':>11} {'act SP2 MB':>11} {'ratio':>6} {'s SP1':>7} {'s SP2':>7} {'ratio':>6}")
+    for F, n, a1, a2, m, s1, s2, t in rows:
+        click.echo(f"{F:>6} {n:>7} {a1:>11.1f} {a2:>11.1f} {m:>6.3f} {s1:>7.3f} {s2:>7.3f} {t:>6.3f}")
+    return report
+
+
+@bench.command(name="sp", context_settings={"show_default": True})
+@click.option("--frames", default="8,32,128", callback=int_list, help="Video lengths (latent frames) to measure.")
+@click.option("--rounds", type=click.IntRange(1, 100), default=3, help="Timed rounds at each length.")
+@click.option("--dim", type=click.IntRange(8, 4096), default=128, help="Width of the DiT layer.")
+@click.option("--heads", type=click.IntRange(2, 64), default=4, help="Attention heads (even: split over 2 ranks).")
+@click.option("--side", type=click.IntRange(2, 256), default=8, help="Latent frame side (tokens per frame = (side/2)^2).")
+@json_option
+@quiet_option
+def bench_sp(frames, rounds, dim, heads, side, json_path, quiet):
+    """One DiT layer's forward + backward with sequence parallelism over 2 processes vs none.
+
+    Per rank: activation memory (bytes autograd saves for backward) and time (median of the
+    alternating rounds, a barrier on each side), at growing lengths. Two gloo processes on CPU;
+    the VLM's layer is not sequence-parallel yet.
+
+    \b
+    Example:
+      genrl bench sp --frames 8,32,128 --json sp.json
+    """
+    if heads % 2 or dim % heads:
+        raise click.BadParameter(f"--heads {heads}: needs an even number dividing --dim {dim}", param_hint="--heads")
+    if side % 2:
+        raise click.BadParameter(f"--side {side}: needs an even number (patches of 2)", param_hint="--side")
+    report = sp_report(frames, rounds, dim, heads, side, quiet)
+    _write(report, json_path)
 
 
 @bench.command(name="all", context_settings={"show_default": True})
