@@ -16,6 +16,8 @@ dapo (token-level mean over the batch, as bnpo).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 SCALES = ("group", "batch", "none")
@@ -67,8 +69,9 @@ def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, mode: str = "grpo", 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float = 0.0, eps_low: float = 0.2,
               eps_high: float = 0.2, mode: str = "grpo", token_weights: torch.Tensor | None = None,
-              regression: bool = False) -> torch.Tensor:
-    """The full per-batch objective; ``token_weights`` (N, T) scale each token (TW-GRPO)."""
+              regression: bool = False, max_len: int | None = None) -> torch.Tensor:
+    """The full per-batch objective; ``token_weights`` (N, T) scale each token (TW-GRPO); ``max_len``
+    is the longest completion the sampler may produce (Dr. GRPO divides by it, not by the batch's width)."""
     if regression:
         per_token = regression_token_loss(logp, old_logp, advantages)
     else:
@@ -77,11 +80,33 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float = 0.0, eps
         per_token = per_token + beta * k3_kl(logp, ref_logp)
     if token_weights is not None:
         per_token = per_token * token_weights
-    return aggregate(per_token, mask, mode)
+    return aggregate(per_token, mask, mode, max_len)
+
+
+def tw_group_weights(logits: torch.Tensor, mask: torch.Tensor, group_size: int, alpha: float,
+                     clamp: float = 11.0) -> torch.Tensor:
+    """TW-GRPO token weights as published: one weight per position, shared by a prompt's group.
+
+    Per position t, the group's reference is the mean of its rollouts' log-probabilities (a geometric
+    mean of the distributions; rollouts that already ended count as uniform). Each rollout's divergence
+    from it is sum_v exp(d) - d - 1 with d = clamp(mean_logp - logp_i, +-clamp); averaged over the group,
+    min-max normalised over positions and mapped to 1..alpha; masked tokens get 0 (the loss ignores them).
+    Use with token-level aggregation (``loss: bnpo``), as the published objective does."""
+    N, T, V = logits.shape
+    G = group_size
+    logp = logits.float().log_softmax(-1).view(N // G, G, T, V)
+    m = mask.view(N // G, G, T, 1)
+    logp = torch.where(m, logp, torch.full_like(logp, -math.log(V)))
+    d = (logp.mean(dim=1, keepdim=True) - logp).clamp(-clamp, clamp)
+    kl = (torch.exp(d) - d - 1).sum(-1).mean(1)  # (P, T)
+    lo, hi = kl.amin(dim=1, keepdim=True), kl.amax(dim=1, keepdim=True)
+    w = 1 + (alpha - 1) * (kl - lo) / (hi - lo + 1e-8)
+    return (w.repeat_interleave(G, 0) * mask).detach()
 
 
 def tw_token_weights(token_kl: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """TW-GRPO: w_t = 1 + (alpha - 1) * minmax(KL_t) within each rollout (masked tokens -> 1)."""
+    """genrl's earlier TW variant (``tw_grpo.weights: per_rollout``): w_t = 1 + (alpha - 1) * minmax(KL_t)
+    within each rollout, KL to the group's arithmetic-mean distribution (masked tokens -> 1)."""
     big = torch.finfo(token_kl.dtype).max
     lo = torch.where(mask, token_kl, big).amin(dim=1, keepdim=True)
     hi = torch.where(mask, token_kl, -big).amax(dim=1, keepdim=True)

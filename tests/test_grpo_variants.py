@@ -135,8 +135,10 @@ def test_tw_grpo_weights_tokens_and_reduces_to_grpo_at_alpha_one():
     assert not torch.allclose(l0, l2)
     _, logits = base.policy.token_logprobs(base.embeddings(ro), ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask, return_logits=True)
     w = tw2.token_weights(ro, logits)
-    assert torch.all(w[~ro.mask] == 1) and w[ro.mask].min() >= 1 and w[ro.mask].max() <= 2 + 1e-6
-    assert bool((w[ro.mask] > 1.5).any())  # every multi-token rollout has a most divergent token at weight 2
+    assert torch.all(w[~ro.mask] == 0) and w[ro.mask].min() >= 1 and w[ro.mask].max() <= 2 + 1e-6
+    assert bool((w[ro.mask] > 1.5).any())  # each group's most divergent position gets weight 2
+    per_rollout = _method("tw_grpo", tw_grpo=TWGRPOConfig(weights="per_rollout")).token_weights(ro, logits)
+    assert torch.all(per_rollout[~ro.mask] == 1) and not torch.allclose(per_rollout * ro.mask, w)
     # inversion: about inversion_prob of choice questions ask for the wrong options, scored softly
     inv = _method("tw_grpo", prompts_per_step=200)
     _, items = inv.sample()
@@ -175,7 +177,7 @@ def test_splice_keeps_rows_aligned():
 
 
 @pytest.mark.parametrize("name, differs", [
-    ("t_grpo", {"variant": "t_grpo"}), ("tw_grpo", {"variant": "tw_grpo"}), ("reg_grpo", {"variant": "reg_grpo"}),
+    ("t_grpo", {"variant": "t_grpo"}), ("tw_grpo", {"variant": "tw_grpo", "loss": "bnpo"}), ("reg_grpo", {"variant": "reg_grpo"}),
     ("dapo", {"loss": "dapo", "eps_high": 0.28, "beta": 0.0}), ("dr_grpo", {"scale": "none", "loss": "dr_grpo"}),
 ])
 def test_variant_configs_change_only_their_own_settings(name, differs):

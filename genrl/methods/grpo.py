@@ -56,8 +56,9 @@ class TGRPOConfig:
 
     alpha: float = 0.3
     """Bonus added to correct answers when frame order helped."""
-    mu: float = 1.0
-    """Ordered accuracy must reach mu x shuffled accuracy for the bonus."""
+    mu: float = check(0.8, ">0")
+    """Threshold: the bonus applies when ordered accuracy reaches mu x shuffled accuracy
+    (Video-R1's value, 0.8)."""
     shuffled: int = 4
     """Rollouts per prompt on frame-shuffled videos."""
 
@@ -67,7 +68,11 @@ class TWGRPOConfig:
     """TW-GRPO token weighting and soft multi-choice."""
 
     alpha: float = 2.0
-    """Weight of the most divergent token of a rollout (least: 1)."""
+    """Weight of the most divergent position (least: 1)."""
+    weights: str = check("published", "one of: published, per_rollout")
+    """'published': one weight per position shared by the group (geometric-mean reference, k3-style
+    divergence summed over the vocabulary, min-max over positions; use loss: bnpo); 'per_rollout':
+    genrl's earlier form (KL to the arithmetic mean, normalised within each rollout)."""
     inversion_prob: float = 0.3
     """Chance a choice question is inverted into a several-answer one."""
     soft_reward: bool = True
@@ -216,11 +221,12 @@ class GRPOMethod(Method):
 
     def objective(self, ro: Rollouts, adv, old_logp, ref_logp) -> tuple[torch.Tensor, dict[str, float]]:
         emb = self.embeddings(ro, grad=self.cfg.train_vision)
-        logp, logits = self.policy.token_logprobs(emb, ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask, return_logits=True)
+        logp, logits = self.policy.token_logprobs(emb, ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask,
+                                                  return_logits=True, temperature=self.cfg.temperature)
         old = logp.detach() if old_logp is None else old_logp
         w = self.token_weights(ro, logits)
         loss = G.grpo_loss(logp, old, ref_logp, adv.to(logp.device), ro.mask, self.cfg.beta, self.cfg.eps_low,
-                           self.cfg.eps_high, self.cfg.loss, w, self.regression)
+                           self.cfg.eps_high, self.cfg.loss, w, self.regression, self.cfg.max_new_tokens)
         m = ro.mask.float()
         stats = {}
         if ref_logp is not None:
@@ -232,7 +238,8 @@ class GRPOMethod(Method):
 
     @torch.no_grad()
     def _logprobs(self, model: Policy, ro: Rollouts) -> torch.Tensor:
-        return model.token_logprobs(self.embeddings(ro, model), ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask)
+        return model.token_logprobs(self.embeddings(ro, model), ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask,
+                                    temperature=self.cfg.temperature)
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
         videos, items = self.sample()
@@ -307,6 +314,8 @@ class TWGRPOMethod(GRPOMethod):
         return TASK_REWARDS.get(accuracy_reward_name(item, self.cfg.tw_grpo.soft_reward))(text, item.answer)
 
     def token_weights(self, ro: Rollouts, logits: torch.Tensor) -> torch.Tensor:
+        if self.cfg.tw_grpo.weights == "published":
+            return G.tw_group_weights(logits.detach(), ro.mask, self.cfg.group_size, self.cfg.tw_grpo.alpha)
         kl = G.group_mean_kl(logits.detach(), ro.mask, self.cfg.group_size)
         return G.tw_token_weights(kl, ro.mask, self.cfg.tw_grpo.alpha)
 

@@ -181,9 +181,13 @@ class VisionTower(nn.Module):
 class CompletionPolicy(nn.Module):
     """What every genrl policy derives from its ``logits``: per-token log-probabilities of completions."""
 
-    def token_logprobs(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask, return_logits=False):
-        """log pi(token) (B, T) of each completion token; with ``return_logits`` also the logits."""
+    def token_logprobs(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask, return_logits=False,
+                       temperature: float = 1.0):
+        """log pi(token) (B, T) of each completion token under the sampling distribution at ``temperature``
+        (logits / T, as the tokens were drawn); with ``return_logits`` also those scaled logits."""
         logits = self.logits(video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask).float()
+        if temperature > 0 and temperature != 1.0:
+            logits = logits / temperature
         lp = torch.gather(logits.log_softmax(-1), 2, completion_ids[..., None]).squeeze(-1)
         return (lp, logits) if return_logits else lp
 
