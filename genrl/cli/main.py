@@ -36,7 +36,7 @@ def cli():
 
 
 def _register() -> None:
-    from . import bench, convert, data, distill, plan, pretrain, qa, reward, sample, score, sweep
+    from . import bench, compare, convert, data, distill, plan, pretrain, qa, reward, sample, score, sweep
 
     cli.add_command(data.data)
     cli.add_command(pretrain.pretrain)
@@ -48,6 +48,7 @@ def _register() -> None:
     cli.add_command(qa.grpo)
     cli.add_command(sample.sample)
     cli.add_command(sample.evaluate)
+    cli.add_command(compare.compare)
     cli.add_command(score.score)
     cli.add_command(convert.convert)
     cli.add_command(bench.bench)

@@ -1,0 +1,32 @@
+"""`genrl compare`: paired differences of two eval files, with intervals, and refusal to pair what is not paired."""
+
+import json
+
+import pytest
+
+
+def _report(hits, vq, seed=0):
+    return {"split": "test", "num_videos": len(hits), "frames": 9, "prompts": "full", "seed": seed, "steps": 50,
+            "guidance": 4.0, "prompt_accuracy": sum(hits) / len(hits),
+            "per_video": {"hit": hits, "rewards": {"shapes": {"vq": vq}}}}
+
+
+def test_compare_gives_the_paired_mean_difference_and_refuses_unpaired_files(run_cli, tmp_path):
+    a0, b0 = _report([1, 0, 1, 1], [0.0, 0.5, 1.0, -1.0]), _report([1, 1, 1, 1], [0.5, 1.0, 1.5, -0.5])
+    a1, b1 = _report([0, 0, 1, 1], [0.0, 0.0, 0.0, 0.0], 1), _report([0, 1, 1, 1], [0.5, 0.5, 0.5, 0.5], 1)
+    for name, r in {"a0": a0, "b0": b0, "a1": a1, "b1": b1}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    code, out, err = run_cli("compare", str(tmp_path / "a0.json"), str(tmp_path / "a1.json"), "--vs",
+                             str(tmp_path / "b0.json"), "--vs", str(tmp_path / "b1.json"), "--out", str(tmp_path / "d.json"))
+    assert code == 0, err
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["prompt_accuracy"]["mean"] == pytest.approx(2 / 8)  # two videos flipped to right out of 8
+    assert d["shapes:vq"]["mean"] == pytest.approx(0.5)  # every video +0.5
+    assert d["shapes:vq"]["low"] == pytest.approx(0.5) and d["shapes:vq"]["high"] == pytest.approx(0.5)
+    assert d["prompt_accuracy"]["low"] <= d["prompt_accuracy"]["mean"] <= d["prompt_accuracy"]["high"]
+    assert "over 8 paired videos" in out and "shapes:vq" in out
+    code, _, err = run_cli("compare", str(tmp_path / "a0.json"), "--vs", str(tmp_path / "b1.json"))
+    assert code == 2 and "'seed' differs (0 vs 1)" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "bad.json").write_text("{}")
+    code, _, err = run_cli("compare", str(tmp_path / "bad.json"), "--vs", str(tmp_path / "b0.json"))
+    assert code == 2 and "not a `genrl eval --out` file" in err
