@@ -53,7 +53,10 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
             except Exception as e:  # noqa: BLE001 - OmegaConf and yaml raise many types
                 raise ConfigError(f"cannot parse override {o!r}: {_first_line(e)}; quote a plain string value, "
                                   f"e.g. key='value'") from None
-        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        except Exception as e:  # noqa: BLE001 - e.g. optim=[] and optim.lr=1 together
+            raise ConfigError(f"overrides {' '.join(overrides)!r} contradict each other: {_first_line(e)}") from None
     merged = base
     for source, layer in layers:
         merged = _merge(merged, layer, source, schema)
