@@ -110,6 +110,8 @@ class _Attention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * kv_heads * self.hd)
         self.out = nn.Linear(dim, dim, bias=False)
+        self.core = attention
+        """Softmax attention over [B, H, N, D] (sequence parallelism swaps in its all-to-all version)."""
 
     def forward(self, x, angles, mask, cache: dict | None = None):
         B, N, D = x.shape
@@ -121,7 +123,7 @@ class _Attention(nn.Module):
                 k, v = torch.cat((cache["k"], k), 2), torch.cat((cache["v"], v), 2)
             cache["k"], cache["v"] = k, v
         rep = self.heads // self.kv_heads
-        o = attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), mask)
+        o = self.core(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), mask)
         return self.out(o.transpose(1, 2).reshape(B, N, D))
 
 
@@ -274,6 +276,9 @@ class TinyVLM(CompletionPolicy):
             keys = torch.cat((past_real, real), 1)
             mask = keys[:, None, None, :]
             angles = _angles(self._positions(keys)[:, -x.shape[1]:], hd, self.cfg.rope_theta)
+        return self._run_blocks(x, angles, mask, caches)
+
+    def _run_blocks(self, x, angles, mask, caches=None):
         for i, blk in enumerate(self.blocks):
             x = blk(x, angles, mask, None if caches is None else caches[i])
         return self.norm(x) @ self.embed.weight.T

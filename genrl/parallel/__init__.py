@@ -1,5 +1,7 @@
 """Parallelism applied to models after they are built: sequence parallelism (Ulysses) for genrl's DiT."""
 
-from .sequence import SequenceParallelDiT, UlyssesAttention, all_to_all, apply_sequence_parallel, sequence_groups
+from .sequence import (SequenceParallelDiT, UlyssesAttention, all_to_all, apply_sequence_parallel,
+                       apply_sequence_parallel_vlm, sequence_groups)
 
-__all__ = ["SequenceParallelDiT", "UlyssesAttention", "all_to_all", "apply_sequence_parallel", "sequence_groups"]
+__all__ = ["SequenceParallelDiT", "UlyssesAttention", "all_to_all", "apply_sequence_parallel", "apply_sequence_parallel_vlm",
+           "sequence_groups"]

@@ -162,3 +162,50 @@ def sequence_groups(size: int):
         if dist.get_rank() // size == k:
             mine = g
     return mine
+
+
+class _SequenceParallelVLM:
+    """TinyVLM's training / scoring pass (no KV cache) with its token sequence split over the ranks.
+
+    Keys and values are repeated to the query heads before the all-to-all (KV-head replication), so
+    any head count divisible by the group size works whatever the number of KV heads."""
+
+    def __init__(self, vlm: nn.Module, group=None):
+        self.vlm, self.group = vlm, group
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        if vlm.cfg.heads % self.world:
+            raise UsageError(f"parallel.sequence={self.world} needs the VLM's heads ({vlm.cfg.heads}) divisible by it")
+        self.cores = [UlyssesAttention(group) for _ in vlm.blocks]
+        for blk, core in zip(vlm.blocks, self.cores):
+            blk.attn.core = core
+        self.plain = vlm._run_blocks
+
+    def run_blocks(self, x, angles, mask, caches=None):
+        if caches is not None:  # decoding with a KV cache stays on one process
+            raise UsageError("sampling with a KV cache is not sequence-parallel: generate with parallel.sequence=1")
+        B, L, D = x.shape
+        per = -(-L // self.world)
+        pad = per * self.world - L
+        if pad:
+            x = torch.cat((x, x.new_zeros(B, pad, D)), dim=1)
+            angles = torch.cat((angles, angles.new_zeros(*angles.shape[:2], pad, angles.shape[-1])), dim=2)
+            mask = torch.nn.functional.pad(mask, (0, pad, 0, pad), value=False)
+            mask[..., L:, :] = True  # padded queries attend to anything (their rows are dropped); keys stay masked
+        lo = self.rank * per
+        for core in self.cores:
+            core.key_mask = None
+        y = self.plain(x[:, lo : lo + per], angles[:, :, lo : lo + per], mask)
+        return _Gather.apply(y, self.group, 1)[:, :L]
+
+
+def apply_sequence_parallel_vlm(vlm: nn.Module, size: int, group=None) -> nn.Module:
+    """Make a TinyVLM's full passes (log-probs, SFT/GRPO losses) sequence-parallel over ``size`` ranks, in place."""
+    if size <= 1:
+        return vlm
+    have = dist.get_world_size(group) if dist.is_initialized() else 1
+    if have != size:
+        raise UsageError(f"parallel.sequence={size} needs {size} processes in its group; this run has {have}")
+    sp = _SequenceParallelVLM(vlm, group)
+    vlm._run_blocks = sp.run_blocks
+    vlm.sequence_parallel = sp
+    return vlm
