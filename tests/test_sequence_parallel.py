@@ -196,3 +196,35 @@ def test_two_rank_sequence_parallel_vlm_pass_equals_one_process(tmp_path):
     mp.spawn(_vlm_worker, args=(f"file://{tmp_path / 'rdv'}", str(tmp_path / "out.pt")), nprocs=2, join=True)
     lengths = torch.load(tmp_path / "out.pt")
     assert {n % 2 for n in lengths} == {0, 1}  # an even and an uneven split were both checked
+
+
+def test_grpo_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
+    """Rollouts are sampled whole on both ranks (same seeds, same tokens); the policy's scoring pass is split."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
+    args = ["grpo", "--config", "configs/grpo_video_qa.yaml", "train.log_every=1", "train.sample_every=0",
+            "train.checkpoint_every=1", "grpo.prompts_per_step=2", "grpo.group_size=3", "grpo.eval_num=4", "eval_num=4",
+            "grpo.max_new_tokens=12", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, "train.steps=2", f"out_dir={tmp_path / 'one'}"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "genrl.cli", *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
+    for steps in ("train.steps=1", "train.steps=2"):  # stop after 1, resume to 2
+        r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "sp" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    rows = [json.loads(l) for l in (tmp_path / "sp" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward"] for r in rows if "loss" in r] == [r["reward"] for r in ref if "loss" in r]  # same rollouts

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..methods.common import OptimConfig
 from ..methods.grpo import GRPOMethodConfig
 from ..methods.sft import SFTMethodConfig
-from ..train.trainer import TrainConfig
+from ..train.trainer import ParallelConfig, TrainConfig
 from .options import config_command, quiet_option
 
 
@@ -38,6 +38,7 @@ class GRPOConfig:
     grpo: GRPOMethodConfig = field(default_factory=GRPOMethodConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=5))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(grad_clip=1.0, checkpoint_every=50, sample_every=25))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval_num: int = 512
     """After training, score the policy on this many test-split questions into {out_dir}/eval.json (0 = skip)."""
 
@@ -104,7 +105,7 @@ def grpo(cfg: GRPOConfig, quiet: bool):
 
     seed_everything(cfg.train.seed)
     method = _build(lambda: build_grpo(cfg.grpo, cfg.optim, cfg.train.seed))
-    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet)
+    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)
     start = None
     metrics = Path(cfg.out_dir) / "metrics.jsonl"
     if cfg.grpo.eval_num and trainer.is_main and not metrics.exists():  # the curve's first point: the SFT start

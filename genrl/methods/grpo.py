@@ -274,6 +274,9 @@ class GRPOMethod(Method):
     def stateful(self):
         return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
 
+    def sequence_parallel_models(self):
+        return [self.policy]
+
     def write_samples(self, step: int, folder: Path) -> dict[str, float]:
         if not self.cfg.eval_num:
             return {}

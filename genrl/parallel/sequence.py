@@ -73,8 +73,11 @@ class UlyssesAttention:
     def __init__(self, group=None):
         self.group = group
         self.key_mask: torch.Tensor | None = None  # (N,) True for real (not padding) tokens, set per forward
+        self.active = True  # False: plain attention over whole sequences (a KV-cached decode on one rank)
 
     def __call__(self, q, k, v, mask=None):
+        if not self.active:
+            return attention(q, k, v, mask)
         world = dist.get_world_size(self.group)
         if q.shape[1] % world:
             raise UsageError(f"sequence parallelism over {world} ranks needs heads divisible by {world}; "
@@ -181,8 +184,14 @@ class _SequenceParallelVLM:
         self.plain = vlm._run_blocks
 
     def run_blocks(self, x, angles, mask, caches=None):
-        if caches is not None:  # decoding with a KV cache stays on one process
-            raise UsageError("sampling with a KV cache is not sequence-parallel: generate with parallel.sequence=1")
+        if caches is not None:  # KV-cached sampling runs whole on every rank of the group (same seeds, same tokens)
+            for core in self.cores:
+                core.active = False
+            try:
+                return self.plain(x, angles, mask, caches)
+            finally:
+                for core in self.cores:
+                    core.active = True
         B, L, D = x.shape
         per = -(-L // self.world)
         pad = per * self.world - L
@@ -209,3 +218,16 @@ def apply_sequence_parallel_vlm(vlm: nn.Module, size: int, group=None) -> nn.Mod
     vlm._run_blocks = sp.run_blocks
     vlm.sequence_parallel = sp
     return vlm
+
+
+def make_sequence_parallel(model: nn.Module, size: int, group=None) -> nn.Module:
+    """``parallel.sequence`` for any model genrl can split: its video DiT or its tiny VLM."""
+    from ..models.dit import VideoDiT
+    from ..models.vlm import TinyVLM
+
+    if isinstance(model, VideoDiT):
+        return apply_sequence_parallel(model, size, group)
+    if isinstance(model, TinyVLM):
+        return apply_sequence_parallel_vlm(model, size, group)
+    raise UsageError(f"parallel.sequence={size}: {type(model).__name__} has no sequence-parallel form in genrl yet; "
+                     "valid: 1")

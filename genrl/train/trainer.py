@@ -283,7 +283,7 @@ class Trainer:
 
     def _apply_sequence_parallel(self) -> None:
         from ..errors import UsageError
-        from ..parallel import apply_sequence_parallel, sequence_groups
+        from ..parallel import make_sequence_parallel, sequence_groups
 
         models = self.method.sequence_parallel_models()
         if not models:
@@ -295,7 +295,7 @@ class Trainer:
                              f"with accelerate launch --num_processes {self.sequence} (or a multiple of it)")
         group = sequence_groups(self.sequence)
         for m in models:
-            apply_sequence_parallel(m, self.sequence, group)
+            make_sequence_parallel(m, self.sequence, group)
 
     # -------------------------------------------------------------- checkpoints
     def save(self, step: int) -> None:
