@@ -196,6 +196,11 @@ class DMDMethod(Method):
         return {"loss": gen["loss"], "grad_norm": gen["grad_norm"], "critic_loss": critic.get("loss", 0.0),
                 "critic_grad_norm": critic.get("grad_norm", 0.0), **metrics}
 
+    def sequence_parallel_models(self):
+        """The bidirectional teacher and critic judge whole videos: their frames are split; the student's
+        KV-cached rollout runs whole on every rank of the group (same seeds, same rollout)."""
+        return [self.teacher.dit, self.critic.dit]
+
     def roles(self):
         return {"student": Role(self.student, trainable=True), "critic": Role(self.critic, trainable=True),
                 "teacher": Role(self.teacher), "ema": Role(self.ema.module, cast=False)}

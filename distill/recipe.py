@@ -17,7 +17,7 @@ from genrl.errors import UsageError
 from genrl.methods.common import OptimConfig
 from genrl.models.video_model import StreamingConfig
 from genrl.registry import METHODS, RECIPES, Recipe
-from genrl.train.trainer import TrainConfig
+from genrl.train.trainer import ParallelConfig, TrainConfig
 from genrl.worlds.shapes import WorldConfig
 
 from .dmd import DMDConfig
@@ -73,6 +73,7 @@ class DistillConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=[0.0, 0.999], warmup_steps=10))
     critic_optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=[0.0, 0.999], warmup_steps=10))
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
     eval_num: int = 0
     """After training, evaluate the exported student on this many test prompts into {out_dir}/eval.json
@@ -159,7 +160,7 @@ def run(cfg: DistillConfig, quiet: bool = False) -> dict:
         cfg = dataclasses.replace(cfg, student=stage.out_dir)
     seed_everything(cfg.train.seed)
     method = build_method(cfg, quiet)
-    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet)
+    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)
     last = trainer.fit()
     summary = {"last": last, "is_main": trainer.is_main}
     if trainer.is_main and cfg.eval_num and cfg.method != "ode_init" and (Path(cfg.out_dir) / "model.safetensors").exists():

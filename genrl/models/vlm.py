@@ -276,12 +276,12 @@ class TinyVLM(CompletionPolicy):
             keys = torch.cat((past_real, real), 1)
             mask = keys[:, None, None, :]
             angles = _angles(self._positions(keys)[:, -x.shape[1]:], hd, self.cfg.rope_theta)
-        return self._run_blocks(x, angles, mask, caches)
+        return self.norm(self._run_blocks(x, angles, mask, caches)) @ self.embed.weight.T
 
     def _run_blocks(self, x, angles, mask, caches=None):
         for i, blk in enumerate(self.blocks):
             x = blk(x, angles, mask, None if caches is None else caches[i])
-        return self.norm(x) @ self.embed.weight.T
+        return x
 
     # ---------------------------------------------------------------- primitives
     def logits(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask):

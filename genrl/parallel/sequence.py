@@ -67,6 +67,40 @@ class _Gather(torch.autograd.Function):
         return grad.chunk(dist.get_world_size(ctx.group), dim=ctx.dim)[rank].contiguous(), None, None
 
 
+class _SumGrad(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over the group. Put on a replicated input of the split
+    region: each rank's gradient of it covers only its own tokens, and the sum is the whole gradient."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def _sum_grad(x, group):
+    return _SumGrad.apply(x, group) if torch.is_grad_enabled() and x.requires_grad else x
+
+
+def _sum_param_grads(model: nn.Module, group) -> None:
+    """Make the split model's parameter gradients whole on every rank (a sum over the group in backward), so
+    to everything outside it a sequence-parallel model behaves like the plain one."""
+
+    def reduce(g):
+        g = g.contiguous().clone()
+        dist.all_reduce(g, group=group)
+        return g
+
+    for p in model.parameters():
+        if p.requires_grad:
+            p.register_hook(reduce)
+
+
 class UlyssesAttention:
     """Drop-in for ``attention(q, k, v, mask)`` on sequence shards [B, H, N/P, D]: heads <-> sequence all-to-all."""
 
@@ -94,8 +128,9 @@ class SequenceParallelDiT:
     """A VideoDiT whose frames are split over the ranks of ``group``; same inputs and output as the model.
 
     Every rank passes the whole input and gets the whole output; internally each computes only its
-    frames. For training, :meth:`local_frames` says which output frames a rank owns: put the loss on
-    those (scaled as a share of the whole), and sum gradients over the group.
+    frames. Gradients of replicated inputs (the text) are summed over the group in backward, and
+    ``apply_sequence_parallel`` does the same for the model's parameters, so every rank ends a
+    backward with the whole gradient, as with the plain model.
     """
 
     def __init__(self, dit: nn.Module, group=None):
@@ -130,6 +165,7 @@ class SequenceParallelDiT:
         real = (torch.arange(per * P, device=x.device) < Fr).repeat_interleave(tpf)
         for core in self.cores:
             core.key_mask = real if pad else None
+        x, text = _sum_grad(x, self.group), _sum_grad(text, self.group)
         out = dit.forward_frames(x[:, lo : lo + per], t[:, lo : lo + per], text, text_mask, causal,
                                  frame_offset=lo, total_frames=per * P)
         full = _Gather.apply(out, self.group, 1)
@@ -148,6 +184,7 @@ def apply_sequence_parallel(dit: nn.Module, size: int, group=None) -> nn.Module:
                          f"accelerate launch --num_processes {size} or torchrun); this run has {have}")
     sp = SequenceParallelDiT(dit, group)
     dit.forward = sp.forward  # the instance's forward: same module, parameters and state_dict
+    _sum_param_grads(dit, group)
     dit.sequence_parallel = sp
     return dit
 
@@ -203,6 +240,7 @@ class _SequenceParallelVLM:
         lo = self.rank * per
         for core in self.cores:
             core.key_mask = None
+        x = _sum_grad(x, self.group)
         y = self.plain(x[:, lo : lo + per], angles[:, :, lo : lo + per], mask)
         return _Gather.apply(y, self.group, 1)[:, :L]
 
@@ -216,6 +254,7 @@ def apply_sequence_parallel_vlm(vlm: nn.Module, size: int, group=None) -> nn.Mod
         raise UsageError(f"parallel.sequence={size} needs {size} processes in its group; this run has {have}")
     sp = _SequenceParallelVLM(vlm, group)
     vlm._run_blocks = sp.run_blocks
+    _sum_param_grads(vlm.blocks, group)  # only the blocks run split; embeddings and the head run whole
     vlm.sequence_parallel = sp
     return vlm
 

@@ -83,9 +83,8 @@ class StepContext:
     counted (``skipped_steps``, ``bad_steps_in_a_row``).
     """
 
-    def __init__(self, accelerator, cfg: TrainConfig, sequence: int = 1):
+    def __init__(self, accelerator, cfg: TrainConfig):
         self.accelerator, self.cfg = accelerator, cfg
-        self.sequence = sequence  # ranks of a sequence-parallel group hold parts of one gradient: summed, not averaged
         self.skipped_steps = 0
         self.bad_steps_in_a_row = 0
         self.step_was_bad = False
@@ -136,12 +135,12 @@ class StepContext:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss], device=grads[0].device)])
         dist.all_reduce(flat)
-        flat[:-1] /= world // self.sequence  # mean over data-parallel replicas, sum within a sequence group
+        flat /= world  # sequence-parallel models end backward with whole gradients, so this is the replicas' mean
         offset = 0
         for p, g in zip(params, grads):
             p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
             offset += g.numel()
-        return float(flat[-1]) / world  # every rank of a sequence group computed the same loss
+        return float(flat[-1])
 
 
 @dataclass
@@ -390,7 +389,7 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         seed_everything(self.cfg.seed)
         start = self.maybe_resume()
-        ctx = StepContext(self.accelerator, self.cfg, self.sequence)
+        ctx = StepContext(self.accelerator, self.cfg)
         last: dict[str, float] = {}
         step = start
         t0 = time.time()
