@@ -127,3 +127,28 @@ def test_two_process_data_parallel_steps_equal_one_process_on_the_concatenated_b
         torch.testing.assert_close(two["state"][k], w, rtol=1e-5, atol=1e-6)
     assert any((w - v).abs().max() > 1e-3 for w, v in zip(one["state"].values(), start.state_dict().values()))
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)  # the logged loss is the global mean
+
+
+def test_two_process_resume_restores_each_process_own_data_stream(tmp_path, tiny_teacher):
+    """2 steps straight == 1 step + resume under 2 processes (each rank gets back its own data stream);
+    resuming that checkpoint with 1 process is refused in one line."""
+    _launch(2, tmp_path / "straight", tiny_teacher)
+    args = [a for a in TINY_DMD if not a.startswith("train.steps")]
+    for steps in (1, 2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
+        launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
+        cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no", "-m", "genrl.cli", "distill", f"out_dir={tmp_path / 'split'}",
+               f"teacher={tiny_teacher}", *args, f"train.steps={steps}", "--quiet"]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("student", "critic"):
+        a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_0000002" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "split" / "checkpoints" / "step_0000002" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    r = subprocess.run([sys.executable, "-m", "genrl.cli", "distill", f"out_dir={tmp_path / 'split'}",
+                        f"teacher={tiny_teacher}", *args, "train.steps=3", "--quiet"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "written by 2 process(es) and this run has 1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

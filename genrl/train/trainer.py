@@ -297,8 +297,23 @@ class Trainer:
             make_sequence_parallel(m, self.sequence, group)
 
     # -------------------------------------------------------------- checkpoints
+    PER_PROCESS = ("data",)
+    """Stateful objects each process keeps its own of (its data stream); the rest are identical everywhere."""
+
+    def _own_state(self) -> dict[str, Any]:
+        """What differs between processes: data streams, RNG, the method's running state (e.g. reward history)."""
+        stateful = self.method.stateful()
+        return {"stateful": {n: stateful[n].state_dict() for n in self.PER_PROCESS if n in stateful},
+                "method": self.method.extra_state(), "rng": _rng_state()}
+
     def save(self, step: int) -> None:
         self.accelerator.wait_for_everyone()
+        per_process = [self._own_state()]
+        if self.accelerator.num_processes > 1:  # every process's own state goes into the one checkpoint
+            import torch.distributed as dist
+
+            per_process = [None] * self.accelerator.num_processes
+            dist.all_gather_object(per_process, self._own_state())
         if not self.is_main:
             return
         modules = {n: self.accelerator.unwrap_model(m) for n, m in self.method.checkpoint_modules().items()}
@@ -313,6 +328,7 @@ class Trainer:
             "stateful": {n: o.state_dict() for n, o in self.method.stateful().items()},
             "method": self.method.extra_state(),
             "rng": _rng_state(),
+            "per_process": per_process,
         }
         save_checkpoint(self.ckpt_root, step, weights, state, keep=self.cfg.keep_checkpoints,
                         metadata={n: model_metadata(m) for n, m in modules.items()})
@@ -328,14 +344,22 @@ class Trainer:
                 self._cut_metrics(0)
             return 0
         step, weights, state = load_checkpoint(path)
+        saved, now = state.get("num_processes", 1), self.accelerator.num_processes
+        if saved != now:
+            from ..errors import UsageError
+
+            raise UsageError(f"{path} was written by {saved} process(es) and this run has {now}: each process's data "
+                             f"stream and RNG are in the checkpoint, so resume with {saved} (accelerate launch "
+                             f"--num_processes {saved}), or start a new out_dir")
         if self.is_main:
             self._cut_metrics(step)
         for n, m in self.method.checkpoint_modules().items():
             self.accelerator.unwrap_model(m).load_state_dict(weights[n])
+        own = state.get("per_process", [None] * now)[self.accelerator.process_index] or {}
         for n, o in self.method.stateful().items():
-            o.load_state_dict(state["stateful"][n])
-        self.method.load_extra_state(state["method"])
-        _set_rng_state(state["rng"])
+            o.load_state_dict(own.get("stateful", {}).get(n, state["stateful"][n]))
+        self.method.load_extra_state(own.get("method", state["method"]))
+        _set_rng_state(own.get("rng", state["rng"]))
         return step
 
     def _cut_metrics(self, step: int) -> None:
