@@ -271,3 +271,17 @@ def test_dmd_distill_with_parallel_sequence_2_under_accelerate_equals_one_proces
     ref = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     for key in ("grad_norm", "critic_grad_norm", "loss", "critic_loss"):
         assert [r[key] for r in rows if "loss" in r] == pytest.approx([r[key] for r in ref if "loss" in r], rel=1e-4), key
+
+
+def test_bench_wan_runs_the_streaming_student_against_its_teacher_on_a_tiny_random_transformer(run_cli, tmp_path):
+    import json
+
+    code, out, err = run_cli("bench", "wan", "--arch", "tiny", "--frames", "13", "--height", "32", "--width", "32",
+                             "--teacher-steps", "4", "--dtype", "float32", "--json", str(tmp_path / "w.json"), "--quiet")
+    assert code == 0, err
+    r = json.loads((tmp_path / "w.json").read_text())
+    # 4 latent frames = 2 chunks: 4 steps each + one cache refresh = 4.5 passes a frame; the teacher 2 x 4
+    assert r["stream.wan.nfe_ratio"] == pytest.approx(8 / 4.5, abs=0.01)
+    assert r["stream.wan.student_fps"] > 0 and r["raw"]["latent_frames"] == 4 and len(r["raw"]["student_seconds"]) == 1
+    code, _, err = run_cli("bench", "wan", "--arch", "tiny", "--frames", "12")
+    assert code == 2 and "4k+1" in err

@@ -34,6 +34,7 @@ def bench():
       genrl bench train    a Stream-R1 training step vs a plain DMD step (time and activation memory)
       genrl bench grpo     a GRPO step with cached video embeddings vs recomputing the vision tower
       genrl bench sp       a DiT layer with sequence parallelism over 2 processes vs none
+      genrl bench wan      a Wan2.1-size streaming student vs its CFG teacher (random weights, GPU)
       genrl bench all      stream, train and grpo into one JSON (the README's performance table)
     """
 
@@ -391,6 +392,139 @@ def bench_grpo(frames, steps, prompts_per_step, json_path, quiet, overrides, con
                      f"{v['cached']:g} / {v['recomputed']:g} |")
     click.echo("\n".join(lines))
     _write(r, json_path)
+
+
+# ------------------------------------------------------------------------ wan
+TINY_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
+                text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                eps=1e-6)
+"""A two-layer random Wan transformer: `--arch tiny` checks the path on a CPU."""
+
+
+def wan_stream_report(arch: str, frames: int, height: int, width: int, teacher_steps: int, guidance: float,
+                      rounds: int, dtype_name: str, quiet: bool) -> dict:
+    """A Wan2.1-size streaming student vs its 50-step CFG teacher with random weights (denoising only).
+
+    Text features are random (no UMT5 pass) and nothing is decoded (no VAE): what is timed is the
+    transformer work, the same for both. The student streams 3-latent-frame chunks, 4 steps each,
+    with a KV cache over the whole video and a cache refresh after every chunk but the last."""
+    import types
+
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from torch import nn
+
+    from ..models.video_model import StreamingConfig
+    from ..models.wan import SharedParts, WanConfig, WanVideoModel
+    from ..plan import PRESETS
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, dtype_name)
+    kw = TINY_WAN if arch == "tiny" else PRESETS[arch][1]
+    torch.manual_seed(0)
+    with torch.device(dev):
+        transformer = WanTransformer3DModel(**kw).to(dtype).eval().requires_grad_(False)
+
+    class _Vae(nn.Module):
+        config = types.SimpleNamespace(scale_factor_temporal=4, scale_factor_spatial=8)
+
+    text_dim = kw["text_dim"]
+
+    class _RandomText(WanVideoModel):
+        def encode_text(self, prompts):
+            h = torch.randn(len(prompts), 512, text_dim, generator=torch.Generator().manual_seed(0)) * 0.1
+            mask = torch.arange(512)[None].expand(len(prompts), -1) < 24
+            return (h * mask[..., None]).to(dev), mask.to(dev)
+
+    shared = SharedParts(nn.Identity(), None, _Vae(), FlowMatchEulerDiscreteScheduler(shift=5.0))
+    latent = (frames - 1) // 4 + 1
+    student = _RandomText(WanConfig(height=height, width=width, streaming=StreamingConfig(
+        enabled=True, local_frames=latent, sink_frames=0)), transformer, shared)
+    teacher = _RandomText(WanConfig(height=height, width=width), transformer, shared)
+    prompts = ["a random prompt"]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run_student() -> tuple[float, float]:
+        sync()
+        t0, first = time.perf_counter(), None
+        with torch.no_grad():
+            for _ in student.stream(prompts, latent, torch.Generator().manual_seed(0)):
+                if first is None:
+                    sync()
+                    first = time.perf_counter() - t0
+        sync()
+        return time.perf_counter() - t0, first
+
+    def run_teacher(steps: int) -> float:
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            teacher.sample(prompts, latent, steps, guidance, torch.Generator().manual_seed(0))
+        sync()
+        return time.perf_counter() - t0
+
+    run_student()  # warm-up: kernels, allocator, cache shapes
+    run_teacher(2)
+    s_times, firsts, t_times = [], [], []
+    for i in range(rounds):
+        s, f = run_student()
+        s_times.append(s)
+        firsts.append(f)
+        t_times.append(run_teacher(teacher_steps))
+        if not quiet:
+            click.echo(f"wan round {i + 1}/{rounds}: student {s:.2f} s, teacher {t_times[-1]:.2f} s", err=True)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    chunks = -(-latent // 3)
+    s_fps, t_fps = frames / med(s_times), frames / med(t_times)
+    report = {
+        "stream.wan.device": name, "stream.wan.arch": arch, "stream.wan.dtype": dtype_name,
+        "stream.wan.student_fps": round(s_fps, 3), "stream.wan.teacher_fps": round(t_fps, 3),
+        "stream.wan.fps_ratio": round(s_fps / t_fps, 2),
+        "stream.wan.first_chunk_seconds": round(med(firsts), 4),
+        "stream.wan.nfe_ratio": round((2 * teacher_steps if guidance > 1 else teacher_steps)
+                                      / ((4 * chunks + chunks - 1) / chunks), 2),  # passes per frame, teacher / student
+        "stream.wan.peak_memory_gb": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None,
+        "raw": {"student_seconds": s_times, "teacher_seconds": t_times, "first_chunk_seconds": firsts,
+                "frames": frames, "latent_frames": latent, "height": height, "width": width,
+                "teacher_steps": teacher_steps, "guidance": guidance},
+    }
+    click.echo(f"{arch} ({dtype_name}) on {name}, {frames} frames at {width}x{height}, denoising only (random text "
+               f"features, no VAE):")
+    click.echo(f"  student {s_fps:.2f} frames/s (first chunk after {med(firsts):.3f} s); teacher ({teacher_steps} steps, "
+               f"CFG {guidance:g}) {t_fps:.3f} frames/s; ratio {s_fps / t_fps:.1f}x")
+    return report
+
+
+@bench.command(name="wan", context_settings={"show_default": True})
+@click.option("--arch", type=click.Choice(["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "tiny"]), default="wan2.1-t2v-1.3b",
+              help="Transformer size (random weights; nothing is loaded).")
+@click.option("--frames", type=click.IntRange(5, 1001), default=81, help="Pixel frames (4k+1).")
+@click.option("--height", type=click.IntRange(16, 2048), default=480)
+@click.option("--width", type=click.IntRange(16, 2048), default=832)
+@click.option("--teacher-steps", type=click.IntRange(1, 1000), default=50)
+@click.option("--guidance", type=click.FloatRange(1, 50), default=5.0, help="Teacher CFG scale (Wan's default 5).")
+@click.option("--rounds", type=click.IntRange(1, 20), default=1, help="Timed rounds after a warm-up round.")
+@click.option("--dtype", "dtype_name", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16")
+@json_option
+@quiet_option
+def bench_wan(arch, frames, height, width, teacher_steps, guidance, rounds, dtype_name, json_path, quiet):
+    """A Wan2.1-size streaming student vs its CFG teacher, random weights, on this machine's GPU.
+
+    Denoising only: random text features stand in for UMT5 and nothing is decoded, so the
+    figure is the transformers' work (the part the anchors' 17 vs 0.78 frames/s is mostly about).
+
+    \b
+    Example (one GPU):
+      genrl bench wan --arch wan2.1-t2v-1.3b --frames 81 --json wan.json
+    """
+    if (frames - 1) % 4:
+        raise click.BadParameter(f"{frames}: Wan2.1 generates 4k+1 frames (e.g. 81)", param_hint="--frames")
+    if height % 16 or width % 16:
+        raise click.BadParameter(f"{width}x{height}: sizes must be multiples of 16", param_hint="--height/--width")
+    _write(wan_stream_report(arch, frames, height, width, teacher_steps, guidance, rounds, dtype_name, quiet), json_path)
 
 
 # ------------------------------------------------------------------------- sp
