@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ from safetensors.torch import load_file
 
 from genrl.models.registry import save_weights
 
-from tiny import tiny_video_model
+from tiny import accelerate_launch, tiny_video_model
 
 TINY_DMD = [
     "method=dmd", "dmd.batch_size=2", "dmd.critic_ratio=1", "dmd.num_samples=2", "world.frames=6",
@@ -32,10 +31,7 @@ def _launch(nproc, out, teacher):
     if nproc == 1:
         cmd = [sys.executable, "-m", "genrl.cli", "distill", *args]
     else:
-        beside = os.path.join(os.path.dirname(sys.executable), "accelerate")  # the venv's own launcher
-        launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
-        cmd = [launcher, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl.cli", "distill", *args]
+        cmd = [*accelerate_launch(nproc), "distill", *args]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
@@ -56,11 +52,8 @@ def test_two_process_dmd_run_trains_and_checkpoints_once(tmp_path, tiny_teacher)
 
 def test_two_process_grpo_run_logs_once_and_evaluates_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
     run = tmp_path / "grpo"
-    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "genrl.cli", "grpo", "--config", "configs/grpo_video_qa.yaml", f"out_dir={run}",
+    cmd = [*accelerate_launch(2), "grpo", "--config", "configs/grpo_video_qa.yaml", f"out_dir={run}",
            "train.steps=2", "train.log_every=1", "grpo.prompts_per_step=2", "grpo.group_size=4", "grpo.eval_num=8",
            "eval_num=8", "--quiet"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -136,10 +129,7 @@ def test_two_process_resume_restores_each_process_own_data_stream(tmp_path, tiny
     args = [a for a in TINY_DMD if not a.startswith("train.steps")]
     for steps in (1, 2):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-        beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
-        launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
-        cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-               "no", "--dynamo_backend", "no", "-m", "genrl.cli", "distill", f"out_dir={tmp_path / 'split'}",
+        cmd = [*accelerate_launch(2), "distill", f"out_dir={tmp_path / 'split'}",
                f"teacher={tiny_teacher}", *args, f"train.steps={steps}", "--quiet"]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -11,10 +11,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from test_cli_paths import AE
+from test_cli_paths import AE, _same
 
 KILLER = r"""
 import os, signal, sys, importlib
@@ -54,8 +52,7 @@ def _cli(args, killer=None):
 
 
 def _check(run, straight, weights):
-    a, b = load_file(str(run / weights)), load_file(str(straight / weights))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _same(run / weights, straight / weights)
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 4

@@ -9,6 +9,8 @@ import torch.multiprocessing as mp
 
 from genrl.errors import UsageError
 
+from tiny import accelerate_launch
+
 CASES = [(6, False), (6, True), (5, False), (7, True)]  # (frames, causal): even and uneven over 2 ranks
 
 
@@ -103,7 +105,6 @@ TEACHER = ["flow.model.dit.dim=24", "flow.model.dit.depth=1", "flow.model.dit.he
 def test_pretrain_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
     """Frames 5 over 2 ranks (uneven); 2 steps, then a resume to 3, against a plain 3-step run."""
     import json
-    import shutil
     import subprocess
     import sys
 
@@ -116,14 +117,11 @@ def test_pretrain_with_parallel_sequence_2_under_accelerate_equals_one_process(t
     ae = str(save_weights(Autoencoder(AutoencoderConfig(width=8)), tmp_path / "ae.safetensors", "autoencoder",
                           AutoencoderConfig(width=8)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
     args = ["pretrain", f"flow.autoencoder={ae}", *TEACHER]
     one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, f"out_dir={tmp_path / 'one'}"], env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "genrl.cli", *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
+    two = [*accelerate_launch(2), *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
     for steps in ("train.steps=2", "train.steps=3"):  # stop at 2, resume to 3
         r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -200,23 +198,19 @@ def test_two_rank_sequence_parallel_vlm_pass_equals_one_process(tmp_path):
 def test_grpo_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
     """Rollouts are sampled whole on both ranks (same seeds, same tokens); the policy's scoring pass is split."""
     import json
-    import shutil
     import subprocess
     import sys
 
     from safetensors.torch import load_file
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
     args = ["grpo", "--config", "configs/grpo_video_qa.yaml", "train.log_every=1", "train.sample_every=0",
             "train.checkpoint_every=1", "grpo.prompts_per_step=2", "grpo.group_size=3", "grpo.eval_num=4", "eval_num=4",
             "grpo.max_new_tokens=12", "grpo.temperature=2.0", "--quiet"]  # hot sampling: rewards differ, gradients flow
     one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, "train.steps=2", f"out_dir={tmp_path / 'one'}"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "genrl.cli", *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
+    two = [*accelerate_launch(2), *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
     for steps in ("train.steps=1", "train.steps=2"):  # stop after 1, resume to 2
         r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -234,7 +228,6 @@ def test_grpo_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_p
 
 def test_dmd_distill_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
     """The teacher's and critic's frames are split; the student's rollout runs whole on both ranks."""
-    import shutil
     import subprocess
     import sys
 
@@ -248,14 +241,11 @@ def test_dmd_distill_with_parallel_sequence_2_under_accelerate_equals_one_proces
     m = tiny_video_model(seed=0)
     teacher = str(save_weights(m, tmp_path / "teacher.safetensors", "video_model", m.cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    beside = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
     args = ["distill", f"teacher={teacher}", "method=dmd", *TINY, "eval_num=0"]
     one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, "train.steps=2", f"out_dir={tmp_path / 'one'}"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "genrl.cli", *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
+    two = [*accelerate_launch(2), *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
     for steps in ("train.steps=1", "train.steps=2"):  # stop after 1, resume to 2
         r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]

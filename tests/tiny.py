@@ -21,3 +21,15 @@ def tiny_video_model(seed: int = 0, streaming: bool = False, depth: int = 1) -> 
         for p in m.dit.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return m
+
+
+def accelerate_launch(nproc: int) -> list[str]:
+    """The command prefix that runs ``-m genrl.cli ...`` as ``nproc`` gloo CPU ranks, as users launch genrl."""
+    import os
+    import shutil
+    import sys
+
+    beside = os.path.join(os.path.dirname(sys.executable), "accelerate")  # the venv's own launcher
+    launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
+    return [launcher, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl.cli"]

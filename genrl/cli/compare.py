@@ -78,8 +78,9 @@ def compare(baseline, candidate, out):
       (the same with --seed 1 into d1.json, s1.json)
       genrl compare d0.json d1.json --vs s0.json --vs s1.json
     """
-    result = compare_reports([_load(p) for p in baseline], [_load(p) for p in candidate])
-    n = len(_load(baseline[0])["per_video"]["hit"]) * len(baseline)
+    base = [_load(p) for p in baseline]
+    result = compare_reports(base, [_load(p) for p in candidate])
+    n = sum(len(r["per_video"]["hit"]) for r in base)
     click.echo(f"candidate - baseline over {n} paired videos (95% bootstrap interval; one holding 0 is no measured difference)")
     click.echo(f"{'metric':<28} {'difference':>11} {'95% interval':>22}")
     for k, (m, lo, hi) in result.items():

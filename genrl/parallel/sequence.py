@@ -124,6 +124,24 @@ class UlyssesAttention:
         return all_to_all(o, self.group, scatter=2, gather=1)  # every head, my tokens
 
 
+def _ulysses_cores(blocks: nn.ModuleList, heads: int, what: str, group) -> list[UlyssesAttention]:
+    """Swap an all-to-all core into every block's self-attention; refuses heads the group cannot split."""
+    world = dist.get_world_size(group)
+    if heads % world:
+        raise UsageError(f"parallel.sequence={world} needs the {what}'s heads ({heads}) divisible by it")
+    cores = [UlyssesAttention(group) for _ in blocks]
+    for blk, core in zip(blocks, cores):
+        blk.attn.core = core
+    return cores
+
+
+def _require_group(size: int, group) -> None:
+    have = dist.get_world_size(group) if dist.is_initialized() else 1
+    if have != size:
+        raise UsageError(f"parallel.sequence={size} needs {size} processes in its group (launch with "
+                         f"accelerate launch --num_processes {size} or torchrun); this run has {have}")
+
+
 class SequenceParallelDiT:
     """A VideoDiT whose frames are split over the ranks of ``group``; same inputs and output as the model.
 
@@ -136,11 +154,7 @@ class SequenceParallelDiT:
     def __init__(self, dit: nn.Module, group=None):
         self.dit, self.group = dit, group
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
-        if dit.cfg.heads % self.world:
-            raise UsageError(f"parallel.sequence={self.world} needs the DiT's heads ({dit.cfg.heads}) divisible by it")
-        self.cores = [UlyssesAttention(group) for _ in dit.blocks]
-        for blk, core in zip(dit.blocks, self.cores):
-            blk.attn.core = core
+        self.cores = _ulysses_cores(dit.blocks, dit.cfg.heads, "DiT", group)
 
     def local_frames(self, frames: int) -> slice:
         """The output frames this rank computes (and owns the loss of)."""
@@ -178,14 +192,10 @@ def apply_sequence_parallel(dit: nn.Module, size: int, group=None) -> nn.Module:
     """Make a VideoDiT sequence-parallel over the ``size`` ranks of ``group`` (``parallel.sequence``), in place."""
     if size <= 1:
         return dit
-    have = dist.get_world_size(group) if dist.is_initialized() else 1
-    if have != size:
-        raise UsageError(f"parallel.sequence={size} needs {size} processes in its group (launch with "
-                         f"accelerate launch --num_processes {size} or torchrun); this run has {have}")
+    _require_group(size, group)
     sp = SequenceParallelDiT(dit, group)
     dit.forward = sp.forward  # the instance's forward: same module, parameters and state_dict
     _sum_param_grads(dit, group)
-    dit.sequence_parallel = sp
     return dit
 
 
@@ -213,11 +223,7 @@ class _SequenceParallelVLM:
     def __init__(self, vlm: nn.Module, group=None):
         self.vlm, self.group = vlm, group
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
-        if vlm.cfg.heads % self.world:
-            raise UsageError(f"parallel.sequence={self.world} needs the VLM's heads ({vlm.cfg.heads}) divisible by it")
-        self.cores = [UlyssesAttention(group) for _ in vlm.blocks]
-        for blk, core in zip(vlm.blocks, self.cores):
-            blk.attn.core = core
+        self.cores = _ulysses_cores(vlm.blocks, vlm.cfg.heads, "VLM", group)
         self.plain = vlm._run_blocks
 
     def run_blocks(self, x, angles, mask, caches=None):
@@ -238,8 +244,6 @@ class _SequenceParallelVLM:
             mask = torch.nn.functional.pad(mask, (0, pad, 0, pad), value=False)
             mask[..., L:, :] = True  # padded queries attend to anything (their rows are dropped); keys stay masked
         lo = self.rank * per
-        for core in self.cores:
-            core.key_mask = None
         x = _sum_grad(x, self.group)
         y = self.plain(x[:, lo : lo + per], angles[:, :, lo : lo + per], mask)
         return _Gather.apply(y, self.group, 1)[:, :L]
@@ -249,13 +253,10 @@ def apply_sequence_parallel_vlm(vlm: nn.Module, size: int, group=None) -> nn.Mod
     """Make a TinyVLM's full passes (log-probs, SFT/GRPO losses) sequence-parallel over ``size`` ranks, in place."""
     if size <= 1:
         return vlm
-    have = dist.get_world_size(group) if dist.is_initialized() else 1
-    if have != size:
-        raise UsageError(f"parallel.sequence={size} needs {size} processes in its group; this run has {have}")
+    _require_group(size, group)
     sp = _SequenceParallelVLM(vlm, group)
     vlm._run_blocks = sp.run_blocks
     _sum_param_grads(vlm.blocks, group)  # only the blocks run split; embeddings and the head run whole
-    vlm.sequence_parallel = sp
     return vlm
 
 

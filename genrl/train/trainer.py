@@ -343,7 +343,7 @@ class Trainer:
             if self.is_main:
                 self._cut_metrics(0)
             return 0
-        step, weights, state = load_checkpoint(path)
+        step, weights, state = load_checkpoint(path, verify=False)  # resumable_checkpoint just verified every checksum
         saved, now = state.get("num_processes", 1), self.accelerator.num_processes
         if saved != now:
             from ..errors import UsageError
