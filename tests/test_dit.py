@@ -114,3 +114,26 @@ def test_video_model_sample_is_seeded_and_cfg_changes_it():
     v = m.velocity(x, s, text, null, guidance=3.0)
     vc, vu = m.velocity(x, s, text), m.velocity(x, s, null)
     assert torch.allclose(v, vu + 3.0 * (vc - vu), atol=1e-5)
+
+
+@pytest.mark.parametrize("n,block,padded", [(12, 4, 0), (10, 4, 0), (12, 4, 3), (9, 3, 2)])
+def test_block_causal_attention_equals_the_dense_masked_one_without_building_the_mask(n, block, padded):
+    from genrl.attention import BlockCausal, attention
+
+    g = torch.Generator().manual_seed(n + block + padded)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g, requires_grad=True) for _ in range(3))
+    keys = (torch.arange(n) < n - padded) if padded else None
+    pattern = BlockCausal(block, keys)
+    w = torch.randn(2, 3, n, 8, generator=g)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=pattern.dense(n))
+    grads = torch.autograd.grad((dense * w).sum(), (q, k, v))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        out = attention(q, k, v, pattern)
+    torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), (q, k, v)), grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert (n, n) not in saved and max(s[-1] * s[-2] for s in saved if len(s) >= 2) <= n * 8
+    # the pattern by hand: token 5 of blocks of 4 sees 0..7 (its own block), not 8 on
+    d = BlockCausal(4).dense(12)
+    assert d[5].tolist() == [True] * 8 + [False] * 4 and d[3].tolist() == [True] * 4 + [False] * 8

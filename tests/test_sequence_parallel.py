@@ -146,8 +146,10 @@ def test_bench_sp_writes_per_length_ratios(run_cli, tmp_path):
     assert {"sp.dit.activation_ratio.4", "sp.dit.activation_ratio.12", "sp.dit.time_ratio.12"} <= set(r)
     # each rank holds half the tokens: its saved activations shrink, more so as attention dominates
     assert r["sp.dit.activation_ratio.12"] < r["sp.dit.activation_ratio.4"] < 1.0
+    assert r["sp.vlm.activation_ratio.12"] < 0.75 and r["sp.vlm.activation_ratio.4"] < 1.0
     raw = r["raw"]["12"]
     assert raw["tokens"] == 12 * 4 and len(raw["seconds"]["sp1"]) == 1
+    assert raw["vlm"]["tokens"] == 12 * 4 and len(raw["vlm"]["seconds"]["sp2"]) == 1
 
 
 def _vlm_worker(rank, init, out):
@@ -169,7 +171,12 @@ def _vlm_worker(rank, init, out):
     p_ids, p_mask = prompts(single, items)
     t_ids, t_mask = targets(single, items)
     lengths = []
-    for extra in (0, 1):  # the sequence length and its parity change with the completion's length
+    pad = int((~p_mask[0]).sum())
+    cases = [(videos, p_ids, p_mask, t_ids, t_mask, 0), (videos, p_ids, p_mask, t_ids, t_mask, 1),
+             # one row without padding: the causal kernel path (no mask), even and odd lengths
+             (videos[:1], p_ids[:1, pad:], p_mask[:1, pad:], t_ids[:1], t_mask[:1], 0),
+             (videos[:1], p_ids[:1, pad:], p_mask[:1, pad:], t_ids[:1], t_mask[:1], 1)]
+    for videos, p_ids, p_mask, t_ids, t_mask, extra in cases:  # lengths and their parity change with the completion
         ids, mask = t_ids[:, : t_ids.shape[1] - extra], t_mask[:, : t_mask.shape[1] - extra]
         w = torch.randn(ids.shape, generator=torch.Generator().manual_seed(extra))
         single.zero_grad()
@@ -192,7 +199,58 @@ def _vlm_worker(rank, init, out):
 def test_two_rank_sequence_parallel_vlm_pass_equals_one_process(tmp_path):
     mp.spawn(_vlm_worker, args=(f"file://{tmp_path / 'rdv'}", str(tmp_path / "out.pt")), nprocs=2, join=True)
     lengths = torch.load(tmp_path / "out.pt")
-    assert {n % 2 for n in lengths} == {0, 1}  # an even and an uneven split were both checked
+    assert {n % 2 for n in lengths[:2]} == {0, 1} and {n % 2 for n in lengths[2:]} == {0, 1}  # even and uneven splits
+
+
+def _stream_worker(rank, init, out):
+    import copy
+
+    import torch.distributed as dist
+
+    from genrl.models.video_model import StreamingConfig
+    from genrl.parallel import apply_sequence_parallel
+
+    from tiny import tiny_video_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    model = tiny_video_model(seed=4, streaming=True, depth=2)
+    # a 9-frame window with 3 sink frames: a 15-frame video evicts from the cache twice
+    model.cfg.streaming = StreamingConfig(enabled=True, timesteps=[1000.0, 750.0, 500.0, 250.0], local_frames=9,
+                                          sink_frames=3, context_noise=40.0)
+    for p in model.dit.parameters():  # the zero-initialised head and modulation would hide mistakes
+        torch.nn.init.normal_(p, std=0.2)
+    single = copy.deepcopy(model)
+    prompts = ["a big blue circle moving up fast on a light background", "a small red square moving left slowly"]
+    want = torch.cat(list(single.stream(prompts, 15, torch.Generator().manual_seed(7))), dim=1)
+    apply_sequence_parallel(model.dit, 2)
+    got = torch.cat(list(model.stream(prompts, 15, torch.Generator().manual_seed(7))), dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # the cache is sharded by heads: this rank holds its heads of every cached frame, and only those
+    text = single.encode_text(prompts)
+    chunk = torch.randn(2, 3, *want.shape[2:], generator=torch.Generator().manual_seed(1))
+    caches = [single.new_cache(), model.new_cache()]
+    for m, cache in zip((single, model), caches):
+        for _ in range(3):
+            m.write_cache(chunk, text, cache, torch.Generator().manual_seed(2))
+    heads = single.dit.cfg.heads
+    mine = slice(rank * heads // 2, (rank + 1) * heads // 2)
+    for block in range(2):
+        assert caches[1].k[block].shape[1] == heads // 2 and caches[1].frame_ids == caches[0].frame_ids
+        torch.testing.assert_close(caches[1].k[block], caches[0].k[block][:, mine], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(caches[1].v[block], caches[0].v[block][:, mine], rtol=1e-5, atol=1e-5)
+    if rank == 0:
+        torch.save({"diff": float((got - want).abs().max()), "frames": got.shape[1], "cached": caches[1].frame_ids,
+                    "per_rank": caches[1].k[0].numel(), "whole": caches[0].k[0].numel()}, out)
+    dist.destroy_process_group()
+
+
+def test_streaming_with_a_head_sharded_kv_cache_equals_the_unsharded_stream(tmp_path):
+    """Chunks of 3 frames over 2 ranks (uneven: one padded frame), sink frames and evictions, context noise."""
+    mp.spawn(_stream_worker, args=(f"file://{tmp_path / 'rdv'}", str(tmp_path / "out.pt")), nprocs=2, join=True)
+    r = torch.load(tmp_path / "out.pt")
+    assert r["frames"] == 15 and r["diff"] < 1e-5
+    assert r["cached"] == [0, 1, 2, 6, 7, 8] and r["per_rank"] * 2 == r["whole"]
 
 
 def test_grpo_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):

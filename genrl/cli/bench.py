@@ -33,7 +33,7 @@ def bench():
       genrl bench stream   streaming student vs the 50-step CFG teacher; per-chunk latency of a long stream
       genrl bench train    a Stream-R1 training step vs a plain DMD step (time and activation memory)
       genrl bench grpo     a GRPO step with cached video embeddings vs recomputing the vision tower
-      genrl bench sp       a DiT layer with sequence parallelism over 2 processes vs none
+      genrl bench sp       a DiT and a VLM layer with sequence parallelism over 2 processes vs none
       genrl bench wan      a Wan2.1-size streaming student vs its CFG teacher (random weights, GPU)
       genrl bench all      stream, train and grpo into one JSON (the README's performance table)
     """
@@ -258,19 +258,22 @@ def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance,
 
 # ---------------------------------------------------------------------- train
 def saved_bytes(fn) -> int:
-    """Bytes of the tensors a step saves for backward (its activation memory), counted by autograd's hooks."""
+    """Bytes of the tensors a step saves for backward (its activation memory), counted by autograd's hooks.
+
+    Each storage counts once, whole: views of one tensor saved by several ops (a key prefix per query
+    block) are one allocation."""
     import torch
 
-    total = 0
+    storages: dict[int, int] = {}
 
     def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
-    return total
+    return sum(storages.values())
 
 
 def train_report(cfg: DistillConfig, steps: int, quiet: bool) -> dict:
@@ -569,9 +572,50 @@ def _sp_worker(rank: int, init: str, out: str, frames: list[int], rounds: int, d
                 if i:
                     times[name].append(time.perf_counter() - t0)
         raw[F] = {"tokens": F * (side // 2) ** 2, "activation_bytes": mem, "seconds": times}
+        raw[F]["vlm"] = _sp_vlm_layer(rank, F * (side // 2) ** 2, rounds, dim, heads)
     if rank == 0:
         Path(out).write_text(json.dumps(raw))
     dist.destroy_process_group()
+
+
+def _sp_vlm_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict:
+    """The VLM's decoder layer (causal, KV heads half the query heads) over ``L`` tokens, SP=1 vs SP=2."""
+    import copy
+
+    import torch
+    import torch.distributed as dist
+
+    from ..attention import BlockCausal
+    from ..models.vlm import TinyVLM, VLMConfig, _angles
+    from ..parallel import apply_sequence_parallel_vlm
+
+    torch.manual_seed(0)
+    vlm = TinyVLM(VLMConfig(dim=dim, depth=1, heads=heads, kv_heads=max(1, heads // 2), mlp_hidden=4 * dim,
+                            vision_depth=1, vision_dim=32, vision_heads=2))
+    split = apply_sequence_parallel_vlm(copy.deepcopy(vlm), 2)
+    x, real = torch.randn(1, L, dim), torch.ones(1, L, dtype=torch.bool)
+    angles = _angles(vlm._positions(real), dim // heads, vlm.cfg.rope_theta)
+    per = -(-L // 2)
+    own = slice(rank * per, min(L, (rank + 1) * per))
+
+    def one():
+        if rank == 0:
+            vlm._run_blocks(x, angles, BlockCausal(1)).square().mean().backward()
+
+    def two():
+        split._run_blocks(x, angles, BlockCausal(1))[:, own].square().sum().div(L * dim).backward()
+
+    mem = {"sp1": saved_bytes(one) if rank == 0 else 0, "sp2": saved_bytes(two)}
+    times: dict[str, list[float]] = {"sp1": [], "sp2": []}
+    for i in range(rounds + 1):
+        for name, fn in (("sp1", one), ("sp2", two)):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            dist.barrier()
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    return {"tokens": L, "activation_bytes": mem, "seconds": times}
 
 
 def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, quiet: bool) -> dict:
@@ -586,18 +630,22 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
         raw = {int(k): v for k, v in json.loads(out.read_text()).items()}
     report: dict = {"raw": raw}
     rows = []
-    for F, r in raw.items():
-        mem = r["activation_bytes"]["sp2"] / r["activation_bytes"]["sp1"]
-        t = med(r["seconds"]["sp2"]) / med(r["seconds"]["sp1"])
-        report[f"sp.dit.activation_ratio.{F}"] = round(mem, 3)
-        report[f"sp.dit.time_ratio.{F}"] = round(t, 3)
-        rows.append((F, r["tokens"], r["activation_bytes"]["sp1"] / 2**20, r["activation_bytes"]["sp2"] / 2**20, mem,
-                     med(r["seconds"]["sp1"]), med(r["seconds"]["sp2"]), t))
+    for F, whole in raw.items():
+        for layer, r in (("dit", whole), ("vlm", whole["vlm"])):
+            mem = r["activation_bytes"]["sp2"] / r["activation_bytes"]["sp1"]
+            t = med(r["seconds"]["sp2"]) / med(r["seconds"]["sp1"])
+            report[f"sp.{layer}.activation_ratio.{F}"] = round(mem, 3)
+            report[f"sp.{layer}.time_ratio.{F}"] = round(t, 3)
+            rows.append((layer, F, r["tokens"], r["activation_bytes"]["sp1"] / 2**20, r["activation_bytes"]["sp2"] / 2**20,
+                         mem, med(r["seconds"]["sp1"]), med(r["seconds"]["sp2"]), t))
     if not quiet:
-        click.echo(f"one DiT layer (dim {dim}, {heads} heads, {side}x{side} latents), forward + backward, per rank:")
-    click.echo(f"{'frames':>6} {'tokens':>7} {'act SP1 MB':>11} {'act SP2 MB':>11} {'ratio':>6} {'s SP1':>7} {'s SP2':>7} {'ratio':>6}")
-    for F, n, a1, a2, m, s1, s2, t in rows:
-        click.echo(f"{F:>6} {n:>7} {a1:>11.1f} {a2:>11.1f} {m:>6.3f} {s1:>7.3f} {s2:>7.3f} {t:>6.3f}")
+        click.echo(f"one DiT layer (dim {dim}, {heads} heads, {side}x{side} latents, block-causal) and one VLM decoder "
+                   f"layer (dim {dim}, {heads} heads, {max(1, heads // 2)} KV heads, causal) over as many tokens, "
+                   "forward + backward, per rank:")
+    click.echo(f"{'layer':>5} {'frames':>6} {'tokens':>7} {'act SP1 MB':>11} {'act SP2 MB':>11} {'ratio':>6} {'s SP1':>7} "
+               f"{'s SP2':>7} {'ratio':>6}")
+    for layer, F, n, a1, a2, m, s1, s2, t in sorted(rows):
+        click.echo(f"{layer:>5} {F:>6} {n:>7} {a1:>11.1f} {a2:>11.1f} {m:>6.3f} {s1:>7.3f} {s2:>7.3f} {t:>6.3f}")
     return report
 
 
@@ -610,11 +658,11 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
 @json_option
 @quiet_option
 def bench_sp(frames, rounds, dim, heads, side, json_path, quiet):
-    """One DiT layer's forward + backward with sequence parallelism over 2 processes vs none.
+    """One DiT layer and one VLM layer, forward + backward, with sequence parallelism over 2 processes vs none.
 
-    Per rank: activation memory (bytes autograd saves for backward) and time (median of the
-    alternating rounds, a barrier on each side), at growing lengths. Two gloo processes on CPU;
-    the VLM's layer is not sequence-parallel yet.
+    Per rank: activation memory (bytes of the storages autograd saves for backward) and time
+    (median of the alternating rounds, a barrier on each side), at growing lengths; the VLM layer
+    runs over as many tokens as the DiT layer. Two gloo processes on CPU.
 
     \b
     Example:

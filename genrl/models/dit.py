@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import attention
+from ..attention import BlockCausal, attention
 
 
 @dataclass
@@ -162,6 +162,8 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.core = attention
         """Softmax attention over [B, H, N, D] (sequence parallelism swaps in its all-to-all version)."""
+        self.cached_core = cached_attention
+        """A chunk's attention against a :class:`KVCache` (sequence parallelism swaps in a head-sharded cache)."""
 
     def forward(self, x, angles, mask=None, cache: KVCache | None = None, block: int = 0, ctx_angles=None):
         B, N, D = x.shape
@@ -170,13 +172,26 @@ class SelfAttention(nn.Module):
         if cache is None:
             o = self.core(apply_rope(q, angles), apply_rope(k, angles), v, mask)
         else:
-            ck, cv = cache.context(block)
-            kk = k if ck is None else torch.cat((ck, k), dim=2)
-            vv = v if cv is None else torch.cat((cv, v), dim=2)
-            o = attention(apply_rope(q, angles), apply_rope(kk, ctx_angles), vv)
-            if cache.writing:
-                cache.append(block, k.detach(), v.detach())
+            o = self.cached_core(q, k, v, angles, cache, block, ctx_angles)
         return self.out(o.transpose(1, 2).reshape(B, N, D))
+
+
+def cached_attention(q, k, v, angles, cache: KVCache, block: int, ctx_angles, real: int | None = None) -> torch.Tensor:
+    """A chunk's un-rotated q/k/v [B, H, N, D] against the cached context: RoPE at use, attention over
+    context + chunk, and (when the cache is writing) the chunk's keys/values appended.
+
+    ``real``: only the first ``real`` chunk tokens are real (the rest is padding, e.g. of a chunk split over
+    sequence-parallel ranks): padding is kept out of every key set and out of the cache."""
+    ck, cv = cache.context(block)
+    kk = k if ck is None else torch.cat((ck, k), dim=2)
+    vv = v if cv is None else torch.cat((cv, v), dim=2)
+    mask = None
+    if real is not None and real < k.shape[2]:
+        mask = (torch.arange(kk.shape[2], device=kk.device) < kk.shape[2] - k.shape[2] + real)[None, None, None, :]
+    o = attention(apply_rope(q, angles), apply_rope(kk, ctx_angles), vv, mask)
+    if cache.writing:
+        cache.append(block, k[:, :, :real].detach(), v[:, :, :real].detach())
+    return o
 
 
 class CrossAttention(nn.Module):
@@ -284,12 +299,6 @@ class VideoDiT(nn.Module):
         x = tokens.reshape(B, Fr, H // p, W // p, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
         return x.reshape(B, Fr, C, H, W)
 
-    def block_causal_mask(self, frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
-        """(N, N) boolean mask: a token sees every token of its own and earlier chunks."""
-        chunk = torch.arange(frames, device=device) // self.cfg.chunk_frames
-        chunk = chunk.repeat_interleave(tokens_per_frame)
-        return chunk[:, None] >= chunk[None, :]
-
     def new_cache(self, latent_hw: tuple[int, int], local_frames: int, sink_frames: int = 0) -> KVCache:
         tpf = (latent_hw[0] // self.cfg.patch) * (latent_hw[1] // self.cfg.patch)
         return KVCache(self.cfg.depth, tpf, self.cfg.chunk_frames, local_frames, sink_frames)
@@ -326,7 +335,7 @@ class VideoDiT(nn.Module):
         total = total_frames or Fr
         pos = token_positions(Fr, rows, cols, frame_offset=frame_offset, device=x.device)
         angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
-        mask = self.block_causal_mask(total, rows * cols, x.device) if causal else None
+        mask = BlockCausal(self.cfg.chunk_frames * rows * cols) if causal else None
         return self._run(x, t, angles, text, text_mask, mask, None, None)
 
     def _run(self, x, t, angles, text, text_mask, mask, cache, ctx_angles) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import attention
+from ..attention import BlockCausal, attention
 from .dit import RMSNorm, apply_rope, rope_angles, token_positions
 
 SPECIALS = ("<pad>", "<eos>", "<unk>", "<vision_start>", "<vision_end>", "<think>", "</think>", "<answer>", "</answer>")
@@ -269,8 +269,10 @@ class TinyVLM(CompletionPolicy):
         hd = self.cfg.dim // self.cfg.heads
         if past_real is None:
             L = x.shape[1]
-            causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-            mask = causal[None, None] & real[:, None, None, :]
+            if bool(real.all()):  # no padding: the kernels' causal mode, no (L, L) mask built or kept
+                mask = BlockCausal(1)
+            else:
+                mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()[None, None] & real[:, None, None, :]
             angles = _angles(self._positions(real), hd, self.cfg.rope_theta)
         else:
             keys = torch.cat((past_real, real), 1)

@@ -8,6 +8,10 @@ runs over the full sequence, and a second all-to-all turns it back. Cross-attent
 replicated text with local queries and needs nothing. Frame counts that P does not divide are
 padded at the end and the padding is masked out of every key set.
 
+Streaming (a chunk against a KV cache) splits the chunk's frames the same way; after the all-to-all
+each rank holds its heads of the whole chunk, so it attends them to its heads of the cached context
+and caches only those: the cache is sharded by heads, 1/P on each rank.
+
 It is applied after construction (``apply_sequence_parallel``) by swapping each self-attention's
 ``core`` and the DiT instance's ``forward``; nothing in the model's own forward knows about it, and
 its parameters, state_dict keys and checkpoints stay those of the plain model.
@@ -19,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..attention import attention
+from ..attention import BlockCausal, attention
 from ..errors import UsageError
 
 
@@ -107,6 +111,7 @@ class UlyssesAttention:
     def __init__(self, group=None):
         self.group = group
         self.key_mask: torch.Tensor | None = None  # (N,) True for real (not padding) tokens, set per forward
+        self.real_tokens: int | None = None  # real tokens of a streamed chunk (the rest is padding), set per forward
         self.active = True  # False: plain attention over whole sequences (a KV-cached decode on one rank)
 
     def __call__(self, q, k, v, mask=None):
@@ -117,11 +122,23 @@ class UlyssesAttention:
             raise UsageError(f"sequence parallelism over {world} ranks needs heads divisible by {world}; "
                              f"the model has {q.shape[1]}")
         q, k, v = (all_to_all(t, self.group, scatter=1, gather=2) for t in (q, k, v))  # my heads, every token
-        if self.key_mask is not None:
+        if self.key_mask is not None and isinstance(mask, BlockCausal):
+            mask = BlockCausal(mask.block, self.key_mask)
+        elif self.key_mask is not None:
             keys = self.key_mask[None, None, None, :]
             mask = keys if mask is None else mask & keys
         o = attention(q, k, v, mask)
         return all_to_all(o, self.group, scatter=2, gather=1)  # every head, my tokens
+
+    def cached(self, q, k, v, angles, cache, block: int, ctx_angles):
+        """Streaming with a head-sharded KV cache: after the all-to-all this rank holds its heads of the
+        whole chunk, attends them against its heads of the cached context and caches only those, so each
+        rank keeps 1/P of the cache. ``real_tokens`` (set per forward) cuts the chunk's padding."""
+        from ..models.dit import cached_attention
+
+        q, k, v = (all_to_all(t, self.group, scatter=1, gather=2) for t in (q, k, v))
+        o = cached_attention(q, k, v, angles, cache, block, ctx_angles, real=self.real_tokens)
+        return all_to_all(o, self.group, scatter=2, gather=1)
 
 
 def _ulysses_cores(blocks: nn.ModuleList, heads: int, what: str, group) -> list[UlyssesAttention]:
@@ -155,25 +172,33 @@ class SequenceParallelDiT:
         self.dit, self.group = dit, group
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self.cores = _ulysses_cores(dit.blocks, dit.cfg.heads, "DiT", group)
+        for blk, core in zip(dit.blocks, self.cores):
+            blk.attn.cached_core = core.cached
 
     def local_frames(self, frames: int) -> slice:
         """The output frames this rank computes (and owns the loss of)."""
         per = -(-frames // self.world)
         return slice(min(frames, self.rank * per), min(frames, (self.rank + 1) * per))
 
-    def forward(self, x, t, text, text_mask, causal: bool = False, cache=None):
-        if cache is not None:
-            raise UsageError("streaming with a KV cache is not sequence-parallel yet: sample with parallel.sequence=1")
-        dit, P = self.dit, self.world
+    def _split(self, x, t):
+        """Pad the frames to a multiple of P; return padded x, t, frames per rank and this rank's first frame."""
         B, Fr, C, H, W = x.shape
-        per = -(-Fr // P)
-        pad = per * P - Fr
+        per = -(-Fr // self.world)
+        pad = per * self.world - Fr
         if pad:
             x = torch.cat((x, x.new_zeros(B, pad, C, H, W)), dim=1)
         t = t.expand(B, Fr) if t.ndim == 2 else t[:, None].expand(B, Fr)
         if pad:
             t = torch.cat((t, t[:, -1:].expand(B, pad)), dim=1)
-        lo = self.rank * per
+        return x, t, per, self.rank * per
+
+    def forward(self, x, t, text, text_mask, causal: bool = False, cache=None):
+        if cache is not None:
+            return self.forward_cached(x, t, text, text_mask, cache)
+        dit, P = self.dit, self.world
+        B, Fr, C, H, W = x.shape
+        x, t, per, lo = self._split(x, t)
+        pad = per * P - Fr
         p = dit.cfg.patch
         tpf = (H // p) * (W // p)
         real = (torch.arange(per * P, device=x.device) < Fr).repeat_interleave(tpf)
@@ -184,6 +209,27 @@ class SequenceParallelDiT:
                                  frame_offset=lo, total_frames=per * P)
         full = _Gather.apply(out, self.group, 1)
         return full[:, :Fr]
+
+    def forward_cached(self, x, t, text, text_mask, cache):
+        """One streamed chunk against a head-sharded KV cache: this rank embeds its frames of the chunk, the
+        attention cores exchange heads for tokens and each keeps its heads of the context (see
+        ``UlyssesAttention.cached``), and the output is gathered whole on every rank."""
+        from ..models.dit import rope_angles, rope_table, token_positions
+
+        dit = self.dit
+        B, Fr, C, H, W = x.shape
+        x, t, per, lo = self._split(x, t)
+        p, hd = dit.cfg.patch, dit.cfg.dim // dit.cfg.heads
+        rows, cols = H // p, W // p
+        n_ctx = cache.frames  # the context's frames at 0..n_ctx-1, the chunk (padding last) after them
+        pos = token_positions(n_ctx + per * self.world, rows, cols, device=x.device)
+        ctx_angles = rope_table(rope_angles(pos, hd, dit.cfg.rope_theta))
+        angles = tuple(a[n_ctx * rows * cols :] for a in ctx_angles)
+        for core in self.cores:
+            core.real_tokens = Fr * rows * cols
+        out = dit._run(x[:, lo : lo + per], t[:, lo : lo + per], angles, _sum_grad(text, self.group), text_mask,
+                       None, cache, ctx_angles)
+        return _Gather.apply(out, self.group, 1)[:, :Fr]
 
     __call__ = forward
 
@@ -241,8 +287,9 @@ class _SequenceParallelVLM:
         if pad:
             x = torch.cat((x, x.new_zeros(B, pad, D)), dim=1)
             angles = torch.cat((angles, angles.new_zeros(*angles.shape[:2], pad, angles.shape[-1])), dim=2)
-            mask = torch.nn.functional.pad(mask, (0, pad, 0, pad), value=False)
-            mask[..., L:, :] = True  # padded queries attend to anything (their rows are dropped); keys stay masked
+            if not isinstance(mask, BlockCausal):  # a causal pattern already hides the trailing padding from real queries
+                mask = torch.nn.functional.pad(mask, (0, pad, 0, pad), value=False)
+                mask[..., L:, :] = True  # padded queries attend to anything (their rows are dropped); keys stay masked
         lo = self.rank * per
         x = _sum_grad(x, self.group)
         y = self.plain(x[:, lo : lo + per], angles[:, :, lo : lo + per], mask)
