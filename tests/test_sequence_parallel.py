@@ -333,3 +333,36 @@ def test_bench_wan_runs_the_streaming_student_against_its_teacher_on_a_tiny_rand
     assert r["stream.wan.student_fps"] > 0 and r["raw"]["latent_frames"] == 4 and len(r["raw"]["student_seconds"]) == 1
     code, _, err = run_cli("bench", "wan", "--arch", "tiny", "--frames", "12")
     assert code == 2 and "4k+1" in err
+
+
+def test_sft_with_parallel_sequence_2_under_torchrun_equals_one_process(tmp_path):
+    """The same code under torchrun (gloo on CPU): the VLM's token sequence split over 2 ranks, stopped and resumed."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    args = ["sft", "--config", "configs/sft_video_qa.yaml", "sft.size=debug", "sft.batch_size=4", "sft.eval_num=0",
+            "eval_num=0", "train.log_every=1", "train.sample_every=0", "train.checkpoint_every=1",
+            "optim.warmup_steps=0", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, "train.steps=3", f"out_dir={tmp_path / 'one'}"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "genrl.cli", *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
+    for steps in ("train.steps=2", "train.steps=3"):  # stop after 2, resume to 3
+        r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "sp" / "model.safetensors"))
+    assert any(k.startswith("blocks.") for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    import json
+
+    rows = [json.loads(l) for l in (tmp_path / "sp" / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    ref = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in ref], rel=1e-4), key

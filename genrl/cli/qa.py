@@ -25,6 +25,7 @@ class SFTConfig:
     sft: SFTMethodConfig = field(default_factory=SFTMethodConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=50))
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval_num: int = 512
     """After training, score the model on this many test-split questions into {out_dir}/eval.json (0 = skip)."""
 
@@ -62,7 +63,8 @@ def sft(cfg: SFTConfig, quiet: bool):
     """Supervised warm-start of the tiny VLM on shapes video QA.
 
     Writes a run folder; re-running the same command resumes. Works under
-    `accelerate launch`.
+    `accelerate launch` and `torchrun` (`parallel.sequence=N` splits the VLM's
+    token sequence over N processes).
 
     \b
     Examples:
@@ -74,7 +76,7 @@ def sft(cfg: SFTConfig, quiet: bool):
 
     seed_everything(cfg.train.seed)
     method = _build(lambda: SFTMethod(cfg.sft, cfg.optim, cfg.train.seed))
-    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet)
+    trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)
     last = trainer.fit()
     if not trainer.is_main:  # other ranks of `accelerate launch` stop here
         return

@@ -91,6 +91,9 @@ class SFTMethod(Method):
 
         return ctx.optimize(self.opt, self.model.parameters(), micro, self.sched)
 
+    def sequence_parallel_models(self):
+        return [self.model]
+
     def checkpoint_modules(self):
         return {"policy": self.model, "attribute_heads": self.aux}
 
