@@ -139,9 +139,13 @@ def _png_writer(folder: Path, scale: int):
               help="Reward model whose mean z-scores (vq, mq, ta, overall) go into the report: a backend name or "
                    "shapes-reward weights (name or .safetensors). Repeat to add more (e.g. one not used in training); "
                    "'none' skips rewards.")
+@click.option("--hallucination", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="--task qa: share of choice questions whose right answer is 'none of these' (the clip's value "
+                   "not offered, or a clip whose attribute changes halfway); 1.0 is the hallucination split.")
 @seed_option
 @quiet_option
-def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance, prompt_style, out, rewards, seed, quiet):
+def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance, prompt_style, out, rewards, hallucination,
+             seed, quiet):
     """Measure a video generator (or, with --task qa, a video-language model) on held-out prompts.
 
     For generators, reports `prompt_accuracy` (every attribute of the prompt read back from the
@@ -156,9 +160,12 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
       genrl eval --model shapes-student-dmd --frames 36 --reward shapes --reward shapes-reward-b
       genrl eval --model shapes-teacher --prompts partial --num 256
       genrl eval --task qa --model shapes-vlm --split test --num 512 --out qa.json
+      genrl eval --task qa --model shapes-vlm --num 512 --hallucination 1.0
     """
     if task == "qa":
-        return _evaluate_qa(model, checkpoint, split, num, batch, out, quiet)
+        return _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination)
+    if hallucination:
+        raise UsageError("--hallucination is for --task qa")
     from ..evaluation import evaluate as run_eval
     from ..generation import SamplingConfig
 
@@ -174,7 +181,7 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
     )
 
 
-def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet):
+def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination=0.0):
     from ..methods.qa import evaluate_qa, summary
 
     from ..methods.qa import load_policy
@@ -182,7 +189,7 @@ def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet):
     if bool(model) == bool(checkpoint):
         raise UsageError("give exactly one of --model NAME or --checkpoint PATH")
     vlm = load_policy(model or checkpoint)
-    report = {"model": model or checkpoint, **evaluate_qa(vlm, split, num, batch, quiet=quiet)}
+    report = {"model": model or checkpoint, **evaluate_qa(vlm, split, num, batch, quiet=quiet, hallucination=hallucination)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
     click.echo(f"{report['model']} on {num} {split} questions: {summary(report)}")

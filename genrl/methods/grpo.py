@@ -46,7 +46,8 @@ from ..models.vlm import TinyVLM
 from ..train.trainer import Method, Role, StepContext
 from ..worlds.qa import QAConfig, QAItem, ShapesQA, invert, with_hint
 from .common import GeneratorState, OptimConfig, adamw
-from .qa import MAX_NEW_TOKENS, accuracy_metrics, accuracy_reward_name, evaluate_qa, load_policy, prompts
+from .qa import (MAX_NEW_TOKENS, accuracy_metrics, accuracy_reward_name, evaluate_qa, fit_vocabulary, load_policy,
+                 prompts)
 
 Policy = TinyVLM | QwenVLPolicy
 
@@ -160,7 +161,7 @@ class GRPOMethod(Method):
                 raise ValueError(f"config key '{key}' is {value!r}; valid: {', '.join(valid)}")
         self.cfg = cfg
         self.qa = ShapesQA(cfg.qa)
-        self.policy = (policy or load_policy(cfg.policy, cfg.qa, cfg.policy_dtype)).train()
+        self.policy = fit_vocabulary(policy or load_policy(cfg.policy, cfg.qa, cfg.policy_dtype), cfg.qa).train()
         if cfg.train_vision and cfg.cache_video:
             raise ValueError("grpo.train_vision needs grpo.cache_video=false: cached embeddings go stale once the "
                              "vision tower changes")

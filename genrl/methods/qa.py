@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..models.vlm import TinyVLM, VLMConfig, pad_batch
-from ..worlds.qa import NUMERIC_TYPES, QAConfig, QAItem, ShapesQA, vocabulary
+from ..worlds.qa import NONE, NUMERIC_TYPES, QAConfig, QAItem, ShapesQA, vocabulary
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_NEW_TOKENS = 12  # the longest SFT completion is 11 tokens with <eos>
@@ -45,7 +45,16 @@ def build_vlm(size: str, qa: ShapesQA) -> TinyVLM:
     if size not in VLM_SIZES:
         raise ValueError(f"unknown VLM size {size!r}; valid: {', '.join(VLM_SIZES)}")
     w = qa.cfg.world
-    return TinyVLM(VLMConfig(words=vocabulary(), frames=qa.cfg.frames, height=w.height, width=w.width, **VLM_SIZES[size]))
+    return TinyVLM(VLMConfig(words=vocabulary(qa.cfg), frames=qa.cfg.frames, height=w.height, width=w.width,
+                             **VLM_SIZES[size]))
+
+
+def fit_vocabulary(policy, qa: QAConfig):
+    """Give a tiny VLM the words ``qa`` asks that it lacks (e.g. "none of these" for hallucination questions).
+    A transformers policy's own tokenizer reads any text."""
+    if isinstance(policy, TinyVLM):
+        policy.add_words(vocabulary(qa))
+    return policy
 
 
 def target_text(item: QAItem) -> str:
@@ -75,12 +84,13 @@ def accuracy_reward_name(item: QAItem, soft: bool = True) -> str:
 
 @torch.no_grad()
 def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int = 64, qa: ShapesQA | None = None,
-                quiet: bool = True) -> dict:
-    """Greedy answers to ``num`` items of ``split``: accuracy overall and per question type."""
+                quiet: bool = True, hallucination: float = 0.0) -> dict:
+    """Greedy answers to ``num`` items of ``split``: accuracy overall and per question type (``hallucination``:
+    the share of choice questions whose answer is "none of these", when ``qa`` is not given)."""
     from ..progress import progress_bar
     from ..registry import TASK_REWARDS
 
-    qa = qa or ShapesQA(_qa_config_for(model))
+    qa = qa or ShapesQA(_qa_config_for(model, hallucination))
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -94,7 +104,8 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
             ids, _ = model.generate(model.encode_video(videos.to(dev)), p_ids, p_mask, max_new_tokens=MAX_NEW_TOKENS, temperature=0)
             for it, row in zip(items, ids):
                 text = model.tokenizer.decode(row)
-                hits.setdefault(it.qtype, []).append(TASK_REWARDS.get(accuracy_reward_name(it))(text, it.answer))
+                kind = "hallucination" if it.value == NONE else it.qtype  # "none of these" questions, apart
+                hits.setdefault(kind, []).append(TASK_REWARDS.get(accuracy_reward_name(it))(text, it.answer))
                 fmt.append(TASK_REWARDS.get("format")(text, ""))
             advance(len(items), f"acc={sum(sum(v) for v in hits.values()) / len(fmt):.3f}")
     model.train(was_training)
@@ -120,8 +131,9 @@ def summary(report: dict) -> str:
     return f"accuracy={report['accuracy']:.4f} ({per})"
 
 
-def _qa_config_for(model: TinyVLM):
+def _qa_config_for(model: TinyVLM, hallucination: float = 0.0):
     from ..worlds.shapes import WorldConfig
 
     c = model.cfg
-    return QAConfig(world=dataclasses.replace(WorldConfig(), height=c.height, width=c.width), frames=c.frames)
+    return QAConfig(world=dataclasses.replace(WorldConfig(), height=c.height, width=c.width), frames=c.frames,
+                    hallucination=hallucination)

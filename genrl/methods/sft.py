@@ -24,7 +24,7 @@ from ..train.trainer import Method, StepContext
 from ..worlds.qa import CHOICE_TYPES, QAConfig, ShapesQA
 from ..worlds.shapes import VALUES
 from .common import GeneratorState, OptimConfig, adamw
-from .qa import accuracy_metrics, build_vlm, evaluate_qa, load_policy, prompts, targets
+from .qa import accuracy_metrics, build_vlm, evaluate_qa, fit_vocabulary, load_policy, prompts, targets
 
 
 DESCRIBED = ("size", "colour", "shape", "direction", "speed")  # the order of an item's description
@@ -54,7 +54,7 @@ class SFTMethod(Method):
     def __init__(self, cfg: SFTMethodConfig, optim: OptimConfig, seed: int):
         self.cfg = cfg
         self.qa = ShapesQA(cfg.qa)
-        self.model = load_policy(cfg.init, cfg.qa).train() if cfg.init else build_vlm(cfg.size, self.qa)
+        self.model = fit_vocabulary(load_policy(cfg.init, cfg.qa), cfg.qa).train() if cfg.init else build_vlm(cfg.size, self.qa)
         self.aux = nn.Linear(2 * self.model.video_dim, sum(len(VALUES[a]) for a in DESCRIBED))
         self.opt, self.sched = adamw([*self.model.parameters(), *self.aux.parameters()], optim)
         self.data = GeneratorState(seed)

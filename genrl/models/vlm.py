@@ -235,6 +235,26 @@ class TinyVLM(CompletionPolicy):
         self.text_start = int(grid.max()) + 1  # position of <vision_end>; text continues from there
         self.apply(_init)
 
+    def add_words(self, words: list[str]) -> list[str]:
+        """Grow the vocabulary by the ``words`` it lacks (a task that asks new words); returns those added.
+
+        Existing ids and embedding rows stay as they are; each new row starts at the mean of the existing
+        rows (the output head is tied to the embedding, so it gains matching columns). The words go into
+        ``cfg.words``, so saved weights reload with the grown vocabulary."""
+        new = [w for w in dict.fromkeys(words) if w not in self.tokenizer.ids]
+        if not new:
+            return []
+        old = self.embed.weight.data
+        grown = nn.Embedding(old.shape[0] + len(new), old.shape[1], device=old.device, dtype=old.dtype)
+        with torch.no_grad():
+            grown.weight[: old.shape[0]] = old
+            grown.weight[old.shape[0] :] = old.mean(0)
+        grown.weight.requires_grad_(self.embed.weight.requires_grad)
+        self.embed = grown
+        self.cfg.words = [*self.cfg.words, *new]
+        self.tokenizer = WordTokenizer(self.cfg.words)
+        return new
+
     @property
     def video_tokens(self) -> int:
         return self.video_pos.shape[0]

@@ -15,6 +15,15 @@ Question types:
   second half; "which shape comes first ?" with the two as lettered options
   in an order drawn per item. Reversed or shuffled frames change the answer.
 
+Hallucination items (``hallucination`` > 0, the VideoHallu recipe): every choice
+question then offers at most three values and, last, "none of these"; a share
+``hallucination`` of them is asked where no offered value is right, so "none of
+these" is the answer. Half leave the clip's value out of the options ("absent");
+half show a counterexample clip whose asked attribute changes halfway (a shape that
+turns another colour, becomes another kind or size, reverses or turns, speeds up or
+slows down; its path continues without a jump), with both values among the options.
+``hallucination: 1.0`` is the hallucination split.
+
 Clips come from the world's splits: the test split holds out attribute
 combinations, so held-out accuracy measures generalisation, not memory.
 Item ``i`` of a split is the same on every machine.
@@ -26,13 +35,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .shapes import ATTRIBUTES, BACKGROUNDS, VALUES, ShapesWorld, WorldConfig
+from ..config import check
+from .shapes import ATTRIBUTES, BACKGROUNDS, DIRECTIONS, SPEEDS, VALUES, ShapesWorld, WorldConfig
 
 CHOICE_TYPES = ("colour", "shape", "size", "direction", "speed")
 NUMERIC_TYPES = ("count",)
 ORDER_TYPES = ("order",)
 QUESTION_TYPES = CHOICE_TYPES + NUMERIC_TYPES + ORDER_TYPES
 LETTERS = "abcd"
+NONE = "none of these"
 MAX_COUNT = 3
 QUESTIONS = {
     "colour": "what colour is the shape ?",
@@ -58,6 +69,11 @@ class QAConfig:
     shuffle_options: bool = False
     """Draw each choice question's option order at random (then a letter carries no meaning on its own and
     answering needs finding the value among the options); False lists values in their fixed order."""
+    hallucination: float = check(0.0, "[0, 1]")
+    """> 0: every choice question offers at most three values and "none of these"; this share of them has
+    "none of these" as its answer: half with the clip's value left out of the options, half about a
+    counterexample clip (the asked attribute changes halfway). 1.0 is the hallucination split; 0 leaves every
+    item as it was."""
 
 
 @dataclass
@@ -116,9 +132,62 @@ class ShapesQA:
             else:
                 attrs, starts = self.world.random_attributes(split, count, g)
             attrs[:, 5] = attrs[0, 5]  # one background per clip
-            videos.append(self.render(attrs, starts, visible))
-            items.append(_item(qtype, attrs, g, self.cfg.shuffle_options))
+            if qtype in CHOICE_TYPES and self.cfg.hallucination:
+                r = float(torch.rand(1, generator=g)) / self.cfg.hallucination  # < 0.5 absent, < 1 counterexample
+                kind = "absent" if r < 0.5 else "counterexample" if r < 1 else "present"
+                video, item = self._none_of_these_item(qtype, attrs, starts, g, kind)
+            else:
+                video, item = self.render(attrs, starts, visible), _item(qtype, attrs, g, self.cfg.shuffle_options)
+            videos.append(video)
+            items.append(item)
         return torch.stack(videos), items
+
+    def _none_of_these_item(self, qtype: str, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator, kind: str):
+        """A choice question whose last option is "none of these". ``present``: the clip's value is among at most
+        three offered values (the answer); ``absent``: every offered value is wrong; ``counterexample``: the
+        clip's ``qtype`` attribute changes halfway along a path without a jump, and both values are offered.
+        Every choice question carries the extra option, so its presence says nothing about the answer."""
+        a = ATTRIBUTES.index(qtype)
+        values = VALUES[qtype]
+        shown = int(attrs[0, a])
+        others = [i for i in range(len(values)) if i != shown]
+        others = [others[i] for i in torch.randperm(len(others), generator=g).tolist()]
+        reason = _reason(attrs[0])
+        video = None
+        if kind == "present":
+            offered = [shown, *others[:2]]
+        elif kind == "absent":
+            offered = others[:3]
+        else:
+            second = attrs.clone()
+            second[0, a] = others[0]
+            video = self.render(torch.cat((attrs, second)), torch.cat((starts, self.continued_start(attrs, second, starts))),
+                                self._halves())
+            offered = [shown, *others[:2]]
+            reason = f"{reason} then {_reason(second[0])}"
+        if video is None:
+            video = self.render(attrs, starts)
+        offered = sorted(offered)
+        if self.cfg.shuffle_options:
+            offered = [offered[i] for i in torch.randperm(len(offered), generator=g).tolist()]
+        options = [values[i] for i in offered] + [NONE]
+        value = values[shown] if kind == "present" else NONE
+        return video, QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, reason)
+
+    def _halves(self) -> torch.Tensor:
+        visible = torch.zeros(2, self.cfg.frames)
+        visible[0, : self.cfg.frames // 2], visible[1, self.cfg.frames // 2 :] = 1, 1
+        return visible
+
+    def continued_start(self, first: torch.Tensor, second: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Start of ``second`` such that at the clip's middle frame it stands where ``first`` stands (torus)."""
+        half = self.cfg.frames // 2
+        step = lambda attrs: (torch.tensor(list(DIRECTIONS.values()))[attrs[:, 3]]
+                              * torch.tensor(list(SPEEDS.values()))[attrs[:, 4], None] * half)
+        # positions are fractions of the frame width (x) and height (y); speeds are fractions of the width
+        w_over_h = self.cfg.world.width / self.cfg.world.height
+        scale = torch.tensor([1.0, w_over_h])
+        return (starts + (step(first) - step(second)) * scale) % 1.0
 
     def render(self, attrs: torch.Tensor, starts: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
         """Composite ``len(attrs)`` moving shapes over the first one's background: (F, 3, H, W).
@@ -131,6 +200,11 @@ class ShapesQA:
         for a, c in zip(alpha, colour):  # later shapes over earlier ones
             video = video * (1 - a) + c * a
         return video
+
+
+def _reason(row: torch.Tensor) -> str:
+    x = dict(zip(ATTRIBUTES, (VALUES[k][i] for k, i in zip(ATTRIBUTES, row.tolist()))))
+    return f"{x['size']} {x['colour']} {x['shape']} {x['direction']} {x['speed']}"
 
 
 def _item(qtype: str, attrs: torch.Tensor, g: torch.Generator, shuffle: bool) -> QAItem:
@@ -170,12 +244,15 @@ def with_hint(item: QAItem) -> QAItem:
     return QAItem(item.qtype, f"{item.question} {HINT} {item.value}", item.options, item.answer, item.value, item.reason)
 
 
-def vocabulary() -> list[str]:
-    """Every word a shapes QA prompt or answer uses (the tiny VLM's tokenizer is built from it)."""
+def vocabulary(cfg: QAConfig | None = None) -> list[str]:
+    """Every word a shapes QA prompt or answer uses (the tiny VLM's tokenizer is built from it); "none of these"
+    when ``cfg`` asks hallucination questions."""
     words: list[str] = []
     for text in QUESTIONS.values():
         words += text.split()
     for name in ATTRIBUTES:
         words += list(VALUES[name])
     words += ["(", ")", *LETTERS, *(str(i) for i in range(10)), *INVERTED.split(), *HINT.split(), "then"]
+    if cfg is not None and cfg.hallucination:
+        words += NONE.split()
     return list(dict.fromkeys(words))
