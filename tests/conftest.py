@@ -3,7 +3,9 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# OMP_NUM_THREADS=1 keeps torch to one thread: mutmut forks a child per mutant from a process that already ran
+# tests, and an OpenMP pool started before a fork deadlocks the child (its workers do not exist there).
+torch.set_num_threads(1 if os.environ.get("OMP_NUM_THREADS") == "1" else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
