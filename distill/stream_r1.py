@@ -37,7 +37,7 @@ from .dmd import DMDMethod
 
 
 # ------------------------------------------------------------------------ maths
-def balance_penalty(history: torch.Tensor, warmup: int = 2) -> torch.Tensor:
+def balance_penalty(history: torch.Tensor, warmup: int) -> torch.Tensor:
     """std over axes of (recent-half mean - early-half mean) of a (T, M) history.
 
     0 until the history holds ``warmup`` steps (at least 2): halves of a few steps are
@@ -50,10 +50,10 @@ def balance_penalty(history: torch.Tensor, warmup: int = 2) -> torch.Tensor:
     return delta.std(unbiased=False)
 
 
-def combined_reward(z: torch.Tensor, history: torch.Tensor | None, lam: float, warmup: int = 2) -> torch.Tensor:
-    """r (B,) = mean over axes of z (B, M) minus lambda * balance penalty of the history."""
+def combined_reward(z: torch.Tensor, history: torch.Tensor, lam: float, warmup: int) -> torch.Tensor:
+    """r (B,) = mean over axes of z (B, M) minus lambda * balance penalty of the (T, M) history (T may be 0)."""
     r = z.mean(dim=1)
-    if history is not None and lam:
+    if lam:
         r = r - lam * balance_penalty(history, warmup)
     return r
 
@@ -165,7 +165,7 @@ class StreamR1Method(DMDMethod):
             with torch.no_grad():
                 scores = self.reward(pixels, prompts)
         z = torch.stack([scores.z[a] for a in cfg.axes], dim=1)  # (B, M), detached
-        history = torch.tensor(list(self.history)) if self.history else None
+        history = torch.tensor(list(self.history), dtype=z.dtype).reshape(-1, z.shape[1])  # (T, M); T = 0 at first
         r = combined_reward(z, history, cfg.lam, cfg.balance_warmup)
         self.history.append(z.mean(0).tolist())
         raw_w = rollout_weights(r, cfg.beta)

@@ -112,4 +112,4 @@ def test_stream_r1_weights_as_a_whole_hand_computed():
 
 def test_balance_penalty_with_an_odd_history_compares_equal_halves():
     h = torch.tensor([[0.0, 0.0], [9.0, 9.0], [1.0, 3.0]])  # middle row left out of both halves
-    assert float(balance_penalty(h)) == pytest.approx(float(torch.tensor([1.0, 3.0]).std(unbiased=False)))
+    assert float(balance_penalty(h, 2)) == pytest.approx(float(torch.tensor([1.0, 3.0]).std(unbiased=False)))

@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 import torch
 
 from distill.dmd import dmd_loss
@@ -17,14 +19,14 @@ from distill.stream_r1 import (
 def test_balance_penalty_and_combined_reward_hand_computed():
     # axis 0 improves by 1, axis 1 by 0, axis 2 by -1 between the halves
     hist = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, -1.0], [1.0, 0.0, -1.0]])
-    pen = balance_penalty(hist)
+    pen = balance_penalty(hist, 2)
     assert math.isclose(float(pen), math.sqrt(2 / 3), rel_tol=1e-6)  # population std of (1, 0, -1)
     z = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, -3.0]])
-    r = combined_reward(z, hist, lam=0.5)
+    r = combined_reward(z, hist, lam=0.5, warmup=2)
     assert torch.allclose(r, torch.tensor([2.0, -1.0]) - 0.5 * math.sqrt(2 / 3))
-    assert float(balance_penalty(hist[:1])) == 0.0
+    assert float(balance_penalty(hist[:1], 2)) == 0.0
     # balanced improvement costs nothing
-    assert float(balance_penalty(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))) == 0.0
+    assert float(balance_penalty(torch.tensor([[0.0, 0.0], [1.0, 1.0]]), 2)) == 0.0
     assert torch.allclose(rollout_weights(torch.tensor([0.0, 1.0]), 2.0), torch.tensor([1.0, math.e**2]))
 
 
@@ -88,3 +90,136 @@ def test_saliency_reaches_the_latent_grid_of_a_causal_video_vae():
     assert torch.allclose(out[0, :, 0, 0], torch.tensor([100.0, 102.5, 106.5]))
     # equal frame counts: space only
     assert torch.equal(saliency_to_latent(S, 9, (4, 4)), S)
+
+
+# ---------------------------------------------------------------- B >= 2, independent references
+def test_minmax_is_per_row_with_constant_rows_at_one():
+    from distill.stream_r1 import _minmax
+
+    x = torch.tensor([[1.0, 1.5, 1.25], [5.0, 6.0, 5.5], [2.0, 2.0, 2.0]])  # ranges 0.5 and 1, and none
+    want = torch.tensor([[0.0, 1.0, 0.5], [0.0, 1.0, 0.5], [1.0, 1.0, 1.0]])
+    assert torch.allclose(_minmax(x, (1,)), want)
+
+
+def _loops_temporal(S, tau):
+    out = []
+    for b in range(S.shape[0]):
+        m = [float(S[b, f].mean()) for f in range(S.shape[1])]
+        lo, hi = min(m), max(m)
+        p = [max((v - lo) / (hi - lo) if hi > lo else 1.0, tau) for v in m]
+        out.append([v / (sum(p) / len(p)) for v in p])
+    return torch.tensor(out)
+
+
+def _loops_spatial(S, sigma):
+    out = torch.empty_like(S)
+    for b in range(S.shape[0]):
+        for f in range(S.shape[1]):
+            v = S[b, f].flatten().tolist()
+            lo, hi = min(v), max(v)
+            q = [max((x - lo) / (hi - lo) if hi > lo else 1.0, sigma) for x in v]
+            mean = sum(q) / len(q)
+            out[b, f] = torch.tensor([x / mean for x in q]).view(S.shape[2:])
+    return out
+
+
+def test_temporal_spatial_and_element_weights_match_loops_per_rollout_and_frame():
+    g = torch.Generator().manual_seed(3)
+    S = torch.rand(3, 4, 2, 3, generator=g) * torch.tensor([1.0, 5.0, 0.3])[:, None, None, None]  # unequal rollouts
+    S[2, 1] = 0.7  # a frame without contrast
+    t = temporal_weights(S, 0.2)
+    assert torch.allclose(t, _loops_temporal(S, 0.2), atol=1e-6)
+    s = spatial_weights(S, 0.15)
+    assert torch.allclose(s, _loops_spatial(S, 0.15), atol=1e-6)
+    W, t2 = element_weights(S, 0.2, 0.15)
+    raw = t[:, :, None, None] * s
+    for b in range(3):  # each rollout's weights have mean 1 on their own
+        assert torch.allclose(W[b], raw[b] / raw[b].mean(), atol=1e-6)
+    assert torch.equal(t2, t)
+
+
+def test_fusion_at_a_temperature_other_than_one():
+    g = torch.Generator().manual_seed(4)
+    sal = torch.rand(2, 3, 2, 2, 2, generator=g)
+    z = torch.tensor([[0.5, -1.0, 2.0], [0.0, 1.0, -0.5]])
+    S = fuse_saliency(sal, z, 0.5)
+    for b in range(2):
+        e = [math.exp(-float(v) / 0.5) for v in z[b]]
+        w = [v / sum(e) for v in e]
+        assert torch.allclose(S[b], sum(w[m] * sal[b, m] for m in range(3)), atol=1e-6)
+
+
+class _FixedReward(torch.nn.Module):
+    """z per prompt from a table; saliency = the pixels' red channel, so the maps differ by frame and rollout."""
+
+    axes = ("vq", "mq", "ta")
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def _scores(self, prompts):
+        from rewards.base import RewardScores
+
+        z = {a: torch.tensor([self.table[p][i] for p in prompts]) for i, a in enumerate(self.axes)}
+        return RewardScores(z, z)
+
+    def forward(self, pixels, prompts):
+        assert pixels.ndim == 5 and len(prompts) == pixels.shape[0]
+        return self._scores(prompts)
+
+    def scores_and_saliency(self, pixels, prompts, axes):
+        assert pixels.ndim == 5 and len(prompts) == pixels.shape[0]
+        return self._scores(prompts), {a: pixels[:, :, 0].abs() * (i + 1) for i, a in enumerate(axes)}
+
+
+def _method(tmp_path, **kw):
+    from test_method_steps import _stream_r1
+
+    return _stream_r1(tmp_path, **kw)
+
+
+def test_loss_weights_without_saliency_use_the_reward_call_and_report_the_rollout_weights(tmp_path):
+    m = _method(tmp_path, intra=False, beta=2.0, lam=0.0, max_weight=1.0)
+    table = {"p0": [0.0, 0.0, 0.0], "p1": [1.0, 0.5, -0.3], "p2": [-0.9, -0.3, 0.0]}
+    m.reward = _FixedReward(table)
+    x = torch.randn(3, 6, *m.student.latent_shape(1, 6)[2:], generator=torch.Generator().manual_seed(0))
+    W, rw, metrics = m.loss_weights(x, ["p0", "p1", "p2"])
+    r = torch.tensor([0.0, 0.4, -0.4])  # mean z per rollout
+    raw = torch.exp(2.0 * r)  # exp(0) == 1.0 exactly: at max_weight, not over it
+    assert W is None and torch.allclose(rw, raw.clamp_max(1.0))
+    assert metrics["reward_r"] == pytest.approx(0.0, abs=1e-7)
+    assert metrics["rollout_weight_max"] == pytest.approx(1.0) and metrics["rollout_weight_min"] == pytest.approx(math.exp(-0.8))
+    assert metrics["rollout_ess"] == pytest.approx(float(rw.sum() ** 2 / (rw**2).sum()))
+    assert metrics["rollout_weights_clamped"] == pytest.approx(1 / 3)  # only p1 is over 1.0
+    for i, a in enumerate(("vq", "mq", "ta")):
+        assert metrics[f"reward_{a}"] == pytest.approx(sum(table[p][i] for p in table) / 3)
+    assert list(m.history) == [pytest.approx([0.1 / 3, 0.2 / 3, -0.3 / 3])]
+    # plain DMD loss takes W = None: the step runs
+    from distill.dmd import dmd_loss
+
+    assert torch.isfinite(dmd_loss(x, torch.ones_like(x), W, rw))
+
+
+def test_loss_weights_with_saliency_give_mean_one_maps_and_per_frame_metrics(tmp_path):
+    m = _method(tmp_path, beta=1.0, lam=0.5, balance_warmup=2)
+    table = {"p0": [0.2, -0.1, 0.4], "p1": [1.0, 0.5, -0.3]}
+    m.reward = _FixedReward(table)
+    m.history.extend([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, -1.0], [1.0, 0.0, -1.0]])
+    x = torch.randn(2, 6, *m.student.latent_shape(1, 6)[2:], generator=torch.Generator().manual_seed(1))
+    W, rw, metrics = m.loss_weights(x, ["p0", "p1"])
+    # the window (3 steps) keeps the last 3 of the 4; halves of 1: [0 0 0] vs [1 0 -1]
+    hist = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, -1.0], [1.0, 0.0, -1.0]])
+    pen = 0.5 * float(balance_penalty(hist, 2))
+    r = torch.tensor([sum(table["p0"]) / 3, sum(table["p1"]) / 3]) - pen
+    assert torch.allclose(rw, torch.exp(r), atol=1e-6)
+    assert W.shape == (2, 6, 1, *x.shape[-2:]) and torch.allclose(W.mean(dim=(1, 2, 3, 4)), torch.ones(2), atol=1e-5)
+    pixels = m.student.decode(x)
+    z = torch.tensor([table["p0"], table["p1"]])
+    from distill.stream_r1 import saliency_to_latent
+
+    S = fuse_saliency(torch.stack([pixels[:, :, 0].abs() * (i + 1) for i in range(3)], 1), z, m.sr1.temperature)
+    t = temporal_weights(saliency_to_latent(S, 6, x.shape[-2:]), m.sr1.tau_min)
+    for f in range(6):  # the frame's weight averaged over the batch's rollouts
+        assert metrics[f"temporal_w{f}"] == pytest.approx(float(t[:, f].mean()), rel=1e-5)
+    assert abs(float(t[0].mean()) - 1) < 1e-5 and not torch.allclose(t[0], t[1])
