@@ -57,7 +57,7 @@ def regression_token_loss(logp, old_logp, advantages) -> torch.Tensor:
 
 def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, mode: str = "grpo", max_len: int | None = None) -> torch.Tensor:
     """Reduce (N, T) per-token losses over the completion mask."""
-    m = mask.to(token_loss.dtype)
+    m = mask
     if mode == "grpo":
         return ((token_loss * m).sum(1) / m.sum(1).clamp_min(1)).mean()
     if mode in ("bnpo", "dapo"):
@@ -76,7 +76,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float = 0.0, eps
         per_token = regression_token_loss(logp, old_logp, advantages)
     else:
         per_token = clipped_token_loss(logp, old_logp, advantages, eps_low, eps_high)
-    if beta and ref_logp is not None:
+    if beta:  # the reference is only needed (and only given) with a KL term
         per_token = per_token + beta * k3_kl(logp, ref_logp)
     if token_weights is not None:
         per_token = per_token * token_weights
@@ -97,11 +97,17 @@ def tw_group_weights(logits: torch.Tensor, mask: torch.Tensor, group_size: int, 
     logp = logits.float().log_softmax(-1).view(N // G, G, T, V)
     m = mask.view(N // G, G, T, 1)
     logp = torch.where(m, logp, torch.full_like(logp, -math.log(V)))
-    d = (logp.mean(dim=1, keepdim=True) - logp).clamp(-clamp, clamp)
-    kl = (torch.exp(d) - d - 1).sum(-1).mean(1)  # (P, T)
+    kl = tw_position_divergence(logp, clamp)
     lo, hi = kl.amin(dim=1, keepdim=True), kl.amax(dim=1, keepdim=True)
-    w = 1 + (alpha - 1) * (kl - lo) / (hi - lo + 1e-8)
+    w = 1 + (alpha - 1) * (kl - lo) / (hi - lo).clamp_min(1e-12)  # equal positions: kl - lo = 0, weight 1
     return (w.repeat_interleave(G, 0) * mask).detach()
+
+
+def tw_position_divergence(logp: torch.Tensor, clamp: float) -> torch.Tensor:
+    """(P, T): per position, the group's mean over rollouts of sum_v exp(d) - d - 1, d = clamp(mean_g logp - logp_i)
+    for log-probabilities ``logp`` (P, G, T, V) (TW-GRPO's divergence from the group's geometric mean)."""
+    d = (logp.mean(dim=1, keepdim=True) - logp).clamp(-clamp, clamp)
+    return (torch.exp(d) - d - 1).sum(-1).mean(1)
 
 
 def tw_token_weights(token_kl: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -110,11 +116,11 @@ def tw_token_weights(token_kl: torch.Tensor, mask: torch.Tensor, alpha: float) -
     big = torch.finfo(token_kl.dtype).max
     lo = torch.where(mask, token_kl, big).amin(dim=1, keepdim=True)
     hi = torch.where(mask, token_kl, -big).amax(dim=1, keepdim=True)
-    norm = torch.where(hi > lo, (token_kl - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(token_kl))
+    norm = (token_kl - lo) / (hi - lo).clamp_min(1e-12)  # a constant row: 0 / eps = 0, weight 1
     return torch.where(mask, 1 + (alpha - 1) * norm, torch.ones_like(token_kl))
 
 
-def temporal_bonus(ordered_correct: torch.Tensor, shuffled_correct: torch.Tensor, alpha: float = 0.3, mu: float = 1.0) -> torch.Tensor:
+def temporal_bonus(ordered_correct: torch.Tensor, shuffled_correct: torch.Tensor, alpha: float, mu: float) -> torch.Tensor:
     """Video-R1 T-GRPO: (P, G) bonus ``alpha`` on correct ordered-frame rollouts of the prompts
     whose ordered accuracy reaches ``mu`` x the accuracy with shuffled frames (P, G')."""
     ok = ordered_correct.float().mean(1) >= mu * shuffled_correct.float().mean(1)
