@@ -187,14 +187,13 @@ class DMDMethod(Method):
 
     # -- Method hooks
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
-        critic = {}
-        for _ in range(self.cfg.critic_ratio):
-            critic = ctx.optimize(self.critic_opt, self.critic.dit.parameters(), lambda i: self.critic_loss(), self.critic_sched)
+        critic = [ctx.optimize(self.critic_opt, self.critic.dit.parameters(), lambda i: self.critic_loss(), self.critic_sched)
+                  for _ in range(self.cfg.critic_ratio)][-1]  # critic_ratio >= 1: the last update's figures
         metrics: dict[str, float] = {}
         gen = ctx.optimize(self.opt, self.student.dit.parameters(), lambda i: self.generator_loss(metrics), self.sched)
         self.ema.update(self.student)
-        return {"loss": gen["loss"], "grad_norm": gen["grad_norm"], "critic_loss": critic.get("loss", 0.0),
-                "critic_grad_norm": critic.get("grad_norm", 0.0), **metrics}
+        return {"loss": gen["loss"], "grad_norm": gen["grad_norm"], "critic_loss": critic["loss"],
+                "critic_grad_norm": critic["grad_norm"], **metrics}
 
     def sequence_parallel_models(self):
         """The bidirectional teacher and critic judge whole videos: their frames are split; the student's

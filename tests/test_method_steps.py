@@ -238,3 +238,99 @@ def test_the_calibration_set_is_uncorrupted_and_corrupted_val_clips_without_ties
     assert default.shape[0] == 768
     again, _ = T.calibration_set(world, n=12)
     assert torch.equal(again, T.make_pairs(world, "val", 12, torch.Generator().manual_seed(0), tie_prob=0.0).a)
+
+
+# ------------------------------------------------------------- DMD pieces, where mutants survived
+def test_dmd_freezes_the_teacher_trains_only_the_critics_dit_and_uses_a_given_critic():
+    student, teacher = _models()
+    critic = copy.deepcopy(teacher)
+    m = DMDMethod(DMDConfig(batch_size=2), student, teacher, ShapesWorld(WorldConfig(frames=6)), OptimConfig(),
+                  OptimConfig(), seed=0, critic=critic)
+    assert m.critic is critic and not any(p.requires_grad for p in m.teacher.parameters())
+    assert all(p.requires_grad for p in m.critic.dit.parameters())
+    assert not any(p.requires_grad for n, p in m.critic.named_parameters() if not n.startswith("dit."))
+    assert all(p.requires_grad for p in m.student.dit.parameters())
+    assert not any(p.requires_grad for n, p in m.student.named_parameters() if not n.startswith("dit."))
+    assert not any(p.requires_grad for p in m.ema.module.parameters())
+
+
+def test_the_unconditional_text_is_the_empty_prompt():
+    m = _dmd()
+    m._batch()
+    want = m.teacher.encode_text([""])
+    assert all(torch.equal(a, b) for a, b in zip(m.null, want))
+
+
+def test_longer_rollouts_draw_whole_chunks_from_the_methods_own_generator():
+    m = _dmd(max_rollout_frames=15)  # world 6 frames, chunks of 3: 2..5 chunks
+    g = torch.Generator().manual_seed(11)
+    draws = []
+    for i in range(200):
+        torch.manual_seed(i)  # the global stream must not matter
+        draws.append(m.rollout_frames(g))
+    ref = torch.Generator().manual_seed(11)
+    assert draws == [3 * int(torch.randint(2, 6, (1,), generator=ref)) for _ in range(200)]
+    assert set(draws) == {6, 9, 12, 15}
+    plain = _dmd()  # max_rollout_frames 0: the world's length, and no draw from the generator
+    g = torch.Generator().manual_seed(11)
+    state = g.get_state()
+    assert plain.rollout_frames(g) == 6 and torch.equal(g.get_state(), state)
+
+
+def test_the_critic_learns_on_rollouts_without_a_graph():
+    m = _dmd()
+    seen = []
+    predict = m.student.predict_x0_streaming
+    m.student.predict_x0_streaming = lambda *a: (seen.append(torch.is_grad_enabled()), predict(*a))[1]
+    m.critic_loss()
+    assert seen and not any(seen)  # no pass of the critic's rollout records a graph
+
+
+def test_the_generator_loss_is_reproducible_from_the_methods_generator_and_applies_both_weights(monkeypatch):
+    import distill.dmd as D
+
+    def run(global_seed, weights=None):
+        m = _dmd()
+        batch = m._batch
+        m._batch = lambda: (*batch()[:4], 2)  # exit at step 2: the rollout re-noises twice per chunk
+        torch.manual_seed(global_seed)
+        captured = {}
+        grad_fn = D.dmd_gradient
+
+        def spy(x, x_real, x_fake):
+            captured["x"], captured["g"] = x, grad_fn(x, x_real, x_fake)
+            return captured["g"]
+
+        monkeypatch.setattr(D, "dmd_gradient", spy)
+        if weights is not None:
+            m.loss_weights = lambda x, prompts: (weights(x), torch.tensor([0.5, 2.0]), {"w": 1.0})
+        metrics = {}
+        loss = m.generator_loss(metrics)
+        monkeypatch.setattr(D, "dmd_gradient", grad_fn)
+        return loss, captured, metrics
+
+    a, ca, ma = run(0)
+    b, cb, mb = run(123)
+    assert torch.equal(a, b) and torch.equal(ca["g"], cb["g"])  # nothing drawn from the global stream
+    g = ca["g"]
+    assert ma["dmd_grad_norm"] == pytest.approx(float(sum(g[i].norm() for i in range(2)) / 2), rel=1e-6)
+    W = lambda x: torch.linspace(0.5, 1.5, x[0].numel()).view(x.shape[1:]).expand_as(x)
+    c, cc, mc = run(0, W)
+    x, g = cc["x"], cc["g"]
+    per = [0.5 * float((W(x)[i] * g[i] ** 2).mean()) for i in range(2)]
+    assert float(c.detach()) == pytest.approx((0.5 * per[0] + 2.0 * per[1]) / 2, rel=1e-5) and mc["w"] == 1.0
+
+
+def test_dmd_gradient_and_loss_with_small_norms_and_non_unit_weights():
+    from distill.dmd import dmd_gradient, dmd_loss
+
+    x = torch.tensor([[0.1, 0.3], [0.2, -0.2]])
+    x_real = torch.tensor([[0.0, 0.0], [0.0, 0.0]])  # mean |x - x_real|: 0.2 and 0.2 (< 1)
+    x_fake = torch.tensor([[0.05, 0.1], [-0.1, 0.2]])
+    g = dmd_gradient(x, x_real, x_fake)
+    assert torch.allclose(g, torch.tensor([[0.25, 0.5], [-0.5, 1.0]]))
+    xr = x.clone().requires_grad_(True)
+    W = torch.tensor([[2.0, 0.5], [1.0, 3.0]])
+    loss = dmd_loss(xr, g, W, torch.tensor([1.0, 0.25]))
+    per = [0.5 * (2.0 * 0.25**2 + 0.5 * 0.5**2) / 2, 0.25 * 0.5 * (1.0 * 0.5**2 + 3.0 * 1.0**2) / 2]
+    assert float(loss) == pytest.approx(sum(per) / 2)

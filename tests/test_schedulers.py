@@ -96,3 +96,13 @@ def test_sampling_sigmas_by_hand():
     torch.testing.assert_close(sampling_sigmas(2, 3.0), torch.tensor([1.0, 0.75, 0.0]))
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         sampling_sigmas(0, 1.0)
+
+
+def test_sigmas_take_the_samples_dtype_whatever_their_own():
+    from genrl import schedulers as fm
+
+    x = torch.ones(2, 3, 1, 2, 2, dtype=torch.bfloat16)
+    sigma = torch.tensor([0.25, 0.5], dtype=torch.float64)
+    out = fm.add_noise(x, torch.zeros_like(x), sigma)
+    assert out.dtype == torch.bfloat16 and torch.equal(out[:, 0, 0, 0, 0], torch.tensor([0.75, 0.5], dtype=torch.bfloat16))
+    assert fm.x0_from_velocity(x, torch.ones_like(x), sigma).dtype == torch.bfloat16

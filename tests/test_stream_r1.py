@@ -223,3 +223,27 @@ def test_loss_weights_with_saliency_give_mean_one_maps_and_per_frame_metrics(tmp
     for f in range(6):  # the frame's weight averaged over the batch's rollouts
         assert metrics[f"temporal_w{f}"] == pytest.approx(float(t[:, f].mean()), rel=1e-5)
     assert abs(float(t[0].mean()) - 1) < 1e-5 and not torch.allclose(t[0], t[1])
+
+
+def test_balance_penalty_by_hand_with_a_nonzero_early_half_and_more_steps_than_axes():
+    h = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.5, 0.5], [2.0, 1.0], [4.0, 4.0]])  # T = 5, M = 2: halves of 2
+    early, recent = h[:2].mean(0), h[-2:].mean(0)  # (2, 1) and (3, 2.5)
+    delta = recent - early  # (1, 1.5): population std 0.25
+    assert float(balance_penalty(h, 2)) == pytest.approx(float(delta.std(unbiased=False))) == pytest.approx(0.25)
+    assert float(balance_penalty(h, 6)) == 0.0
+
+
+def test_pixel_saliency_to_latent_frames_for_each_frame_ratio():
+    from distill.stream_r1 import saliency_to_latent
+
+    S = torch.arange(5 * 4.0).view(1, 5, 2, 2).repeat(2, 1, 1, 1)
+    S[1] *= -1
+    two = saliency_to_latent(S, 2, (1, 1))  # 5 -> 2: frame 0 alone, then frames 1..4 (a causal VAE's 4k+1)
+    assert torch.allclose(two[:, :, 0, 0], torch.stack([S[:, 0].mean((1, 2)), S[:, 1:].mean((1, 2, 3))], 1))
+    one = saliency_to_latent(S, 1, (2, 2))  # 5 -> 1: all frames pooled
+    assert torch.allclose(one[:, 0], S.mean(1))
+    S6 = torch.cat((S, S[:, :1] + 100), 1)
+    even = saliency_to_latent(S6, 3, (2, 2))  # 6 -> 3: no 2k+1 layout, pooled evenly in time
+    assert torch.allclose(even, torch.stack([S6[:, :2].mean(1), S6[:, 2:4].mean(1), S6[:, 4:].mean(1)], 1))
+    causal3 = saliency_to_latent(S[:, :4], 2, (2, 2))  # 4 -> 2 fits 3k+1: frame 0, then 1..3
+    assert torch.allclose(causal3, torch.stack([S[:, 0], S[:, 1:4].mean(1)], 1))
