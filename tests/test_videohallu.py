@@ -11,19 +11,26 @@ from genrl.worlds.qa import CHOICE_TYPES, LETTERS, NONE, QAConfig, ShapesQA, voc
 from genrl.worlds.shapes import ATTRIBUTES, VALUES
 
 
-def test_every_choice_question_offers_none_of_these_and_a_set_share_needs_it():
-    qa = ShapesQA(QAConfig(hallucination=0.3, types=list(CHOICE_TYPES)))
-    _, items = qa.items("train", range(600))
-    kinds = collections.Counter()
-    for it in items:
-        assert it.options[-1] == NONE and len(it.options) <= len(LETTERS)
-        assert it.answer == LETTERS[it.options.index(it.value)]
-        kinds["none" if it.value == NONE else "value"] += 1
-    assert kinds["none"] / len(items) == pytest.approx(0.3, abs=0.05)
-    # with the extra option everywhere, its presence says nothing: it is the answer in 3 of 10 questions only
+def test_set_shares_offer_none_of_these_and_need_it_and_the_rest_keep_their_options():
+    qa = ShapesQA(QAConfig(hallucination=0.3, none_option=0.6, types=list(CHOICE_TYPES)))
+    _, items = qa.items("train", range(800))
     plain = ShapesQA(QAConfig(types=list(CHOICE_TYPES)))
-    _, before = plain.items("train", range(50))
+    _, before = plain.items("train", range(800))
+    kinds = collections.Counter()
+    for it, old in zip(items, before):
+        assert it.answer == LETTERS[it.options.index(it.value)] and len(it.options) <= len(LETTERS)
+        if NONE in it.options:
+            assert it.options[-1] == NONE
+            kinds["none" if it.value == NONE else "offered"] += 1
+        else:  # the usual list: every value in its fixed order
+            assert it.options == list(VALUES[it.qtype])
+            kinds["usual"] += 1
+    n = len(items)
+    assert kinds["none"] / n == pytest.approx(0.3, abs=0.05) and kinds["offered"] / n == pytest.approx(0.3, abs=0.05)
+    # offering it says nothing by itself: among questions that offer it, it is the answer about half the time
+    assert kinds["none"] / (kinds["none"] + kinds["offered"]) == pytest.approx(0.5, abs=0.07)
     assert all(NONE not in it.options for it in before)
+    assert ShapesQA(QAConfig(hallucination=0.3, types=list(CHOICE_TYPES))).items("train", range(50))[1][0].options[-1] == NONE
 
 
 def test_absent_items_leave_the_clips_value_out_and_counterexamples_offer_both_values():

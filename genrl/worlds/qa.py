@@ -15,8 +15,8 @@ Question types:
   second half; "which shape comes first ?" with the two as lettered options
   in an order drawn per item. Reversed or shuffled frames change the answer.
 
-Hallucination items (``hallucination`` > 0, the VideoHallu recipe): every choice
-question then offers at most three values and, last, "none of these"; a share
+Hallucination items (the VideoHallu recipe): a share ``none_option`` of the choice
+questions offers at most three values and, last, "none of these"; a share
 ``hallucination`` of them is asked where no offered value is right, so "none of
 these" is the answer. Half leave the clip's value out of the options ("absent");
 half show a counterexample clip whose asked attribute changes halfway (a shape that
@@ -70,10 +70,14 @@ class QAConfig:
     """Draw each choice question's option order at random (then a letter carries no meaning on its own and
     answering needs finding the value among the options); False lists values in their fixed order."""
     hallucination: float = check(0.0, "[0, 1]")
-    """> 0: every choice question offers at most three values and "none of these"; this share of them has
-    "none of these" as its answer: half with the clip's value left out of the options, half about a
-    counterexample clip (the asked attribute changes halfway). 1.0 is the hallucination split; 0 leaves every
+    """Share of choice questions whose answer is "none of these" (they offer at most three values and it):
+    half with the clip's value left out of the options, half about a counterexample clip (the asked
+    attribute changes halfway). 1.0 is the hallucination split; 0 (and ``none_option`` 0) leaves every
     item as it was."""
+    none_option: float = check(0.0, "[0, 1]")
+    """Share of choice questions that offer "none of these" (at least ``hallucination``); the others keep the
+    usual option list. Above ``hallucination``, some offer it when a listed value is right, so its presence
+    does not give the answer away."""
 
 
 @dataclass
@@ -132,9 +136,10 @@ class ShapesQA:
             else:
                 attrs, starts = self.world.random_attributes(split, count, g)
             attrs[:, 5] = attrs[0, 5]  # one background per clip
-            if qtype in CHOICE_TYPES and self.cfg.hallucination:
-                r = float(torch.rand(1, generator=g)) / self.cfg.hallucination  # < 0.5 absent, < 1 counterexample
-                kind = "absent" if r < 0.5 else "counterexample" if r < 1 else "present"
+            h, offer = self.cfg.hallucination, max(self.cfg.none_option, self.cfg.hallucination)
+            r = float(torch.rand(1, generator=g)) if qtype in CHOICE_TYPES and offer else 1.0
+            if r < offer:  # r < h / 2: absent, r < h: counterexample, else the value is offered beside "none of these"
+                kind = "absent" if r < h / 2 else "counterexample" if r < h else "present"
                 video, item = self._none_of_these_item(qtype, attrs, starts, g, kind)
             else:
                 video, item = self.render(attrs, starts, visible), _item(qtype, attrs, g, self.cfg.shuffle_options)
@@ -253,6 +258,6 @@ def vocabulary(cfg: QAConfig | None = None) -> list[str]:
     for name in ATTRIBUTES:
         words += list(VALUES[name])
     words += ["(", ")", *LETTERS, *(str(i) for i in range(10)), *INVERTED.split(), *HINT.split(), "then"]
-    if cfg is not None and cfg.hallucination:
+    if cfg is not None and (cfg.hallucination or cfg.none_option):
         words += NONE.split()
     return list(dict.fromkeys(words))
