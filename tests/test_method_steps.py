@@ -334,3 +334,12 @@ def test_dmd_gradient_and_loss_with_small_norms_and_non_unit_weights():
     loss = dmd_loss(xr, g, W, torch.tensor([1.0, 0.25]))
     per = [0.5 * (2.0 * 0.25**2 + 0.5 * 0.5**2) / 2, 0.25 * 0.5 * (1.0 * 0.5**2 + 3.0 * 1.0**2) / 2]
     assert float(loss) == pytest.approx(sum(per) / 2)
+
+
+def test_the_reward_recipe_writes_its_config_into_the_run(tmp_path):
+    import yaml
+
+    cfg = _tiny_reward_cfg(tmp_path, steps=2)
+    T.run(cfg, quiet=True)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["reward"]["batch_size"] == 8 and saved["train"]["steps"] == 2 and saved["world"]["frames"] == 4
