@@ -142,10 +142,12 @@ def _png_writer(folder: Path, scale: int):
 @click.option("--hallucination", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="--task qa: share of choice questions whose right answer is 'none of these' (the clip's value "
                    "not offered, or a clip whose attribute changes halfway); 1.0 is the hallucination split.")
+@click.option("--types", default="", help="--task qa: comma-separated question types to ask (default: the standard "
+                                           "seven; 'progress' is opt-in).")
 @seed_option
 @quiet_option
 def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance, prompt_style, out, rewards, hallucination,
-             seed, quiet):
+             types, seed, quiet):
     """Measure a video generator (or, with --task qa, a video-language model) on held-out prompts.
 
     For generators, reports `prompt_accuracy` (every attribute of the prompt read back from the
@@ -161,11 +163,12 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
       genrl eval --model shapes-teacher --prompts partial --num 256
       genrl eval --task qa --model shapes-vlm --split test --num 512 --out qa.json
       genrl eval --task qa --model shapes-vlm --num 512 --hallucination 1.0
+      genrl eval --task qa --checkpoint runs/progress --num 512 --types progress
     """
     if task == "qa":
-        return _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination)
-    if hallucination:
-        raise UsageError("--hallucination is for --task qa")
+        return _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination, types)
+    if hallucination or types:
+        raise UsageError(f"{'--hallucination' if hallucination else '--types'} is for --task qa")
     from ..evaluation import evaluate as run_eval
     from ..generation import SamplingConfig
 
@@ -181,7 +184,9 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
     )
 
 
-def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination=0.0):
+def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination=0.0, types=""):
+    from ..worlds.qa import ALL_TYPES
+
     from ..methods.qa import evaluate_qa, summary
 
     from ..methods.qa import load_policy
@@ -189,7 +194,12 @@ def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination
     if bool(model) == bool(checkpoint):
         raise UsageError("give exactly one of --model NAME or --checkpoint PATH")
     vlm = load_policy(model or checkpoint)
-    report = {"model": model or checkpoint, **evaluate_qa(vlm, split, num, batch, quiet=quiet, hallucination=hallucination)}
+    asked = [t.strip() for t in types.split(",") if t.strip()]
+    bad = [t for t in asked if t not in ALL_TYPES]
+    if bad:
+        raise UsageError(f"--types: unknown question type {bad[0]!r}; valid: {', '.join(ALL_TYPES)}")
+    report = {"model": model or checkpoint,
+              **evaluate_qa(vlm, split, num, batch, quiet=quiet, hallucination=hallucination, types=asked or None)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
     click.echo(f"{report['model']} on {num} {split} questions: {summary(report)}")

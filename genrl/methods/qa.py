@@ -79,18 +79,20 @@ def accuracy_reward_name(item: QAItem, soft: bool = True) -> str:
     several-letter (inverted) choices the soft multi-choice reward when ``soft``."""
     if item.qtype in NUMERIC_TYPES:
         return "numeric"
+    if item.qtype == "progress":
+        return "progress"  # 1 - |pred - truth| / 100: credit for being close (PRIMO's MAE reward)
     return "soft_choice" if soft and len(item.answer.split()) > 1 else "choice"
 
 
 @torch.no_grad()
 def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int = 64, qa: ShapesQA | None = None,
-                quiet: bool = True, hallucination: float = 0.0) -> dict:
+                quiet: bool = True, hallucination: float = 0.0, types: list[str] | None = None) -> dict:
     """Greedy answers to ``num`` items of ``split``: accuracy overall and per question type (``hallucination``:
     the share of choice questions whose answer is "none of these", when ``qa`` is not given)."""
     from ..progress import progress_bar
     from ..registry import TASK_REWARDS
 
-    qa = qa or ShapesQA(_qa_config_for(model, hallucination))
+    qa = qa or ShapesQA(_qa_config_for(model, hallucination, types))
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -131,9 +133,10 @@ def summary(report: dict) -> str:
     return f"accuracy={report['accuracy']:.4f} ({per})"
 
 
-def _qa_config_for(model: TinyVLM, hallucination: float = 0.0):
+def _qa_config_for(model: TinyVLM, hallucination: float = 0.0, types: list[str] | None = None):
     from ..worlds.shapes import WorldConfig
 
     c = model.cfg
+    extra = {"types": list(types)} if types else {}
     return QAConfig(world=dataclasses.replace(WorldConfig(), height=c.height, width=c.width), frames=c.frames,
-                    hallucination=hallucination)
+                    hallucination=hallucination, **extra)

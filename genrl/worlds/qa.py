@@ -10,6 +10,10 @@ Question types:
   (the T-GRPO contrast of ordered vs shuffled frames bites there).
 - numeric: ``count`` — how many shapes are in the clip (1-3; each shape moves
   on its own), answered with a digit.
+- progress (opt-in, the PRIMO / SOLE-R1 recipe): ``progress`` — how far across the
+  frame the shape has come at the last frame, along its direction, in percent (the
+  tenth it has reached: 0, 10, ..., 90), scored by the dense ``progress`` reward
+  1 - |pred - truth| / 100.
 - temporal order: ``order`` — two shapes (different colour or kind) take turns:
   the first is on screen in the first half of the clip, the second in the
   second half; "which shape comes first ?" with the two as lettered options
@@ -42,6 +46,10 @@ CHOICE_TYPES = ("colour", "shape", "size", "direction", "speed")
 NUMERIC_TYPES = ("count",)
 ORDER_TYPES = ("order",)
 QUESTION_TYPES = CHOICE_TYPES + NUMERIC_TYPES + ORDER_TYPES
+PROGRESS_TYPES = ("progress",)
+"""Opt-in types (not in the default list, so default item streams stay as they were)."""
+ALL_TYPES = QUESTION_TYPES + PROGRESS_TYPES
+PROGRESS_ANSWERS = tuple(str(10 * i) for i in range(10))
 LETTERS = "abcd"
 NONE = "none of these"
 MAX_COUNT = 3
@@ -53,6 +61,7 @@ QUESTIONS = {
     "speed": "how fast does the shape move ?",
     "count": "how many shapes are there ?",
     "order": "which shape comes first ?",
+    "progress": "how far across the frame has the shape come ?",
 }
 _SALT = {"train": 0xA11CE0, "val": 0xA11CE1, "test": 0xA11CE2}
 
@@ -107,9 +116,9 @@ class ShapesQA:
 
     def __init__(self, cfg: QAConfig | None = None):
         self.cfg = cfg or QAConfig()
-        bad = [t for t in self.cfg.types if t not in QUESTION_TYPES]
+        bad = [t for t in self.cfg.types if t not in ALL_TYPES]
         if bad or not self.cfg.types:
-            raise ValueError(f"unknown question type {bad[0] if bad else '(none)'!r}; valid: {', '.join(QUESTION_TYPES)}")
+            raise ValueError(f"unknown question type {bad[0] if bad else '(none)'!r}; valid: {', '.join(ALL_TYPES)}")
         self.world = ShapesWorld(self.cfg.world)
 
     def items(self, split: str, indices) -> tuple[torch.Tensor, list[QAItem]]:
@@ -141,6 +150,9 @@ class ShapesQA:
             if r < offer:  # r < h / 2: absent, r < h: counterexample, else the value is offered beside "none of these"
                 kind = "absent" if r < h / 2 else "counterexample" if r < h else "present"
                 video, item = self._none_of_these_item(qtype, attrs, starts, g, kind)
+            elif qtype == "progress":
+                video = self.render(attrs, starts)
+                item = QAItem(qtype, QUESTIONS[qtype], [], *(2 * [self.progress_answer(attrs, starts)]), _reason(attrs[0]))
             else:
                 video, item = self.render(attrs, starts, visible), _item(qtype, attrs, g, self.cfg.shuffle_options)
             videos.append(video)
@@ -179,6 +191,23 @@ class ShapesQA:
         value = values[shown] if kind == "present" else NONE
         return video, QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, reason)
 
+    def progress(self, attrs: torch.Tensor, starts: torch.Tensor) -> float:
+        """How far across the frame the (first) shape has come at the last frame, along its direction, in [0, 1):
+        a right-mover at x = 0.7 of the width has come 0.7, a left-mover there 0.3 (the torus wraps at 1)."""
+        end = starts[0] + self._travel(attrs[:1], self.cfg.frames - 1)[0]
+        dx, dy = DIRECTIONS[VALUES["direction"][int(attrs[0, 3])]]
+        along = float(end[0] % 1.0) if dx else float(end[1] % 1.0)
+        return along if dx + dy > 0 else (1.0 - along) % 1.0
+
+    def progress_answer(self, attrs: torch.Tensor, starts: torch.Tensor) -> str:
+        """The progress in percent, the tenth it has reached (0, 10, ..., 90: one of PROGRESS_ANSWERS)."""
+        return PROGRESS_ANSWERS[min(9, int(10 * self.progress(attrs, starts)))]
+
+    def _travel(self, attrs: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, 2) displacement after ``frames`` frames in fractions of the width (x) and height (y)."""
+        step = torch.tensor(list(DIRECTIONS.values()))[attrs[:, 3]] * torch.tensor(list(SPEEDS.values()))[attrs[:, 4], None]
+        return step * frames * torch.tensor([1.0, self.cfg.world.width / self.cfg.world.height])
+
     def _halves(self) -> torch.Tensor:
         visible = torch.zeros(2, self.cfg.frames)
         visible[0, : self.cfg.frames // 2], visible[1, self.cfg.frames // 2 :] = 1, 1
@@ -187,12 +216,7 @@ class ShapesQA:
     def continued_start(self, first: torch.Tensor, second: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
         """Start of ``second`` such that at the clip's middle frame it stands where ``first`` stands (torus)."""
         half = self.cfg.frames // 2
-        step = lambda attrs: (torch.tensor(list(DIRECTIONS.values()))[attrs[:, 3]]
-                              * torch.tensor(list(SPEEDS.values()))[attrs[:, 4], None] * half)
-        # positions are fractions of the frame width (x) and height (y); speeds are fractions of the width
-        w_over_h = self.cfg.world.width / self.cfg.world.height
-        scale = torch.tensor([1.0, w_over_h])
-        return (starts + (step(first) - step(second)) * scale) % 1.0
+        return (starts + self._travel(first, half) - self._travel(second, half)) % 1.0
 
     def render(self, attrs: torch.Tensor, starts: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
         """Composite ``len(attrs)`` moving shapes over the first one's background: (F, 3, H, W).
@@ -253,11 +277,13 @@ def vocabulary(cfg: QAConfig | None = None) -> list[str]:
     """Every word a shapes QA prompt or answer uses (the tiny VLM's tokenizer is built from it); "none of these"
     when ``cfg`` asks hallucination questions."""
     words: list[str] = []
-    for text in QUESTIONS.values():
+    for text in (QUESTIONS[t] for t in QUESTION_TYPES):
         words += text.split()
     for name in ATTRIBUTES:
         words += list(VALUES[name])
     words += ["(", ")", *LETTERS, *(str(i) for i in range(10)), *INVERTED.split(), *HINT.split(), "then"]
     if cfg is not None and (cfg.hallucination or cfg.none_option):
         words += NONE.split()
+    if cfg is not None and "progress" in cfg.types:
+        words += QUESTIONS["progress"].split() + list(PROGRESS_ANSWERS)
     return list(dict.fromkeys(words))
