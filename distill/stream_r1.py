@@ -86,10 +86,10 @@ def spatial_weights(S: torch.Tensor, sigma_min: float) -> torch.Tensor:
 
 
 def element_weights(S: torch.Tensor, tau_min: float, sigma_min: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """W (B, F, H, W) = T_f * S_fhw normalised to mean 1 per rollout; also returns T (B, F)."""
+    """W (B, F, H, W) = T_f * S_fhw, mean 1 per rollout (T and each frame of S have mean 1); also returns T (B, F)."""
     t = temporal_weights(S, tau_min)
-    w = t[:, :, None, None] * spatial_weights(S, sigma_min)
-    return w / w.mean(dim=(1, 2, 3), keepdim=True), t
+    # T has mean 1 over frames and S mean 1 over each frame's pixels, so their product already has mean 1
+    return t[:, :, None, None] * spatial_weights(S, sigma_min), t
 
 
 def saliency_to_latent(S: torch.Tensor, frames: int, hw: tuple[int, int]) -> torch.Tensor:
@@ -104,7 +104,7 @@ def saliency_to_latent(S: torch.Tensor, frames: int, hw: tuple[int, int]) -> tor
     if n == frames:
         return S
     ratio = (n - 1) // max(frames - 1, 1)
-    if frames > 1 and (frames - 1) * ratio + 1 == n:
+    if (frames - 1) * ratio + 1 == n:  # frames 1 gives 1 == n, handled above
         rest = S[:, 1:].unflatten(1, (frames - 1, ratio)).mean(dim=2)
         return torch.cat((S[:, :1], rest), dim=1)
     return F.adaptive_avg_pool3d(S[:, None], (frames, *hw))[:, 0]
@@ -165,7 +165,7 @@ class StreamR1Method(DMDMethod):
             with torch.no_grad():
                 scores = self.reward(pixels, prompts)
         z = torch.stack([scores.z[a] for a in cfg.axes], dim=1)  # (B, M), detached
-        history = torch.tensor(list(self.history), dtype=z.dtype).reshape(-1, z.shape[1])  # (T, M); T = 0 at first
+        history = torch.tensor(list(self.history)).reshape(-1, z.shape[1])  # (T, M) in float32; T = 0 at first
         r = combined_reward(z, history, cfg.lam, cfg.balance_warmup)
         self.history.append(z.mean(0).tolist())
         raw_w = rollout_weights(r, cfg.beta)
