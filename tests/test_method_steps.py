@@ -343,3 +343,12 @@ def test_the_reward_recipe_writes_its_config_into_the_run(tmp_path):
     T.run(cfg, quiet=True)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["reward"]["batch_size"] == 8 and saved["train"]["steps"] == 2 and saved["world"]["frames"] == 4
+
+
+def test_the_reward_recipe_is_quiet_only_when_asked(tmp_path, capfd):
+    T.run(_tiny_reward_cfg(tmp_path / "q", steps=1), quiet=True)
+    quiet = capfd.readouterr()
+    T.run(_tiny_reward_cfg(tmp_path / "v", steps=1))
+    loud = capfd.readouterr()
+    assert quiet.err.strip() == "" and quiet.out.strip() == ""
+    assert "reward" in (loud.err + loud.out) and len(loud.err + loud.out) > 20
