@@ -213,7 +213,7 @@ def run(cfg: TrainRewardConfig, quiet: bool = False) -> dict:
     from genrl.train.trainer import Trainer, read_metrics, seed_everything
 
     seed_everything(cfg.train.seed)
-    trainer = Trainer(cfg.train, build(cfg, quiet), Path(cfg.out_dir), full_config=cfg, quiet=quiet)
+    trainer = Trainer(cfg.train, build(cfg), Path(cfg.out_dir), full_config=cfg, quiet=quiet)
     trainer.fit()
     rows = [r for r in read_metrics(cfg.out_dir) if "vq_accuracy" in r]
     return {"is_main": trainer.is_main, "accuracy": {k: v for k, v in (rows[-1] if rows else {}).items() if "accuracy" in k}}

@@ -352,3 +352,13 @@ def test_the_reward_recipe_is_quiet_only_when_asked(tmp_path, capfd):
     loud = capfd.readouterr()
     assert quiet.err.strip() == "" and quiet.out.strip() == ""
     assert "reward" in (loud.err + loud.out) and len(loud.err + loud.out) > 20
+
+
+def test_longer_rollout_batches_are_drawn_from_the_methods_generator_only():
+    def batch(global_seed):
+        m = _dmd(max_rollout_frames=15)
+        torch.manual_seed(global_seed)
+        return [m._batch()[3].shape[1] for _ in range(12)]
+
+    a = batch(0)
+    assert a == batch(99) and len(set(a)) > 1  # lengths vary, and not with the global stream

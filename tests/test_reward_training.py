@@ -133,3 +133,9 @@ def test_a_reward_step_draws_pairs_with_the_configured_axes_and_steps_the_schedu
         lrs.append(method.opt.param_groups[0]["lr"])
     assert all(a[5] == (0.0, 0.0, 1.0) and a[4] == cfg.tie_prob for a in seen)
     assert lrs == pytest.approx([1e-3 * 2 / 4, 1e-3 * 3 / 4, 1e-3])  # warm-up stepped once per step
+
+
+def test_tie_model_predictions_keep_the_shape_of_their_inputs():
+    r_a = torch.tensor([[3.0, 0.0, -3.0], [0.2, 5.0, 0.0]])
+    r_b = torch.zeros(2, 3)
+    assert T.bt_ties_predict(r_a, r_b).tolist() == [[1, 0, -1], [0, 1, 0]]
