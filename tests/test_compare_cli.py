@@ -30,3 +30,38 @@ def test_compare_gives_the_paired_mean_difference_and_refuses_unpaired_files(run
     (tmp_path / "bad.json").write_text("{}")
     code, _, err = run_cli("compare", str(tmp_path / "bad.json"), "--vs", str(tmp_path / "b0.json"))
     assert code == 2 and "not a `genrl eval --out` file" in err
+
+
+def test_two_qa_eval_files_pair_question_by_question(run_cli, tmp_path):
+    import json
+
+    import torch
+
+    from genrl.methods.qa import build_vlm
+    from genrl.models.registry import save_weights
+    from genrl.worlds.qa import ShapesQA
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = build_vlm("debug", ShapesQA())
+        paths.append(save_weights(m, tmp_path / f"m{seed}.safetensors", "vlm", m.cfg))
+    outs = []
+    for i, p in enumerate(paths):
+        out = tmp_path / f"e{i}.json"
+        code, _, err = run_cli("eval", "--task", "qa", "--checkpoint", str(p), "--num", "12", "--out", str(out), "--quiet")
+        assert code == 0, err
+        outs.append(out)
+    a, b = (json.loads(o.read_text()) for o in outs)
+    assert len(a["per_item"]["reward"]) == 12 and a["per_item"]["type"] == b["per_item"]["type"]
+    assert sum(a["per_item"]["reward"]) / 12 == a["accuracy"]
+    code, out, err = run_cli("compare", str(outs[0]), "--vs", str(outs[1]), "--out", str(tmp_path / "c.json"))
+    assert code == 0, err
+    assert "12 paired questions" in out
+    c = json.loads((tmp_path / "c.json").read_text())
+    diff = sum(b["per_item"]["reward"]) / 12 - sum(a["per_item"]["reward"]) / 12
+    assert c["accuracy"]["mean"] == pytest.approx(diff) and c["accuracy"]["low"] <= diff <= c["accuracy"]["high"]
+    other = tmp_path / "h.json"
+    run_cli("eval", "--task", "qa", "--checkpoint", str(paths[1]), "--num", "12", "--hallucination", "1.0", "--out", str(other), "--quiet")
+    code, _, err = run_cli("compare", str(outs[0]), "--vs", str(other))
+    assert code == 2 and "'hallucination' differs" in err

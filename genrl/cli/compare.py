@@ -12,22 +12,35 @@ from .options import output_file
 
 PAIRING = ("split", "num_videos", "frames", "prompts", "seed", "steps", "guidance")
 """What two eval files must share to be compared video for video."""
+QA_PAIRING = ("split", "num", "hallucination", "types")
+"""What two `--task qa` eval files must share to be compared question for question."""
 
 
 def _load(path: str) -> dict:
     p = Path(path)
     try:
         report = json.loads(p.read_text())
-        report["per_video"]["hit"]
+        report["per_item"]["reward"] if "per_item" in report else report["per_video"]["hit"]
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{path}: not a `genrl eval --out` file with per-video results") from None
+        raise UsageError(f"{path}: not a `genrl eval --out` file with per-video (or per-question) results") from None
     return report
 
 
+def _count(report: dict) -> int:
+    return len(report["per_item"]["reward"]) if "per_item" in report else len(report["per_video"]["hit"])
+
+
 def per_video(report: dict) -> dict[str, list[float]]:
-    """prompt_accuracy and every reward axis of an eval file, one value per video."""
+    """prompt_accuracy and every reward axis of an eval file, one value per video; for a QA file, accuracy
+    (the task reward) per question, overall and per question type."""
+    if "per_item" in report:
+        items = report["per_item"]
+        out = {"accuracy": [float(r) for r in items["reward"]]}
+        for t in dict.fromkeys(items["type"]):
+            out[f"accuracy:{t}"] = [float(r) for r, k in zip(items["reward"], items["type"]) if k == t]
+        return out
     out = {"prompt_accuracy": [float(h) for h in report["per_video"]["hit"]]}
     for name, axes in report["per_video"]["rewards"].items():
         for axis, vals in axes.items():
@@ -46,7 +59,9 @@ def compare_reports(baseline: list[dict], candidate: list[dict], seed: int = 0) 
     base: dict[str, list[float]] = {}
     cand: dict[str, list[float]] = {}
     for i, (a, b) in enumerate(zip(baseline, candidate)):
-        for k in PAIRING:
+        if ("per_item" in a) != ("per_item" in b):
+            raise UsageError(f"pair {i + 1}: a video eval file and a QA eval file cannot be compared")
+        for k in QA_PAIRING if "per_item" in a else PAIRING:
             if a.get(k) != b.get(k):
                 raise UsageError(f"pair {i + 1}: '{k}' differs ({a.get(k)!r} vs {b.get(k)!r}); videos can only be "
                                  "paired when prompts, seeds and sampling settings are the same")
@@ -64,7 +79,8 @@ def compare_reports(baseline: list[dict], candidate: list[dict], seed: int = 0) 
               help="Eval file of the model compared with the baseline (repeat, in the baseline files' order).")
 @click.option("--out", type=output_file((".json",)), default=None, help="Also write the differences as JSON.")
 def compare(baseline, candidate, out):
-    """Paired difference of two generators on the same prompts and sampling seeds, with 95% intervals.
+    """Paired difference of two generators on the same prompts and sampling seeds (or two video-language models
+    on the same questions), with 95% intervals.
 
     BASELINE and --vs are `genrl eval --out` files made with the same --split, --num,
     --frames, --prompts, --seed and sampling settings (one pair per sampling seed). Each
@@ -77,11 +93,14 @@ def compare(baseline, candidate, out):
       genrl eval --model shapes-student-stream-r1 --num 512 --seed 0 --reward shapes --reward shapes-reward-b --out s0.json
       (the same with --seed 1 into d1.json, s1.json)
       genrl compare d0.json d1.json --vs s0.json --vs s1.json
+      genrl eval --task qa --model shapes-vlm --num 512 --out a.json   (and --checkpoint runs/x --out b.json)
+      genrl compare a.json --vs b.json
     """
     base = [_load(p) for p in baseline]
     result = compare_reports(base, [_load(p) for p in candidate])
-    n = sum(len(r["per_video"]["hit"]) for r in base)
-    click.echo(f"candidate - baseline over {n} paired videos (95% bootstrap interval; one holding 0 is no measured difference)")
+    n = sum(_count(r) for r in base)
+    what = "questions" if "per_item" in base[0] else "videos"
+    click.echo(f"candidate - baseline over {n} paired {what} (95% bootstrap interval; one holding 0 is no measured difference)")
     click.echo(f"{'metric':<28} {'difference':>11} {'95% interval':>22}")
     for k, (m, lo, hi) in result.items():
         flag = "" if lo <= 0 <= hi else "  *"

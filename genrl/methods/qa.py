@@ -98,6 +98,7 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
     dev = next(model.parameters()).device
     hits: dict[str, list[float]] = {}
     fmt = []
+    per_item: dict[str, list] = {"type": [], "reward": []}  # in question order: two models' files pair item by item
     t0 = time.time()
     with progress_bar(num, "eval qa", quiet) as advance:
         for s in range(0, num, batch):
@@ -108,6 +109,8 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
                 text = model.tokenizer.decode(row)
                 kind = "hallucination" if it.value == NONE else it.qtype  # "none of these" questions, apart
                 hits.setdefault(kind, []).append(TASK_REWARDS.get(accuracy_reward_name(it))(text, it.answer))
+                per_item["type"].append(kind)
+                per_item["reward"].append(hits[kind][-1])
                 fmt.append(TASK_REWARDS.get("format")(text, ""))
             advance(len(items), f"acc={sum(sum(v) for v in hits.values()) / len(fmt):.3f}")
     model.train(was_training)
@@ -118,6 +121,9 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
         "format": sum(fmt) / len(fmt),
         "num": len(total),
         "split": split,
+        "hallucination": qa.cfg.hallucination,
+        "types": list(qa.cfg.types),
+        "per_item": per_item,
         "seconds": round(time.time() - t0, 2),
     }
 
