@@ -561,17 +561,7 @@ def _sp_worker(rank: int, init: str, out: str, frames: list[int], rounds: int, d
             own = sp.local_frames(F)
             y[:, own].square().sum().div(y.numel()).backward()
 
-        mem = {"sp1": saved_bytes(one) if rank == 0 else 0, "sp2": saved_bytes(two)}
-        times: dict[str, list[float]] = {"sp1": [], "sp2": []}
-        for i in range(rounds + 1):  # alternating, after a warm-up round
-            for name, fn in (("sp1", one), ("sp2", two)):
-                dist.barrier()
-                t0 = time.perf_counter()
-                fn()
-                dist.barrier()
-                if i:
-                    times[name].append(time.perf_counter() - t0)
-        raw[F] = {"tokens": F * (side // 2) ** 2, "activation_bytes": mem, "seconds": times}
+        raw[F] = {"tokens": F * (side // 2) ** 2, **_sp_measure(rank, one, two, rounds)}
         raw[F]["vlm"] = _sp_vlm_layer(rank, F * (side // 2) ** 2, rounds, dim, heads)
     if rank == 0:
         Path(out).write_text(json.dumps(raw))
@@ -583,7 +573,6 @@ def _sp_vlm_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict:
     import copy
 
     import torch
-    import torch.distributed as dist
 
     from ..attention import BlockCausal
     from ..models.vlm import TinyVLM, VLMConfig, _angles
@@ -605,6 +594,14 @@ def _sp_vlm_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict:
     def two():
         split._run_blocks(x, angles, BlockCausal(1))[:, own].square().sum().div(L * dim).backward()
 
+    return {"tokens": L, **_sp_measure(rank, one, two, rounds)}
+
+
+def _sp_measure(rank: int, one, two, rounds: int) -> dict:
+    """Saved activation bytes of ``one`` (SP=1, rank 0 only) and ``two`` (SP=2, every rank), and their times over
+    ``rounds`` alternating rounds after a warm-up round, a barrier on each side."""
+    import torch.distributed as dist
+
     mem = {"sp1": saved_bytes(one) if rank == 0 else 0, "sp2": saved_bytes(two)}
     times: dict[str, list[float]] = {"sp1": [], "sp2": []}
     for i in range(rounds + 1):
@@ -615,7 +612,7 @@ def _sp_vlm_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict:
             dist.barrier()
             if i:
                 times[name].append(time.perf_counter() - t0)
-    return {"tokens": L, "activation_bytes": mem, "seconds": times}
+    return {"activation_bytes": mem, "seconds": times}
 
 
 def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, quiet: bool) -> dict:
