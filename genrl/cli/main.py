@@ -46,6 +46,7 @@ def _register() -> None:
     cli.add_command(plan.plan)
     cli.add_command(qa.sft)
     cli.add_command(qa.grpo)
+    cli.add_command(qa.rl_vs_sft)
     cli.add_command(sample.sample)
     cli.add_command(sample.evaluate)
     cli.add_command(compare.compare)

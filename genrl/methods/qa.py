@@ -86,13 +86,14 @@ def accuracy_reward_name(item: QAItem, soft: bool = True) -> str:
 
 @torch.no_grad()
 def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int = 64, qa: ShapesQA | None = None,
-                quiet: bool = True, hallucination: float = 0.0, types: list[str] | None = None) -> dict:
+                quiet: bool = True, hallucination: float = 0.0, types: list[str] | None = None,
+                background: float = -1.0) -> dict:
     """Greedy answers to ``num`` items of ``split``: accuracy overall and per question type (``hallucination``:
     the share of choice questions whose answer is "none of these", when ``qa`` is not given)."""
     from ..progress import progress_bar
     from ..registry import TASK_REWARDS
 
-    qa = qa or ShapesQA(_qa_config_for(model, hallucination, types))
+    qa = qa or ShapesQA(_qa_config_for(model, hallucination, types, background))
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -122,6 +123,7 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
         "num": len(total),
         "split": split,
         "hallucination": qa.cfg.hallucination,
+        "background": qa.cfg.background,
         "types": list(qa.cfg.types),
         "per_item": per_item,
         "seconds": round(time.time() - t0, 2),
@@ -139,10 +141,10 @@ def summary(report: dict) -> str:
     return f"accuracy={report['accuracy']:.4f} ({per})"
 
 
-def _qa_config_for(model: TinyVLM, hallucination: float = 0.0, types: list[str] | None = None):
+def _qa_config_for(model: TinyVLM, hallucination: float = 0.0, types: list[str] | None = None, background: float = -1.0):
     from ..worlds.shapes import WorldConfig
 
     c = model.cfg
     extra = {"types": list(types)} if types else {}
     return QAConfig(world=dataclasses.replace(WorldConfig(), height=c.height, width=c.width), frames=c.frames,
-                    hallucination=hallucination, **extra)
+                    hallucination=hallucination, background=background, **extra)

@@ -83,6 +83,9 @@ class QAConfig:
     half with the clip's value left out of the options, half about a counterexample clip (the asked
     attribute changes halfway). 1.0 is the hallucination split; 0 (and ``none_option`` 0) leaves every
     item as it was."""
+    background: float = check(-1.0, "[-1, 1]")
+    """-1: the world's own backgrounds (dark 0.10, light 0.85); otherwise every clip's background brightness —
+    a value no training clip had (0.5) is the held-out-attribute split of the RL-vs-SFT study."""
     none_option: float = check(0.0, "[0, 1]")
     """Share of choice questions that offer "none of these" (at least ``hallucination``); the others keep the
     usual option list. Above ``hallucination``, some offer it when a listed value is right, so its presence
@@ -225,7 +228,8 @@ class ShapesQA:
         alpha, colour = self.world.layers(attrs, starts, self.cfg.frames)
         if visible is not None:
             alpha = alpha * visible[:, :, None, None, None]
-        video = torch.full((self.cfg.frames, 3, cfg.height, cfg.width), list(BACKGROUNDS.values())[int(attrs[0, 5])])
+        bg = self.cfg.background if self.cfg.background >= 0 else list(BACKGROUNDS.values())[int(attrs[0, 5])]
+        video = torch.full((self.cfg.frames, 3, cfg.height, cfg.width), bg)
         for a, c in zip(alpha, colour):  # later shapes over earlier ones
             video = video * (1 - a) + c * a
         return video
