@@ -119,3 +119,17 @@ def test_group_mean_kl_by_loops_with_finished_rollouts_and_a_position_with_one_l
                 want = sum(float(p[i, t, v]) * math.log(float(p[i, t, v]) / mean[v]) for v in range(3)) if mask[i, t] else 0.0
                 assert float(kl[i, t]) == pytest.approx(want, abs=1e-5), (i, t)
     assert float(kl[2, 3]) == pytest.approx(0.0, abs=1e-6)  # alone at position 3: its own mean
+
+
+def test_tw_weights_by_loops_when_positions_differ_by_little():
+    g = torch.Generator().manual_seed(5)
+    logits = 0.3 * torch.randn(4, 5, 6, generator=g)  # close rollouts: divergences well under 1
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    logp = logits.float().log_softmax(-1).view(2, 2, 5, 6)
+    d = _loops_position_divergence(logp.double(), 11.0)
+    assert float(d.max() - d.min()) < 0.5
+    w = G.tw_group_weights(logits, mask, 2, alpha=2.0)
+    for p in range(2):
+        want = 1 + (d[p] - d[p].min()) / (d[p].max() - d[p].min())
+        for r in range(2):
+            assert torch.allclose(w[2 * p + r].double(), want, rtol=1e-4)
