@@ -57,13 +57,12 @@ def regression_token_loss(logp, old_logp, advantages) -> torch.Tensor:
 
 def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, mode: str = "grpo", max_len: int | None = None) -> torch.Tensor:
     """Reduce (N, T) per-token losses over the completion mask."""
-    m = mask
     if mode == "grpo":
-        return ((token_loss * m).sum(1) / m.sum(1).clamp_min(1)).mean()
+        return ((token_loss * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
     if mode in ("bnpo", "dapo"):
-        return (token_loss * m).sum() / m.sum().clamp_min(1)
+        return (token_loss * mask).sum() / mask.sum().clamp_min(1)
     if mode == "dr_grpo":
-        return (token_loss * m).sum() / (token_loss.shape[0] * (max_len or token_loss.shape[1]))
+        return (token_loss * mask).sum() / (token_loss.shape[0] * (max_len or token_loss.shape[1]))
     raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
 
 

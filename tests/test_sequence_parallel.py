@@ -102,11 +102,25 @@ TEACHER = ["flow.model.dit.dim=24", "flow.model.dit.depth=1", "flow.model.dit.he
            "optim.warmup_steps=1", "train.steps=3", "--quiet"]
 
 
+def _one_then_split(tmp_path, args: list[str], launcher: list[str], steps: int) -> None:
+    """``genrl ARGS`` in one process to ``steps`` (into tmp_path/one), and under ``launcher`` (a command prefix ending
+    in ``-m genrl.cli``) with ``parallel.sequence=2``, stopped one step short and resumed to ``steps`` (tmp_path/sp)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, f"train.steps={steps}", f"out_dir={tmp_path / 'one'}"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    for n in (steps - 1, steps):  # stop one step short, then resume
+        r = subprocess.run([*launcher, *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}", f"train.steps={n}"],
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_pretrain_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
     """Frames 5 over 2 ranks (uneven); 2 steps, then a resume to 3, against a plain 3-step run."""
     import json
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
@@ -116,15 +130,7 @@ def test_pretrain_with_parallel_sequence_2_under_accelerate_equals_one_process(t
     torch.manual_seed(0)
     ae = str(save_weights(Autoencoder(AutoencoderConfig(width=8)), tmp_path / "ae.safetensors", "autoencoder",
                           AutoencoderConfig(width=8)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    args = ["pretrain", f"flow.autoencoder={ae}", *TEACHER]
-    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, f"out_dir={tmp_path / 'one'}"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = [*accelerate_launch(2), *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
-    for steps in ("train.steps=2", "train.steps=3"):  # stop at 2, resume to 3
-        r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+    _one_then_split(tmp_path, ["pretrain", f"flow.autoencoder={ae}", *TEACHER], accelerate_launch(2), steps=3)
     a = load_file(str(tmp_path / "one" / "checkpoints" / "step_0000003" / "model.safetensors"))
     b = load_file(str(tmp_path / "sp" / "checkpoints" / "step_0000003" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -256,22 +262,13 @@ def test_streaming_with_a_head_sharded_kv_cache_equals_the_unsharded_stream(tmp_
 def test_grpo_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
     """Rollouts are sampled whole on both ranks (same seeds, same tokens); the policy's scoring pass is split."""
     import json
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     args = ["grpo", "--config", "configs/grpo_video_qa.yaml", "train.log_every=1", "train.sample_every=0",
             "train.checkpoint_every=1", "grpo.prompts_per_step=2", "grpo.group_size=3", "grpo.eval_num=4", "eval_num=4",
             "grpo.max_new_tokens=12", "grpo.temperature=2.0", "--quiet"]  # hot sampling: rewards differ, gradients flow
-    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, "train.steps=2", f"out_dir={tmp_path / 'one'}"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = [*accelerate_launch(2), *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
-    for steps in ("train.steps=1", "train.steps=2"):  # stop after 1, resume to 2
-        r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+    _one_then_split(tmp_path, args, accelerate_launch(2), steps=2)
     a = load_file(str(tmp_path / "one" / "model.safetensors"))
     b = load_file(str(tmp_path / "sp" / "model.safetensors"))
     for k in a:
@@ -286,8 +283,6 @@ def test_grpo_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_p
 
 def test_dmd_distill_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
     """The teacher's and critic's frames are split; the student's rollout runs whole on both ranks."""
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
 
@@ -298,15 +293,8 @@ def test_dmd_distill_with_parallel_sequence_2_under_accelerate_equals_one_proces
 
     m = tiny_video_model(seed=0)
     teacher = str(save_weights(m, tmp_path / "teacher.safetensors", "video_model", m.cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    args = ["distill", f"teacher={teacher}", "method=dmd", *TINY, "eval_num=0"]
-    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, "train.steps=2", f"out_dir={tmp_path / 'one'}"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = [*accelerate_launch(2), *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
-    for steps in ("train.steps=1", "train.steps=2"):  # stop after 1, resume to 2
-        r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+    _one_then_split(tmp_path, ["distill", f"teacher={teacher}", "method=dmd", *TINY, "eval_num=0"], accelerate_launch(2),
+                    steps=2)
     for name in ("student", "critic"):
         a = load_file(str(tmp_path / "one" / "checkpoints" / "step_0000002" / f"{name}.safetensors"))
         b = load_file(str(tmp_path / "sp" / "checkpoints" / "step_0000002" / f"{name}.safetensors"))
@@ -337,23 +325,15 @@ def test_bench_wan_runs_the_streaming_student_against_its_teacher_on_a_tiny_rand
 
 def test_sft_with_parallel_sequence_2_under_torchrun_equals_one_process(tmp_path):
     """The same code under torchrun (gloo on CPU): the VLM's token sequence split over 2 ranks, stopped and resumed."""
-    import subprocess
     import sys
 
     from safetensors.torch import load_file
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     args = ["sft", "--config", "configs/sft_video_qa.yaml", "sft.size=debug", "sft.batch_size=4", "sft.eval_num=0",
             "eval_num=0", "train.log_every=1", "train.sample_every=0", "train.checkpoint_every=1",
             "optim.warmup_steps=0", "--quiet"]
-    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, "train.steps=3", f"out_dir={tmp_path / 'one'}"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "genrl.cli", *args, "parallel.sequence=2", f"out_dir={tmp_path / 'sp'}"]
-    for steps in ("train.steps=2", "train.steps=3"):  # stop after 2, resume to 3
-        r = subprocess.run([*two, steps], env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genrl.cli"]
+    _one_then_split(tmp_path, args, torchrun, steps=3)
     a = load_file(str(tmp_path / "one" / "model.safetensors"))
     b = load_file(str(tmp_path / "sp" / "model.safetensors"))
     assert any(k.startswith("blocks.") for k in a)

@@ -185,21 +185,18 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
 
 
 def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination=0.0, types=""):
-    from ..worlds.qa import ALL_TYPES
-
-    from ..methods.qa import evaluate_qa, summary
-
-    from ..methods.qa import load_policy
+    from ..methods.qa import _qa_config_for, evaluate_qa, load_policy, summary
+    from ..worlds.qa import ShapesQA
 
     if bool(model) == bool(checkpoint):
         raise UsageError("give exactly one of --model NAME or --checkpoint PATH")
     vlm = load_policy(model or checkpoint)
     asked = [t.strip() for t in types.split(",") if t.strip()]
-    bad = [t for t in asked if t not in ALL_TYPES]
-    if bad:
-        raise UsageError(f"--types: unknown question type {bad[0]!r}; valid: {', '.join(ALL_TYPES)}")
-    report = {"model": model or checkpoint,
-              **evaluate_qa(vlm, split, num, batch, quiet=quiet, hallucination=hallucination, types=asked or None)}
+    try:
+        qa = ShapesQA(_qa_config_for(vlm, hallucination, asked or None))
+    except ValueError as e:  # the task's own check of the question types
+        raise UsageError(f"--types: {e}") from None
+    report = {"model": model or checkpoint, **evaluate_qa(vlm, split, num, batch, qa=qa, quiet=quiet)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
     click.echo(f"{report['model']} on {num} {split} questions: {summary(report)}")

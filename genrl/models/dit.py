@@ -315,14 +315,17 @@ class VideoDiT(nn.Module):
     ) -> torch.Tensor:
         if cache is None:
             return self.forward_frames(x, t, text, text_mask, causal)
-        B, Fr, C, H, W = x.shape
-        p, hd = self.cfg.patch, self.cfg.dim // self.cfg.heads
-        rows, cols = H // p, W // p
-        n_ctx = cache.frames  # context frames get contiguous positions 0..n_ctx-1
-        pos = token_positions(n_ctx + Fr, rows, cols, device=x.device)
-        ctx_angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
-        angles = tuple(a[n_ctx * rows * cols :] for a in ctx_angles)
+        angles, ctx_angles = self.chunk_angles(cache.frames, x.shape[1], x.shape[-2:], x.device)
         return self._run(x, t, angles, text, text_mask, None, cache, ctx_angles)
+
+    def chunk_angles(self, n_ctx: int, frames: int, hw, device=None):
+        """RoPE tables of a chunk of ``frames`` latent frames after ``n_ctx`` cached ones: the context gets
+        contiguous positions 0..n_ctx-1 and the chunk the next ones. Returns (chunk's, context + chunk's)."""
+        p, hd = self.cfg.patch, self.cfg.dim // self.cfg.heads
+        rows, cols = hw[0] // p, hw[1] // p
+        pos = token_positions(n_ctx + frames, rows, cols, device=device)
+        ctx_angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
+        return tuple(a[n_ctx * rows * cols :] for a in ctx_angles), ctx_angles
 
     def forward_frames(self, x, t, text, text_mask, causal: bool = False, frame_offset: int = 0,
                        total_frames: int | None = None) -> torch.Tensor:

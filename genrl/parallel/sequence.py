@@ -214,19 +214,13 @@ class SequenceParallelDiT:
         """One streamed chunk against a head-sharded KV cache: this rank embeds its frames of the chunk, the
         attention cores exchange heads for tokens and each keeps its heads of the context (see
         ``UlyssesAttention.cached``), and the output is gathered whole on every rank."""
-        from ..models.dit import rope_angles, rope_table, token_positions
-
         dit = self.dit
         B, Fr, C, H, W = x.shape
         x, t, per, lo = self._split(x, t)
-        p, hd = dit.cfg.patch, dit.cfg.dim // dit.cfg.heads
-        rows, cols = H // p, W // p
-        n_ctx = cache.frames  # the context's frames at 0..n_ctx-1, the chunk (padding last) after them
-        pos = token_positions(n_ctx + per * self.world, rows, cols, device=x.device)
-        ctx_angles = rope_table(rope_angles(pos, hd, dit.cfg.rope_theta))
-        angles = tuple(a[n_ctx * rows * cols :] for a in ctx_angles)
+        # the context's frames at 0..n_ctx-1, the whole chunk (padding last) after them
+        angles, ctx_angles = dit.chunk_angles(cache.frames, per * self.world, (H, W), x.device)
         for core in self.cores:
-            core.real_tokens = Fr * rows * cols
+            core.real_tokens = Fr * (H // dit.cfg.patch) * (W // dit.cfg.patch)
         out = dit._run(x[:, lo : lo + per], t[:, lo : lo + per], angles, _sum_grad(text, self.group), text_mask,
                        None, cache, ctx_angles)
         return _Gather.apply(out, self.group, 1)[:, :Fr]

@@ -143,8 +143,7 @@ class ShapesQA:
                 attrs, starts = self.world.random_attributes(split, 2, g)
                 while bool((attrs[0, :2] == attrs[1, :2]).all()):  # the two must be told apart by colour or kind
                     attrs[1:], starts[1:] = self.world.random_attributes(split, 1, g)
-                visible = torch.zeros(2, self.cfg.frames)
-                visible[0, : self.cfg.frames // 2], visible[1, self.cfg.frames // 2 :] = 1, 1
+                visible = self._halves()
             else:
                 attrs, starts = self.world.random_attributes(split, count, g)
             attrs[:, 5] = attrs[0, 5]  # one background per clip
@@ -173,21 +172,15 @@ class ShapesQA:
         others = [i for i in range(len(values)) if i != shown]
         others = [others[i] for i in torch.randperm(len(others), generator=g).tolist()]
         reason = _reason(attrs[0])
-        video = None
-        if kind == "present":
-            offered = [shown, *others[:2]]
-        elif kind == "absent":
-            offered = others[:3]
-        else:
+        offered = sorted(others[:3] if kind == "absent" else [shown, *others[:2]])
+        if kind == "counterexample":
             second = attrs.clone()
             second[0, a] = others[0]
             video = self.render(torch.cat((attrs, second)), torch.cat((starts, self.continued_start(attrs, second, starts))),
                                 self._halves())
-            offered = [shown, *others[:2]]
             reason = f"{reason} then {_reason(second[0])}"
-        if video is None:
+        else:
             video = self.render(attrs, starts)
-        offered = sorted(offered)
         if self.cfg.shuffle_options:
             offered = [offered[i] for i in torch.randperm(len(offered), generator=g).tolist()]
         options = [values[i] for i in offered] + [NONE]
@@ -252,10 +245,8 @@ def _item(qtype: str, attrs: torch.Tensor, g: torch.Generator, shuffle: bool) ->
     values = VALUES[qtype]
     order = torch.randperm(len(values), generator=g).tolist() if shuffle else list(range(len(values)))
     options = [values[i] for i in order]
-    x = names[0]
-    value = x[qtype]
-    reason = f"{x['size']} {x['colour']} {x['shape']} {x['direction']} {x['speed']}"
-    return QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, reason)
+    value = names[0][qtype]
+    return QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, _reason(attrs[0]))
 
 
 INVERTED = "which options are not right for :"
