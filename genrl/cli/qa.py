@@ -160,6 +160,7 @@ def rl_vs_sft(start, steps, sft_lr, num, out_dir, quiet):
     from .compare import compare_reports
     from .main import main as cli
 
+    load_policy(start)  # a start that does not load is one line here, before either arm runs
     out = Path(out_dir)
     arms = {
         "sft": ["sft", f"sft.init={start}", f"optim.lr={sft_lr}", "optim.warmup_steps=20", "sft.eval_num=0"],
