@@ -12,6 +12,10 @@ boolean completion mask.
 Aggregations: grpo (mean over each sequence's tokens, then over sequences),
 bnpo (mean over all tokens of the batch), dr_grpo (sum / (N * max_len)),
 dapo (token-level mean over the batch, as bnpo).
+
+DPO (VerIPO's preference phase), on sequence log-probabilities (token sums):
+
+    loss = -log sigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r)))
 """
 
 from __future__ import annotations
@@ -142,3 +146,10 @@ def saturated_groups(rewards: torch.Tensor, group_size: int, low: float = 0.0, h
     -1 when every rollout scored <= ``low`` (too hard), else 0. Such groups carry no advantage."""
     g = rewards.view(-1, group_size)
     return (g >= high).all(1).long() - (g <= low).all(1).long()
+
+
+def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean DPO loss over pairs (each argument (B,): a completion's summed token log-probs) and the implicit reward
+    margins beta * ((logp_c - ref_c) - (logp_r - ref_r)) (B,)."""
+    margin = beta * ((logp_chosen - ref_chosen) - (logp_rejected - ref_rejected))
+    return -torch.nn.functional.logsigmoid(margin).mean(), margin

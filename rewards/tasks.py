@@ -11,6 +11,10 @@ answer is what sits between ``<answer>`` and ``</answer>``.
   1 - |pred - gt| / (tolerance * max(|gt|, 1)) down to 0.
 - ``temporal_iou``: IoU of a predicted ``start end`` segment with the truth
   (grounding rewards in VideoTG-R1 / STVG-R1).
+- ``frame_span``: IoU of a predicted ``first last`` span of frames with the truth,
+  both ends included (frames 2-3 against 2-5: 2 of 4 frames).
+- ``box_iou``: IoU of a predicted ``x1 y1 x2 y2`` box with the truth (STVG-R1's
+  spatial reward).
 - ``progress``: 1 - |pred - gt| / 100 for task progress in percent (the MAE
   reward of PRIMO / SOLE-R1), clipped at 0.
 - ``format``: 1 when the text is ``<think> ... </think> <answer> ... </answer>``.
@@ -82,6 +86,30 @@ def temporal_iou_reward(text: str, truth: str) -> float:
     return temporal_iou((float(nums[0]), float(nums[1])), (gt[0], gt[1]))
 
 
+def _numbers(text: str, n: int) -> list[float] | None:
+    nums = [float(x) for x in _NUMBER.findall(text or "")]
+    return nums[:n] if len(nums) >= n else None
+
+
+def frame_span_reward(text: str, truth: str) -> float:
+    pred, gt = _numbers(answer_text(text), 2), _numbers(truth, 2)
+    if pred is None or gt is None:
+        return 0.0
+    (ps, pe), (ts, te) = sorted(pred), sorted(gt)
+    return temporal_iou((ps, pe + 1), (ts, te + 1))
+
+
+def box_iou_reward(text: str, truth: str) -> float:
+    pred, gt = _numbers(answer_text(text), 4), _numbers(truth, 4)
+    if pred is None or gt is None:
+        return 0.0
+    (px1, px2), (py1, py2), (tx1, tx2), (ty1, ty2) = (sorted(pred[0::2]), sorted(pred[1::2]), sorted(gt[0::2]),
+                                                      sorted(gt[1::2]))
+    inter = max(0.0, min(px2, tx2) - max(px1, tx1)) * max(0.0, min(py2, ty2) - max(py1, ty1))
+    union = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def progress_reward(text: str, truth: str) -> float:
     pred, gt = _number(answer_text(text)), _number(truth)
     if pred is None or gt is None:
@@ -94,6 +122,8 @@ TASK_REWARDS: dict[str, Callable[[str, str], float]] = {
     "soft_choice": soft_choice_reward,
     "numeric": numeric_reward,
     "temporal_iou": temporal_iou_reward,
+    "frame_span": frame_span_reward,
+    "box_iou": box_iou_reward,
     "progress": progress_reward,
     "format": format_reward,
 }

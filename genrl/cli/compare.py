@@ -34,10 +34,12 @@ def _count(report: dict) -> int:
 
 def per_video(report: dict) -> dict[str, list[float]]:
     """prompt_accuracy and every reward axis of an eval file, one value per video; for a QA file, accuracy
-    (the task reward) per question, overall and per question type."""
+    (the task reward) per question, overall and per question type, and the reasoning's consistency."""
     if "per_item" in report:
         items = report["per_item"]
         out = {"accuracy": [float(r) for r in items["reward"]]}
+        if "consistent" in items:  # the verifier's judgement of each think block (VerIPO)
+            out["consistency"] = [float(c) for c in items["consistent"]]
         for t in dict.fromkeys(items["type"]):
             out[f"accuracy:{t}"] = [float(r) for r, k in zip(items["reward"], items["type"]) if k == t]
         return out

@@ -26,6 +26,24 @@ Variants (``variant``), each overriding one hook of :class:`GRPOMethod`:
   instead of the clipped surrogate; groups that are all right (too easy) are
   rolled again on noised videos, all wrong (too hard) with a hint in the
   question, so they carry an advantage.
+- ``tg_grpo`` (VideoTG-R1's curriculum, for the grounding questions): each
+  question's difficulty is estimated from its own group (1 - mean accuracy
+  reward of the current policy's rollouts); a hard one is rolled again on its
+  video with a share of the frames outside the answer's span blanked, a share
+  that falls linearly to 0 over ``curriculum.decay_steps``, so hard samples
+  first give a preference signal and later are met whole. Departure: the
+  difficulty is estimated online, per step, not once by a separate model over
+  a fixed dataset (the shapes world draws new questions every step).
+- ``veripo`` (VerIPO): a GRPO -> verifier -> DPO loop. Each cycle runs
+  ``veripo.grpo_steps`` GRPO steps; the rollout-aware verifier
+  (:func:`genrl.methods.qa.verify`: every attribute the think block claims is
+  true of the clip and the answer agrees with it) picks from each group a
+  chosen rollout (right answer, verified reasoning) and a rejected one (right
+  answer on unverified reasoning first, else a wrong answer); then
+  ``veripo.dpo_steps`` DPO steps on those pairs, and the pairs are dropped.
+  Departure: the verifier is a rule, not a small LLM judge, and the DPO
+  reference is the frozen starting policy (the GRPO KL reference), so a run
+  resumes exactly at any step.
 """
 
 from __future__ import annotations
@@ -44,7 +62,7 @@ from ..models.hf_vlm import QwenVLPolicy
 from ..models.registry import save_weights
 from ..models.vlm import TinyVLM
 from ..train.trainer import Method, Role, StepContext
-from ..worlds.qa import QAConfig, QAItem, ShapesQA, invert, with_hint
+from ..worlds.qa import QAConfig, QAItem, ShapesQA, invert, mask_outside, with_hint
 from .common import GeneratorState, OptimConfig, adamw
 from .qa import (MAX_NEW_TOKENS, accuracy_metrics, accuracy_reward_name, evaluate_qa, fit_vocabulary, load_policy,
                  prompts)
@@ -91,11 +109,38 @@ class RegGRPOConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """VideoTG-R1 difficulty-aware curriculum masking (``variant: tg_grpo``)."""
+
+    hard_below: float = check(0.3, "[0, 1]")
+    """A question whose group's mean accuracy reward is below this is hard."""
+    mask_ratio: float = check(0.75, "[0, 1]")
+    """Share of the frames outside the answer's span blanked for a hard question at step 0."""
+    decay_steps: int = check(200, ">=1")
+    """The share falls linearly to 0 by this step."""
+
+
+@dataclass
+class VerIPOConfig:
+    """VerIPO's GRPO -> verifier -> DPO loop (``variant: veripo``)."""
+
+    grpo_steps: int = check(20, ">=1")
+    """GRPO steps of a cycle (their rollouts feed the verifier)."""
+    dpo_steps: int = check(10, ">=0")
+    """DPO steps of a cycle, on the pairs its GRPO steps left."""
+    dpo_batch: int = check(16, ">=1")
+    """Pairs per DPO step (drawn from the cycle's pairs)."""
+    dpo_beta: float = check(0.1, ">0")
+    """DPO's beta."""
+
+
+@dataclass
 class GRPOMethodConfig:
     """GRPO on shapes video QA."""
 
     variant: str = "grpo"
-    """'grpo', 't_grpo' (Video-R1), 'tw_grpo' (TW-GRPO) or 'reg_grpo' (DeepVideo-R1)."""
+    """'grpo', 't_grpo' (Video-R1), 'tw_grpo' (TW-GRPO), 'reg_grpo' (DeepVideo-R1), 'tg_grpo' (VideoTG-R1's
+    curriculum for grounding questions) or 'veripo' (VerIPO's GRPO -> verifier -> DPO loop)."""
     policy: str = "shapes-vlm-sft"
     """Starting policy, also the frozen KL reference: genrl VLM weights (name or path) or a local
     transformers Qwen2-VL / Qwen2.5-VL folder (config.json, weights, tokenizer files)."""
@@ -133,6 +178,8 @@ class GRPOMethodConfig:
     t_grpo: TGRPOConfig = field(default_factory=TGRPOConfig)
     tw_grpo: TWGRPOConfig = field(default_factory=TWGRPOConfig)
     reg_grpo: RegGRPOConfig = field(default_factory=RegGRPOConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    veripo: VerIPOConfig = field(default_factory=VerIPOConfig)
 
 
 @dataclass
@@ -346,6 +393,131 @@ class RegGRPOMethod(GRPOMethod):
         return splice(ro, idx, self.rollout(videos, items))
 
 
+class CurriculumGRPOMethod(GRPOMethod):
+    """VideoTG-R1: hard questions (by their own group's rewards) rolled again with frames outside the answer's
+    span masked, the masked share decaying over training."""
+
+    name = "tg_grpo"
+
+    def mask_ratio(self, step: int) -> float:
+        c = self.cfg.curriculum
+        return c.mask_ratio * max(0.0, 1.0 - step / c.decay_steps)
+
+    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
+        self._step, self._stats = step, {}
+        return {**super().train_step(step, ctx), **self._stats}
+
+    def adjust(self, ro: Rollouts) -> Rollouts:
+        c, ratio = self.cfg.curriculum, self.mask_ratio(self._step)
+        difficulty = 1.0 - ro.accuracy.view(len(ro.items), -1).mean(1)
+        idx = [p for p, d in enumerate(difficulty.tolist()) if d > 1.0 - c.hard_below and ro.items[p].span is not None]
+        self._stats = {"mask_ratio": ratio, "hard_questions": len(idx) / len(ro.items)}
+        if not idx or not ratio:
+            return ro
+        videos = torch.stack([mask_outside(ro.videos[p], ro.items[p].span, ratio, self.data.generator) for p in idx])
+        return splice(ro, idx, self.rollout(videos, [ro.items[p] for p in idx]))
+
+
+class PairBuffer:
+    """The preference pairs of a VerIPO cycle (checkpointed, so a run resumes with them)."""
+
+    def __init__(self):
+        self.pairs: list[dict[str, torch.Tensor]] = []
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def state_dict(self):
+        return {"pairs": self.pairs}
+
+    def load_state_dict(self, state):
+        self.pairs = list(state["pairs"])
+
+
+def preference_pair(accuracy: list[float], verified: list[float]) -> tuple[int, int] | None:
+    """(chosen, rejected) rows of one group: chosen the first right answer on verified reasoning; rejected the first
+    right answer on unverified reasoning, else the first wrong answer; None when either is missing."""
+    chosen = [i for i, (a, v) in enumerate(zip(accuracy, verified)) if a >= 1 and v >= 1]
+    rejected = [i for i, (a, v) in enumerate(zip(accuracy, verified)) if a >= 1 and v < 1]
+    rejected = rejected or [i for i, a in enumerate(accuracy) if a < 1]
+    return (chosen[0], rejected[0]) if chosen and rejected else None
+
+
+class VerIPOMethod(GRPOMethod):
+    """VerIPO: GRPO phases whose rollouts the verifier turns into preference pairs, then DPO phases on them."""
+
+    name = "veripo"
+
+    def __init__(self, cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: Policy | None = None):
+        super().__init__(cfg, optim, seed, policy)
+        if cfg.train_vision:
+            raise ValueError("grpo.variant=veripo keeps each pair's video embedding, so it needs the vision tower "
+                             "frozen (grpo.train_vision=false)")
+        if self.ref is None:  # DPO needs a reference even where GRPO's KL is off
+            self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.buffer = PairBuffer()
+
+    def phase(self, step: int) -> str:
+        c = self.cfg.veripo
+        return "grpo" if (step - 1) % (c.grpo_steps + c.dpo_steps) < c.grpo_steps else "dpo"
+
+    def adjust(self, ro: Rollouts) -> Rollouts:
+        from .qa import verify
+
+        Gs = ro.ids.shape[0] // len(ro.items)
+        texts = [self.policy.tokenizer.decode(r) for r in ro.ids]
+        emb = ro.video_emb if ro.video_emb is not None else self._encode(self.policy, ro.videos)
+        for p, item in enumerate(ro.items):
+            rows = range(p * Gs, (p + 1) * Gs)
+            pair = preference_pair([float(ro.accuracy[i]) for i in rows], [verify(texts[i], item) for i in rows])
+            if pair is None:
+                continue
+            c, r = (p * Gs + k for k in pair)
+            keep = ro.prompt_mask[c].bool()
+            self.buffer.pairs.append({"video_emb": emb[p].cpu(), "prompt": ro.prompt_ids[c][keep].cpu(),
+                                      "chosen": ro.ids[c][ro.mask[c].bool()].cpu(),
+                                      "rejected": ro.ids[r][ro.mask[r].bool()].cpu()})
+        return ro
+
+    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
+        if self.phase(step) == "dpo" and len(self.buffer):
+            return self.dpo_step(ctx)
+        c = self.cfg.veripo
+        if self.phase(step) == "grpo" and (step - 1) % (c.grpo_steps + c.dpo_steps) == 0:
+            self.buffer.pairs = []  # a new cycle collects its own pairs
+        return {**super().train_step(step, ctx), "dpo_pairs": float(len(self.buffer))}
+
+    def dpo_step(self, ctx: StepContext) -> dict[str, float]:
+        from ..models.vlm import pad_batch
+
+        c, dev = self.cfg.veripo, next(self.policy.parameters()).device
+        pick = torch.randint(len(self.buffer), (c.dpo_batch,), generator=self.data.generator).tolist()
+        pairs = [self.buffer.pairs[i] for i in pick]
+        pad = self.policy.tokenizer.pad_id
+        p_ids, p_mask = pad_batch([p["prompt"].tolist() for p in pairs] * 2, pad, left_pad=True)
+        ids, mask = pad_batch([p["chosen"].tolist() for p in pairs] + [p["rejected"].tolist() for p in pairs], pad,
+                              left_pad=False)
+        p_ids, p_mask, ids, mask = (t.to(dev) for t in (p_ids, p_mask, ids, mask))
+        emb = torch.stack([p["video_emb"] for p in pairs]).to(dev).repeat(2, 1, 1)  # the frozen tower's, as rolled out
+        with torch.no_grad():
+            ref = (self.ref.token_logprobs(emb, p_ids, p_mask, ids, mask) * mask).sum(1)
+        box = {}
+
+        def micro(_: int) -> torch.Tensor:
+            logp = (self.policy.token_logprobs(emb, p_ids, p_mask, ids, mask) * mask).sum(1)
+            n = len(pairs)
+            loss, box["margin"] = G.dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], c.dpo_beta)
+            return loss
+
+        out = ctx.optimize(self.opt, [p for p in self.policy.parameters() if p.requires_grad], micro, self.sched)
+        margin = box["margin"].detach()
+        return {**out, "dpo_margin": float(margin.mean()), "dpo_accuracy": float((margin > 0).float().mean()),
+                "dpo_pairs": float(len(self.buffer))}
+
+    def stateful(self):
+        return {**super().stateful(), "pairs": self.buffer}
+
+
 def splice(ro: Rollouts, idx: list[int], new: Rollouts) -> Rollouts:
     """``ro`` with prompts ``idx`` (and their rows) replaced by ``new``'s prompts, in order."""
     Gs = ro.ids.shape[0] // len(ro.items)
@@ -383,7 +555,8 @@ def _pad_to(t: torch.Tensor, width: int, left: bool) -> torch.Tensor:
     return torch.cat((z, t) if left else (t, z), 1)
 
 
-METHODS = {"grpo": GRPOMethod, "t_grpo": TGRPOMethod, "tw_grpo": TWGRPOMethod, "reg_grpo": RegGRPOMethod}
+METHODS = {"grpo": GRPOMethod, "t_grpo": TGRPOMethod, "tw_grpo": TWGRPOMethod, "reg_grpo": RegGRPOMethod,
+           "tg_grpo": CurriculumGRPOMethod, "veripo": VerIPOMethod}
 VARIANTS = tuple(METHODS)
 
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 import torch
 
 from ..models.vlm import TinyVLM, VLMConfig, pad_batch
-from ..worlds.qa import NONE, NUMERIC_TYPES, QAConfig, QAItem, ShapesQA, vocabulary
+from ..worlds.qa import LETTERS, NONE, NUMERIC_TYPES, QAConfig, QAItem, ShapesQA, vocabulary
+from ..worlds.shapes import VALUES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_NEW_TOKENS = 12  # the longest SFT completion is 11 tokens with <eos>
+BOX_TOKENS = 14  # a ``where`` completion: five reason words, four box numbers, the tags and <eos>
+
+
+def completion_tokens(qa: QAConfig) -> int:
+    """The longest completion ``qa``'s questions need (``where`` boxes take three tokens more)."""
+    return BOX_TOKENS if "where" in qa.types else MAX_NEW_TOKENS
 
 VLM_SIZES = {
     "debug": dict(vision_dim=32, vision_depth=1, vision_heads=2, dim=32, depth=1, heads=2, kv_heads=1, mlp_hidden=64),
@@ -57,6 +65,34 @@ def fit_vocabulary(policy, qa: QAConfig):
     return policy
 
 
+ATTRIBUTE_WORDS = frozenset(w for k in ("colour", "shape", "size", "direction", "speed") for w in VALUES[k])
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def verify(text: str, item: QAItem) -> float:
+    """VerIPO's rollout-aware verifier, by rule on the shapes world: 1 when the think block claims at least one
+    attribute (colour, kind, size, direction, speed words), every claim is true of the clip (among the words of
+    ``item.reason``), and the answer agrees with the claims — a chosen option's value is claimed, a count equals
+    the number of shape kinds described; else 0. It judges the reasoning, not whether the answer is right."""
+    from rewards.tasks import answer_text
+
+    m = _THINK.search(text)
+    claims = [w for w in (m.group(1).split() if m else []) if w in ATTRIBUTE_WORDS]
+    truth = set(item.reason.split())
+    if not claims or any(w not in truth for w in claims):
+        return 0.0
+    answer = answer_text(text) or ""
+    if item.qtype == "count":
+        return float(answer.strip() == str(sum(w in VALUES["shape"] for w in claims)))
+    if not item.options:
+        return 1.0  # progress and grounding answers are numbers the claims do not name
+    letters = [c for c in answer.split() if len(c) == 1 and c in LETTERS[: len(item.options)]]
+    if len(letters) != 1:
+        return 0.0
+    value = item.options[LETTERS.index(letters[0])]
+    return float(value == NONE or all(w in claims for w in value.split()))
+
+
 def target_text(item: QAItem) -> str:
     """The SFT completion: what the clip shows, then the answer, in the tags the format reward checks."""
     return f"<think> {item.reason} </think> <answer> {item.answer} </answer>"
@@ -81,6 +117,8 @@ def accuracy_reward_name(item: QAItem, soft: bool = True) -> str:
         return "numeric"
     if item.qtype == "progress":
         return "progress"  # 1 - |pred - truth| / 100: credit for being close (PRIMO's MAE reward)
+    if item.qtype in ("when", "where"):
+        return "frame_span" if item.qtype == "when" else "box_iou"  # IoU with the true span / box
     return "soft_choice" if soft and len(item.answer.split()) > 1 else "choice"
 
 
@@ -99,19 +137,21 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
     dev = next(model.parameters()).device
     hits: dict[str, list[float]] = {}
     fmt = []
-    per_item: dict[str, list] = {"type": [], "reward": []}  # in question order: two models' files pair item by item
+    per_item: dict[str, list] = {"type": [], "reward": [], "consistent": []}  # in question order: files pair by item
     t0 = time.time()
     with progress_bar(num, "eval qa", quiet) as advance:
         for s in range(0, num, batch):
             videos, items = qa.items(split, range(s, min(num, s + batch)))
             p_ids, p_mask = prompts(model, items, dev)
-            ids, _ = model.generate(model.encode_video(videos.to(dev)), p_ids, p_mask, max_new_tokens=MAX_NEW_TOKENS, temperature=0)
+            ids, _ = model.generate(model.encode_video(videos.to(dev)), p_ids, p_mask, max_new_tokens=completion_tokens(qa.cfg),
+                                     temperature=0)
             for it, row in zip(items, ids):
                 text = model.tokenizer.decode(row)
                 kind = "hallucination" if it.value == NONE else it.qtype  # "none of these" questions, apart
                 hits.setdefault(kind, []).append(TASK_REWARDS.get(accuracy_reward_name(it))(text, it.answer))
                 per_item["type"].append(kind)
                 per_item["reward"].append(hits[kind][-1])
+                per_item["consistent"].append(verify(text, it))
                 fmt.append(TASK_REWARDS.get("format")(text, ""))
             advance(len(items), f"acc={sum(sum(v) for v in hits.values()) / len(fmt):.3f}")
     model.train(was_training)
@@ -120,6 +160,7 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
         "accuracy": sum(total) / len(total),
         "per_type": {k: sum(v) / len(v) for k, v in sorted(hits.items())},
         "format": sum(fmt) / len(fmt),
+        "consistency": sum(per_item["consistent"]) / len(total),
         "num": len(total),
         "split": split,
         "hallucination": qa.cfg.hallucination,

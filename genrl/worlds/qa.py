@@ -14,6 +14,13 @@ Question types:
   frame the shape has come at the last frame, along its direction, in percent (the
   tenth it has reached: 0, 10, ..., 90), scored by the dense ``progress`` reward
   1 - |pred - truth| / 100.
+- grounding (opt-in, the VideoTG-R1 / STVG-R1 / Scene-R1 recipe): ``when`` — "when is the
+  red circle on screen ?": the named shape is on screen for a span of frames (2 to F - 2
+  of them), with, in half the clips, another shape on screen throughout; the answer is the
+  first and last frame ("2 5"), scored by the frame-span IoU. ``where`` — "where is the
+  shape in frame 3 ?": the shape's box at that frame in eighths of the frame
+  ("x1 y1 x2 y2", 0..8), scored by the box IoU. Each carries its ``span``, the frames the
+  answer lives in (the curriculum masks the others for hard samples).
 - temporal order: ``order`` — two shapes (different colour or kind) take turns:
   the first is on screen in the first half of the clip, the second in the
   second half; "which shape comes first ?" with the two as lettered options
@@ -47,8 +54,11 @@ NUMERIC_TYPES = ("count",)
 ORDER_TYPES = ("order",)
 QUESTION_TYPES = CHOICE_TYPES + NUMERIC_TYPES + ORDER_TYPES
 PROGRESS_TYPES = ("progress",)
+GROUNDING_TYPES = ("when", "where")
 """Opt-in types (not in the default list, so default item streams stay as they were)."""
-ALL_TYPES = QUESTION_TYPES + PROGRESS_TYPES
+ALL_TYPES = QUESTION_TYPES + PROGRESS_TYPES + GROUNDING_TYPES
+BOX_CELLS = 8
+"""``where`` boxes are given in eighths of the frame (0..8 on each axis)."""
 PROGRESS_ANSWERS = tuple(str(10 * i) for i in range(10))
 LETTERS = "abcd"
 NONE = "none of these"
@@ -62,6 +72,8 @@ QUESTIONS = {
     "count": "how many shapes are there ?",
     "order": "which shape comes first ?",
     "progress": "how far across the frame has the shape come ?",
+    "when": "when is the {} on screen ?",
+    "where": "where is the shape in frame {} ?",
 }
 _SALT = {"train": 0xA11CE0, "val": 0xA11CE1, "test": 0xA11CE2}
 
@@ -107,6 +119,8 @@ class QAItem:
     reason: str = ""
     """What a model should see before answering (the SFT chain of thought): the shape's size, colour,
     kind, direction and speed; for counts each shape's colour and kind; for order both, in order."""
+    span: tuple[int, int] | None = None
+    """Grounding questions: the first and last frame the answer lives in (the rest can be masked)."""
 
     def prompt(self) -> str:
         """Question and lettered options (the text after the video)."""
@@ -139,11 +153,11 @@ class ShapesQA:
             qtype = self.cfg.types[int(torch.randint(len(self.cfg.types), (1,), generator=g))]
             count = int(torch.randint(1, MAX_COUNT + 1, (1,), generator=g)) if qtype == "count" else 1
             visible = None
-            if qtype == "order":
+            if qtype in ("order", "when"):
                 attrs, starts = self.world.random_attributes(split, 2, g)
                 while bool((attrs[0, :2] == attrs[1, :2]).all()):  # the two must be told apart by colour or kind
                     attrs[1:], starts[1:] = self.world.random_attributes(split, 1, g)
-                visible = self._halves()
+                visible = self._halves() if qtype == "order" else None
             else:
                 attrs, starts = self.world.random_attributes(split, count, g)
             attrs[:, 5] = attrs[0, 5]  # one background per clip
@@ -152,6 +166,10 @@ class ShapesQA:
             if r < offer:  # r < h / 2: absent, r < h: counterexample, else the value is offered beside "none of these"
                 kind = "absent" if r < h / 2 else "counterexample" if r < h else "present"
                 video, item = self._none_of_these_item(qtype, attrs, starts, g, kind)
+            elif qtype == "when":
+                video, item = self._when_item(attrs, starts, g)
+            elif qtype == "where":
+                video, item = self._where_item(attrs, starts, g)
             elif qtype == "progress":
                 video = self.render(attrs, starts)
                 item = QAItem(qtype, QUESTIONS[qtype], [], *(2 * [self.progress_answer(attrs, starts)]), _reason(attrs[0]))
@@ -186,6 +204,45 @@ class ShapesQA:
         options = [values[i] for i in offered] + [NONE]
         value = values[shown] if kind == "present" else NONE
         return video, QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, reason)
+
+    def _when_item(self, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator):
+        """The named (first) shape on screen for frames a..b; the other shape, told apart by colour or kind, on
+        screen throughout in half the clips."""
+        F = self.cfg.frames
+        length = int(torch.randint(2, F - 1, (1,), generator=g))
+        a = int(torch.randint(F - length + 1, (1,), generator=g))
+        visible = torch.zeros(2, F)
+        visible[0, a : a + length] = 1
+        visible[1] = float(torch.rand(1, generator=g) < 0.5)
+        name = " ".join(VALUES[k][int(attrs[0, ATTRIBUTES.index(k)])] for k in ("colour", "shape"))
+        answer = f"{a} {a + length - 1}"
+        return self.render(attrs, starts, visible), QAItem("when", QUESTIONS["when"].format(name), [], answer, answer,
+                                                           _reason(attrs[0]), (a, a + length - 1))
+
+    def _where_item(self, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator):
+        """The shape's box at a frame drawn per item, in eighths of the frame; the start is drawn again while the
+        shape straddles an edge at that frame (a wrapped box has no single rectangle)."""
+        k = int(torch.randint(self.cfg.frames, (1,), generator=g))
+        box = self.box(attrs, starts, k)
+        while box is None:
+            starts = torch.rand(1, 2, generator=g)
+            box = self.box(attrs, starts, k)
+        answer = " ".join(str(v) for v in box)
+        return self.render(attrs, starts), QAItem("where", QUESTIONS["where"].format(k), [], answer, answer,
+                                                  _reason(attrs[0]), (k, k))
+
+    def box(self, attrs: torch.Tensor, starts: torch.Tensor, frame: int) -> tuple[int, int, int, int] | None:
+        """(x1, y1, x2, y2) in eighths of the frame enclosing the first shape's pixels (coverage > 1/2) at
+        ``frame``, outward-rounded; None when it straddles an edge of the torus."""
+        alpha, _ = self.world.layers(attrs[:1], starts[:1], frame + 1)
+        on = alpha[0, frame, 0] > 0.5  # (H, W)
+        cols, rows = on.any(0).nonzero().flatten(), on.any(1).nonzero().flatten()
+        H, W = on.shape
+        if not len(cols) or bool(on[:, 0].any() and on[:, -1].any()) or bool(on[0].any() and on[-1].any()):
+            return None
+        x1, x2 = int(cols[0]) * BOX_CELLS // W, -(-(int(cols[-1]) + 1) * BOX_CELLS // W)
+        y1, y2 = int(rows[0]) * BOX_CELLS // H, -(-(int(rows[-1]) + 1) * BOX_CELLS // H)
+        return x1, y1, x2, y2
 
     def progress(self, attrs: torch.Tensor, starts: torch.Tensor) -> float:
         """How far across the frame the (first) shape has come at the last frame, along its direction, in [0, 1):
@@ -253,19 +310,34 @@ INVERTED = "which options are not right for :"
 HINT = "hint :"
 
 
+def mask_outside(video: torch.Tensor, span: tuple[int, int], ratio: float, g: torch.Generator) -> torch.Tensor:
+    """VideoTG-R1's curriculum mask: blank (to 0) round(``ratio`` x n) of the n frames outside ``span``, drawn
+    from ``g``; the frames in the span are kept. ``video`` is (F, 3, H, W)."""
+    outside = [f for f in range(video.shape[0]) if not span[0] <= f <= span[1]]
+    n = round(ratio * len(outside))
+    if not n:
+        return video
+    picked = [outside[i] for i in torch.randperm(len(outside), generator=g)[:n].tolist()]
+    out = video.clone()
+    out[picked] = 0
+    return out
+
+
 def invert(item: QAItem) -> QAItem:
     """TW-GRPO question-answer inversion: ask for every *wrong* option of a choice question
     (several right letters, which the soft multi-choice reward credits in part)."""
-    if item.qtype in NUMERIC_TYPES:
+    if not item.options:  # counts, progress, grounding: nothing to invert
         return item
     wrong = [LETTERS[i] for i, v in enumerate(item.options) if v != item.value]
-    return QAItem(item.qtype, f"{INVERTED} {item.question}", item.options, " ".join(wrong), item.value, item.reason)
+    return QAItem(item.qtype, f"{INVERTED} {item.question}", item.options, " ".join(wrong), item.value, item.reason,
+                  item.span)
 
 
 def with_hint(item: QAItem) -> QAItem:
     """Reg-GRPO easier variant of a question: the prompt names the value to look for
     (a choice question still needs the letter it sits at; a count the digit)."""
-    return QAItem(item.qtype, f"{item.question} {HINT} {item.value}", item.options, item.answer, item.value, item.reason)
+    return QAItem(item.qtype, f"{item.question} {HINT} {item.value}", item.options, item.answer, item.value, item.reason,
+                  item.span)
 
 
 def vocabulary(cfg: QAConfig | None = None) -> list[str]:
@@ -281,4 +353,7 @@ def vocabulary(cfg: QAConfig | None = None) -> list[str]:
         words += NONE.split()
     if cfg is not None and "progress" in cfg.types:
         words += QUESTIONS["progress"].split() + list(PROGRESS_ANSWERS)
+    for t in GROUNDING_TYPES:
+        if cfg is not None and t in cfg.types:
+            words += QUESTIONS[t].replace("{}", "").split()
     return list(dict.fromkeys(words))
