@@ -18,4 +18,4 @@ def shapes_reward(weights: str = "shapes-reward", **_) -> ShapesReward:
     """The embedded shapes reward model (name or path of its weights)."""
     return load_model(weights, kind="shapes_reward").requires_grad_(False)
 
-from . import clip, videoreward  # noqa: E402,F401 - register the other backends
+from . import clip, videoreward, vlm  # noqa: E402,F401 - register the other backends

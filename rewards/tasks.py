@@ -17,6 +17,10 @@ answer is what sits between ``<answer>`` and ``</answer>``.
   spatial reward).
 - ``progress``: 1 - |pred - gt| / 100 for task progress in percent (the MAE
   reward of PRIMO / SOLE-R1), clipped at 0.
+- ``clues`` (Video-Thinker): how well a think block's grounded captions
+  ``<time> a b </time> <caption> words </caption>`` match the clip's: clues paired
+  greedily, each pair scoring frame-span IoU x word Jaccard of the captions, summed
+  and divided by the larger of the two clue counts (missing or extra clues cost).
 - ``format``: 1 when the text is ``<think> ... </think> <answer> ... </answer>``.
 """
 
@@ -110,6 +114,32 @@ def box_iou_reward(text: str, truth: str) -> float:
     return inter / union if union > 0 else 0.0
 
 
+_CLUE = re.compile(r"<time>\s*(\d+)\s+(\d+)\s*</time>\s*<caption>(.*?)</caption>", re.DOTALL)
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def parse_clues(text: str) -> list[tuple[int, int, frozenset[str]]]:
+    """(first frame, last frame, caption words) of each ``<time> a b </time> <caption> ... </caption>`` in ``text``."""
+    return [(int(a), int(b), frozenset(c.split())) for a, b, c in _CLUE.findall(text)]
+
+
+def clue_reward(text: str, truth: str) -> float:
+    think = _THINK.search(text)
+    pred, gt = parse_clues(think.group(1) if think else ""), parse_clues(truth)
+    if not pred or not gt:
+        return 0.0
+    score = [[temporal_iou((min(pa, pb), max(pa, pb) + 1), (ga, gb + 1)) * len(pc & gc) / len(pc | gc)
+              for ga, gb, gc in gt] for pa, pb, pc in pred]
+    total, used = 0.0, set()
+    for row in score:  # each predicted clue takes the best truth clue still free
+        free = [j for j in range(len(gt)) if j not in used]
+        if free:
+            j = max(free, key=lambda k: row[k])
+            used.add(j)
+            total += row[j]
+    return total / max(len(pred), len(gt))
+
+
 def progress_reward(text: str, truth: str) -> float:
     pred, gt = _number(answer_text(text)), _number(truth)
     if pred is None or gt is None:
@@ -125,6 +155,7 @@ TASK_REWARDS: dict[str, Callable[[str, str], float]] = {
     "frame_span": frame_span_reward,
     "box_iou": box_iou_reward,
     "progress": progress_reward,
+    "clues": clue_reward,
     "format": format_reward,
 }
 

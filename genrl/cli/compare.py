@@ -40,6 +40,8 @@ def per_video(report: dict) -> dict[str, list[float]]:
         out = {"accuracy": [float(r) for r in items["reward"]]}
         if "consistent" in items:  # the verifier's judgement of each think block (VerIPO)
             out["consistency"] = [float(c) for c in items["consistent"]]
+        if "clues" in items:  # how well the think block's grounded captions match the clip (Video-Thinker)
+            out["clues"] = [float(c) for c in items["clues"]]
         for t in dict.fromkeys(items["type"]):
             out[f"accuracy:{t}"] = [float(r) for r, k in zip(items["reward"], items["type"]) if k == t]
         return out

@@ -44,6 +44,10 @@ Variants (``variant``), each overriding one hook of :class:`GRPOMethod`:
   Departure: the verifier is a rule, not a small LLM judge, and the DPO
   reference is the frozen starting policy (the GRPO KL reference), so a run
   resumes exactly at any step.
+- ``thinker`` (Video-Thinker): from an SFT start on grounded traces
+  (``qa.thinker``), each rollout's reward adds ``thinker.clue_weight`` x the
+  clue reward: its ``<time>`` spans and ``<caption>`` words against what is on
+  screen when (``rewards.tasks.clue_reward``).
 """
 
 from __future__ import annotations
@@ -135,12 +139,21 @@ class VerIPOConfig:
 
 
 @dataclass
+class ThinkerConfig:
+    """Video-Thinker's clue reward (``variant: thinker``)."""
+
+    clue_weight: float = check(0.5, ">=0")
+    """Weight of the clue reward next to accuracy and format."""
+
+
+@dataclass
 class GRPOMethodConfig:
     """GRPO on shapes video QA."""
 
     variant: str = "grpo"
     """'grpo', 't_grpo' (Video-R1), 'tw_grpo' (TW-GRPO), 'reg_grpo' (DeepVideo-R1), 'tg_grpo' (VideoTG-R1's
-    curriculum for grounding questions) or 'veripo' (VerIPO's GRPO -> verifier -> DPO loop)."""
+    curriculum for grounding questions), 'veripo' (VerIPO's GRPO -> verifier -> DPO loop) or 'thinker'
+    (Video-Thinker's clue reward)."""
     policy: str = "shapes-vlm-sft"
     """Starting policy, also the frozen KL reference: genrl VLM weights (name or path) or a local
     transformers Qwen2-VL / Qwen2.5-VL folder (config.json, weights, tokenizer files)."""
@@ -180,6 +193,7 @@ class GRPOMethodConfig:
     reg_grpo: RegGRPOConfig = field(default_factory=RegGRPOConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     veripo: VerIPOConfig = field(default_factory=VerIPOConfig)
+    thinker: ThinkerConfig = field(default_factory=ThinkerConfig)
 
 
 @dataclass
@@ -518,6 +532,32 @@ class VerIPOMethod(GRPOMethod):
         return {**super().stateful(), "pairs": self.buffer}
 
 
+class ThinkerGRPOMethod(GRPOMethod):
+    """Video-Thinker: rewards for grounded, captioned clues in the think block, beside accuracy and format."""
+
+    name = "thinker"
+
+    def __init__(self, cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: Policy | None = None):
+        if not cfg.qa.thinker:
+            raise ValueError("grpo.variant=thinker rewards grounded clues: set grpo.qa.thinker=true (and start from an "
+                             "SFT run on those traces)")
+        super().__init__(cfg, optim, seed, policy)
+
+    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
+        self._stats = {}
+        return {**super().train_step(step, ctx), **self._stats}
+
+    def adjust(self, ro: Rollouts) -> Rollouts:
+        from ..worlds.qa import clue_text
+
+        Gs = ro.ids.shape[0] // len(ro.items)
+        truth = [clue_text(it.clues) for it in ro.items for _ in range(Gs)]
+        clues = torch.tensor([TASK_REWARDS.get("clues")(self.policy.tokenizer.decode(r), t) for r, t in zip(ro.ids, truth)])
+        ro.rewards = ro.rewards + self.cfg.thinker.clue_weight * clues
+        self._stats = {"reward_clues": float(clues.mean())}
+        return ro
+
+
 def splice(ro: Rollouts, idx: list[int], new: Rollouts) -> Rollouts:
     """``ro`` with prompts ``idx`` (and their rows) replaced by ``new``'s prompts, in order."""
     Gs = ro.ids.shape[0] // len(ro.items)
@@ -556,7 +596,8 @@ def _pad_to(t: torch.Tensor, width: int, left: bool) -> torch.Tensor:
 
 
 METHODS = {"grpo": GRPOMethod, "t_grpo": TGRPOMethod, "tw_grpo": TWGRPOMethod, "reg_grpo": RegGRPOMethod,
-           "tg_grpo": CurriculumGRPOMethod, "veripo": VerIPOMethod}
+           "tg_grpo": CurriculumGRPOMethod, "veripo": VerIPOMethod,
+           "thinker": ThinkerGRPOMethod}
 VARIANTS = tuple(METHODS)
 
 

@@ -9,16 +9,20 @@ import time
 import torch
 
 from ..models.vlm import TinyVLM, VLMConfig, pad_batch
-from ..worlds.qa import LETTERS, NONE, NUMERIC_TYPES, QAConfig, QAItem, ShapesQA, vocabulary
+from ..worlds.qa import LETTERS, NONE, NUMERIC_TYPES, TIME, QAConfig, QAItem, ShapesQA, clue_text, vocabulary
 from ..worlds.shapes import VALUES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_NEW_TOKENS = 12  # the longest SFT completion is 11 tokens with <eos>
 BOX_TOKENS = 14  # a ``where`` completion: five reason words, four box numbers, the tags and <eos>
+THINKER_TOKENS = 30  # a Video-Thinker count of three shapes: three 8-token clues, the tags, the answer and <eos>
 
 
 def completion_tokens(qa: QAConfig) -> int:
-    """The longest completion ``qa``'s questions need (``where`` boxes take three tokens more)."""
+    """The longest completion ``qa``'s questions need (``where`` boxes take three tokens more, Video-Thinker traces
+    up to 30)."""
+    if qa.thinker:
+        return THINKER_TOKENS
     return BOX_TOKENS if "where" in qa.types else MAX_NEW_TOKENS
 
 VLM_SIZES = {
@@ -137,7 +141,7 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
     dev = next(model.parameters()).device
     hits: dict[str, list[float]] = {}
     fmt = []
-    per_item: dict[str, list] = {"type": [], "reward": [], "consistent": []}  # in question order: files pair by item
+    per_item: dict[str, list] = {"type": [], "reward": [], "consistent": [], "clues": []}  # question order: files pair
     t0 = time.time()
     with progress_bar(num, "eval qa", quiet) as advance:
         for s in range(0, num, batch):
@@ -152,6 +156,7 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
                 per_item["type"].append(kind)
                 per_item["reward"].append(hits[kind][-1])
                 per_item["consistent"].append(verify(text, it))
+                per_item["clues"].append(TASK_REWARDS.get("clues")(text, clue_text(it.clues)))
                 fmt.append(TASK_REWARDS.get("format")(text, ""))
             advance(len(items), f"acc={sum(sum(v) for v in hits.values()) / len(fmt):.3f}")
     model.train(was_training)
@@ -161,6 +166,7 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
         "per_type": {k: sum(v) / len(v) for k, v in sorted(hits.items())},
         "format": sum(fmt) / len(fmt),
         "consistency": sum(per_item["consistent"]) / len(total),
+        "clues": sum(per_item["clues"]) / len(total),
         "num": len(total),
         "split": split,
         "hallucination": qa.cfg.hallucination,
@@ -187,5 +193,6 @@ def _qa_config_for(model: TinyVLM, hallucination: float = 0.0, types: list[str] 
 
     c = model.cfg
     extra = {"types": list(types)} if types else {}
+    thinker = TIME[0] in getattr(model.tokenizer, "ids", {})  # trained on Video-Thinker traces: room for them
     return QAConfig(world=dataclasses.replace(WorldConfig(), height=c.height, width=c.width), frames=c.frames,
-                    hallucination=hallucination, background=background, **extra)
+                    hallucination=hallucination, background=background, thinker=thinker, **extra)

@@ -77,7 +77,7 @@ class SFTMethod(Method):
             return emb.sum() * 0
         feats = torch.cat((emb[rows].mean(1), emb[rows].amax(1)), -1)
         logits = self.aux(feats).split([len(VALUES[a]) for a in DESCRIBED], -1)
-        words = [items[i].reason.split() for i in rows]
+        words = [items[i].clues[0][2].split() for i in rows]  # the (first) shape's description, in any trace style
         losses = [F.cross_entropy(lg, torch.tensor([VALUES[a].index(w[k]) for w in words], device=emb.device))
                   for k, (a, lg) in enumerate(zip(DESCRIBED, logits))]
         return sum(losses) / len(losses)

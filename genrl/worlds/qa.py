@@ -42,6 +42,7 @@ Item ``i`` of a split is the same on every machine.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +62,8 @@ BOX_CELLS = 8
 """``where`` boxes are given in eighths of the frame (0..8 on each axis)."""
 PROGRESS_ANSWERS = tuple(str(10 * i) for i in range(10))
 LETTERS = "abcd"
+TIME, CAPTION = ("<time>", "</time>"), ("<caption>", "</caption>")
+"""Video-Thinker's grounding and captioning tags."""
 NONE = "none of these"
 MAX_COUNT = 3
 QUESTIONS = {
@@ -98,6 +101,9 @@ class QAConfig:
     background: float = check(-1.0, "[-1, 1]")
     """-1: the world's own backgrounds (dark 0.10, light 0.85); otherwise every clip's background brightness —
     a value no training clip had (0.5) is the held-out-attribute split of the RL-vs-SFT study."""
+    thinker: bool = False
+    """Video-Thinker traces: the reason (the SFT chain of thought) is written as grounded clues,
+    "<time> 0 3 </time> <caption> red circle </caption> <time> 4 7 </time> <caption> blue square </caption>"."""
     none_option: float = check(0.0, "[0, 1]")
     """Share of choice questions that offer "none of these" (at least ``hallucination``); the others keep the
     usual option list. Above ``hallucination``, some offer it when a listed value is right, so its presence
@@ -121,6 +127,9 @@ class QAItem:
     kind, direction and speed; for counts each shape's colour and kind; for order both, in order."""
     span: tuple[int, int] | None = None
     """Grounding questions: the first and last frame the answer lives in (the rest can be masked)."""
+    clues: list[tuple[int, int, str]] = field(default_factory=list)
+    """What is on screen when: (first frame, last frame, caption) per shape, in order of appearance — the
+    grounding and captioning clues of a Video-Thinker trace."""
 
     def prompt(self) -> str:
         """Question and lettered options (the text after the video)."""
@@ -175,9 +184,22 @@ class ShapesQA:
                 item = QAItem(qtype, QUESTIONS[qtype], [], *(2 * [self.progress_answer(attrs, starts)]), _reason(attrs[0]))
             else:
                 video, item = self.render(attrs, starts, visible), _item(qtype, attrs, g, self.cfg.shuffle_options)
+            if not item.clues:  # one shape on screen throughout, or (count) several; order: the two halves
+                item.clues = self._clues(qtype, attrs)
+            if self.cfg.thinker:
+                item.reason = clue_text(item.clues)
             videos.append(video)
             items.append(item)
         return torch.stack(videos), items
+
+    def _clues(self, qtype: str, attrs: torch.Tensor) -> list[tuple[int, int, str]]:
+        F, half = self.cfg.frames, self.cfg.frames // 2
+        kinds = [_kind(row) for row in attrs]
+        if qtype == "order":
+            return [(0, half - 1, kinds[0]), (half, F - 1, kinds[1])]
+        if qtype == "count":
+            return [(0, F - 1, k) for k in kinds]
+        return [(0, F - 1, _reason(attrs[0]))]
 
     def _none_of_these_item(self, qtype: str, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator, kind: str):
         """A choice question whose last option is "none of these". ``present``: the clip's value is among at most
@@ -197,13 +219,18 @@ class ShapesQA:
             video = self.render(torch.cat((attrs, second)), torch.cat((starts, self.continued_start(attrs, second, starts))),
                                 self._halves())
             reason = f"{reason} then {_reason(second[0])}"
+            half = self.cfg.frames // 2
+            clues = [(0, half - 1, _reason(attrs[0])), (half, self.cfg.frames - 1, _reason(second[0]))]
         else:
             video = self.render(attrs, starts)
         if self.cfg.shuffle_options:
             offered = [offered[i] for i in torch.randperm(len(offered), generator=g).tolist()]
         options = [values[i] for i in offered] + [NONE]
         value = values[shown] if kind == "present" else NONE
-        return video, QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, reason)
+        item = QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, reason)
+        if kind == "counterexample":
+            item.clues = clues
+        return video, item
 
     def _when_item(self, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator):
         """The named (first) shape on screen for frames a..b; the other shape, told apart by colour or kind, on
@@ -216,8 +243,9 @@ class ShapesQA:
         visible[1] = float(torch.rand(1, generator=g) < 0.5)
         name = " ".join(VALUES[k][int(attrs[0, ATTRIBUTES.index(k)])] for k in ("colour", "shape"))
         answer = f"{a} {a + length - 1}"
+        clues = [(a, a + length - 1, _reason(attrs[0]))] + ([(0, F - 1, _kind(attrs[1]))] if visible[1, 0] else [])
         return self.render(attrs, starts, visible), QAItem("when", QUESTIONS["when"].format(name), [], answer, answer,
-                                                           _reason(attrs[0]), (a, a + length - 1))
+                                                           _reason(attrs[0]), (a, a + length - 1), sorted(clues))
 
     def _where_item(self, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator):
         """The shape's box at a frame drawn per item, in eighths of the frame; the start is drawn again while the
@@ -285,6 +313,15 @@ class ShapesQA:
         return video
 
 
+def clue_text(clues: list[tuple[int, int, str]]) -> str:
+    """A Video-Thinker trace: each clue as "<time> first last </time> <caption> words </caption>"."""
+    return " ".join(f"{TIME[0]} {a} {b} {TIME[1]} {CAPTION[0]} {c} {CAPTION[1]}" for a, b, c in clues)
+
+
+def _kind(row: torch.Tensor) -> str:
+    return f"{VALUES['colour'][int(row[0])]} {VALUES['shape'][int(row[1])]}"
+
+
 def _reason(row: torch.Tensor) -> str:
     x = dict(zip(ATTRIBUTES, (VALUES[k][i] for k, i in zip(ATTRIBUTES, row.tolist()))))
     return f"{x['size']} {x['colour']} {x['shape']} {x['direction']} {x['speed']}"
@@ -329,15 +366,13 @@ def invert(item: QAItem) -> QAItem:
     if not item.options:  # counts, progress, grounding: nothing to invert
         return item
     wrong = [LETTERS[i] for i, v in enumerate(item.options) if v != item.value]
-    return QAItem(item.qtype, f"{INVERTED} {item.question}", item.options, " ".join(wrong), item.value, item.reason,
-                  item.span)
+    return dataclasses.replace(item, question=f"{INVERTED} {item.question}", answer=" ".join(wrong))
 
 
 def with_hint(item: QAItem) -> QAItem:
     """Reg-GRPO easier variant of a question: the prompt names the value to look for
     (a choice question still needs the letter it sits at; a count the digit)."""
-    return QAItem(item.qtype, f"{item.question} {HINT} {item.value}", item.options, item.answer, item.value, item.reason,
-                  item.span)
+    return dataclasses.replace(item, question=f"{item.question} {HINT} {item.value}")
 
 
 def vocabulary(cfg: QAConfig | None = None) -> list[str]:
@@ -353,6 +388,8 @@ def vocabulary(cfg: QAConfig | None = None) -> list[str]:
         words += NONE.split()
     if cfg is not None and "progress" in cfg.types:
         words += QUESTIONS["progress"].split() + list(PROGRESS_ANSWERS)
+    if cfg is not None and cfg.thinker:
+        words += [*TIME, *CAPTION]
     for t in GROUNDING_TYPES:
         if cfg is not None and t in cfg.types:
             words += QUESTIONS[t].replace("{}", "").split()

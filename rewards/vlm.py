@@ -1,0 +1,108 @@
+"""A trained video-language model as a dense, differentiable reward for another model (SOLE-R1's second half).
+
+The shapes VLM (``shapes-vlm`` or any of its runs) was trained to describe a clip in its think block before it
+answers: "<think> small red square left slowly </think>". This backend asks it the five attribute questions about
+a video and reads, by teacher forcing, how likely it finds the prompt's own description — a log-probability per
+attribute word, so every attribute of every video gets its own graded score, with gradients to the pixels
+(attributes a prompt leaves open are not scored; an axis with none named scores the real clips' mean):
+
+- ``ta`` = mean log p of the size, colour and kind words (what the prompt says the object is);
+- ``mq`` = mean log p of the direction and speed words (how it says it moves);
+- ``vq`` = log p of closing the description after one shape under "how many shapes are there ?" (the think
+  block of a count lists each shape: one coherent object and nothing else scores high).
+
+Raw scores are z-normalised against real clips of the world (``calibration`` of them, train split), so 0 is what
+a real clip scores on average. Videos are read at the VLM's frame count (the first frames) and size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import RewardModel, register_reward
+
+_DESCRIBED = ("size", "colour", "shape", "direction", "speed")  # the order of a think block's words
+_CHOICE = ("colour", "shape", "size", "direction", "speed")
+
+
+class VLMReward(RewardModel):
+    axes = ("vq", "mq", "ta")
+    frames_read = "the first frames, as many as the VLM reads, at its size"
+
+    def __init__(self, vlm, calibration: int = 256):
+        super().__init__()
+        self.vlm = vlm.eval().requires_grad_(False)
+        if calibration:
+            self.calibrate_on_world(calibration)
+
+    @property
+    def frames(self) -> int:
+        return self.vlm.cfg.frames
+
+    def read_indices(self, num_frames: int) -> list[int] | None:
+        return list(range(min(num_frames, self.frames)))
+
+    def unavailable(self, frames: torch.Tensor, prompt: str) -> dict[str, str]:
+        if frames.shape[0] < self.frames:
+            return {a: f"are shorter than the VLM's {self.frames} frames" for a in self.axes}
+        return {}
+
+    def _fit(self, videos: torch.Tensor) -> torch.Tensor:
+        c = self.vlm.cfg
+        if videos.shape[1] < c.frames:
+            raise ValueError(f"the VLM reward reads {c.frames} frames; got videos of {videos.shape[1]}")
+        v = videos[:, : c.frames]
+        if v.shape[-2:] != (c.height, c.width):
+            v = F.interpolate(v.flatten(0, 1), size=(c.height, c.width), mode="bilinear", align_corners=False,
+                              antialias=True).unflatten(0, v.shape[:2])
+        return v
+
+    def raw_scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        from genrl.models.vlm import pad_batch
+        from genrl.worlds.prompting import parse_prompt
+        from genrl.worlds.qa import QUESTIONS, QAItem
+        from genrl.worlds.shapes import VALUES
+
+        B, tok = videos.shape[0], self.vlm.tokenizer
+        named = [parse_prompt(p).attributes for p in prompts]
+        # an attribute the prompt leaves open is written as its first value and left out of the scores
+        names = [{a: n[a] or VALUES[a][0] for a in _DESCRIBED} for n in named]
+        said = torch.tensor([[n[a] is not None for a in _DESCRIBED] for n in named], dtype=torch.float)
+        emb = self.vlm.encode_video(self._fit(videos))  # (B, V, D)
+        questions = [QAItem(q, QUESTIONS[q], list(VALUES[q]), "", "").prompt() for q in _CHOICE]
+        Q = len(questions)
+        thinks = [f"<think> {' '.join(n[a] for a in _DESCRIBED)} </think>" for n in names for _ in range(Q)]
+        count = [f"<think> {n['colour']} {n['shape']} </think>" for n in names]
+        p_ids, p_mask = pad_batch([tok.encode(q) for q in questions] * B + [tok.encode(QUESTIONS["count"])] * B,
+                                  tok.pad_id, left_pad=True)
+        ids, mask = pad_batch([tok.encode(c) for c in thinks + count], tok.pad_id, left_pad=False)
+        dev = emb.device
+        logp = self.vlm.token_logprobs(torch.cat((emb.repeat_interleave(Q, 0), emb)), p_ids.to(dev), p_mask.to(dev),
+                                       ids.to(dev), mask.to(dev))
+        words = logp[: B * Q, 1:6].unflatten(0, (B, Q)).mean(1)  # (B, 5): size colour kind direction speed
+        said = said.to(dev)
+        out = {"vq": logp[B * Q :, 3]}
+        for i, (axis, cols) in enumerate((("ta", slice(0, 3)), ("mq", slice(3, 5)))):
+            n = said[:, cols].sum(1)
+            mean = (words[:, cols] * said[:, cols]).sum(1) / n.clamp_min(1)
+            # nothing of this axis named: the real clips' mean, so its z is 0
+            out[axis] = torch.where(n > 0, mean, self.score_mean[self.axes.index(axis)].to(mean.dtype))
+        return out
+
+    def calibrate_on_world(self, n: int, seed: int = 0) -> None:
+        """Set the z-normalisation from ``n`` real train-split clips (their captions as prompts)."""
+        from genrl.worlds.shapes import ShapesWorld, WorldConfig
+
+        c = self.vlm.cfg
+        world = ShapesWorld(WorldConfig(height=c.height, width=c.width, frames=c.frames))
+        videos, captions, _ = world.random_clips("train", n, torch.Generator().manual_seed(seed))
+        self.calibrate(videos.to(self.score_mean.device), captions)
+
+
+@register_reward("vlm")
+def vlm_reward(weights: str = "shapes-vlm", calibration: int = 256, **_) -> VLMReward:
+    """A genrl VLM (built-in name, .safetensors file or run folder) as a reward, z-normalised on real clips."""
+    from genrl.models.registry import load_model
+
+    return VLMReward(load_model(weights, "vlm"), calibration)
