@@ -43,3 +43,11 @@ def test_the_study_trains_both_arms_from_one_start_and_pairs_them_on_three_split
         rows = [json.loads(l) for l in (out / arm / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
         assert [r["step"] for r in rows][-1] == 2
     assert "| held-out background |" in (out / "table.md").read_text()
+
+
+def test_an_unwritable_study_folder_is_refused_in_one_line_before_either_arm(run_cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_cli("rl-vs-sft", "--steps", "1", "--num", "2", "--out-dir", str(blocker / "study"), "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--out-dir" in err and "is a file" in err
+    assert not (tmp_path / "study").exists()

@@ -13,7 +13,7 @@ from ..methods.common import OptimConfig
 from ..methods.grpo import GRPOMethodConfig
 from ..methods.sft import SFTMethodConfig
 from ..train.trainer import ParallelConfig, TrainConfig
-from .options import config_command, quiet_option
+from .options import OutputFolder, config_command, quiet_option
 
 
 @dataclass
@@ -140,7 +140,8 @@ clips hold out combinations, and a mid-grey background (0.5) is a value no train
 @click.option("--sft-lr", type=click.FloatRange(0, min_open=True), default=3e-4, show_default=True,
               help="Learning rate of the SFT arm (the GRPO arm uses `genrl grpo`'s, 1e-4).")
 @click.option("--num", type=click.IntRange(1, 100_000), default=512, show_default=True, help="Questions per split.")
-@click.option("--out-dir", default="runs/rl_vs_sft", show_default=True, help="Study folder: sft/, grpo/, evals, table.")
+@click.option("--out-dir", type=OutputFolder(), default="runs/rl_vs_sft", show_default=True,
+              help="Study folder: sft/, grpo/, evals, table.")
 @quiet_option
 def rl_vs_sft(start, steps, sft_lr, num, out_dir, quiet):
     """SEED-Bench-R1's question on the shapes world: from one start, more SFT or GRPO?
@@ -169,8 +170,10 @@ def rl_vs_sft(start, steps, sft_lr, num, out_dir, quiet):
     for name, args in arms.items():
         code = cli([*args, f"train.steps={steps}", "train.sample_every=0", f"train.checkpoint_every={max(1, steps // 4)}",
                     "eval_num=0", f"out_dir={out / name}", "--quiet"])
+        if code == 2:  # the arm refused its settings in one line of its own
+            raise click.exceptions.Exit(2)
         if code:
-            raise UsageError(f"the {name} arm failed (exit {code}); see {out / name}")
+            raise click.ClickException(f"the {name} arm failed (exit {code}); see {out / name}")
     models = {"start": start, "sft": str(out / "sft"), "grpo": str(out / "grpo")}
     reports: dict[str, dict[str, dict]] = {}
     for label, split, background in STUDY_SPLITS:

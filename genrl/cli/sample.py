@@ -96,12 +96,13 @@ def _warn_unknown_words(gen, prompts: list[str], quiet: bool) -> None:
 
     if not isinstance(gen, VideoModel):
         return
-    from ..worlds.prompting import extend_prompts, unknown_words_line
+    from ..worlds.prompting import parse_prompt, unknown_words_line
 
-    full, unknown = extend_prompts(prompts)
+    parsed = [parse_prompt(p) for p in prompts]  # only read here: the model extends the prompts as it samples
+    unknown = list(dict.fromkeys(w for p in parsed for w in p.unknown))
     if unknown:
         click.echo(unknown_words_line(unknown), err=True)
-    partial = sum(p != f for p, f in zip(prompts, full))
+    partial = sum(len(p.named) < len(p.attributes) for p in parsed)
     if partial and not quiet:
         click.echo(f"{partial} prompt(s) name only some attributes: the others are drawn from the world (per --seed)")
 
