@@ -122,3 +122,29 @@ def test_eval_reports_the_share_of_verified_reasoning():
     report = evaluate_qa(model, "val", 12, batch=6)
     assert report["consistency"] == pytest.approx(sum(report["per_item"]["consistent"]) / 12)
     assert set(report["per_item"]["consistent"]) <= {0.0, 1.0}
+
+
+def test_the_nll_term_adds_the_chosen_answers_mean_token_nll_to_dpo():
+    from genrl.models.vlm import pad_batch
+    from genrl.train.trainer import StepContext, TrainConfig
+
+    losses, picks = {}, {}
+    for w in (0.0, 0.5):
+        m = _veripo(nll_weight=w, dpo_batch=3)
+        videos, items = m.sample()
+        ro = m.rollout(videos, items)
+        for p in range(4):  # rows 0 and 1 of each group as chosen and rejected
+            m.buffer.pairs.append({"video_emb": ro.video_emb[p], "prompt": ro.prompt_ids[4 * p][ro.prompt_mask[4 * p]],
+                                   "chosen": ro.ids[4 * p][ro.mask[4 * p]], "rejected": ro.ids[4 * p + 1][ro.mask[4 * p + 1]]})
+        g = torch.Generator()
+        g.set_state(m.data.generator.get_state())
+        picks[w] = torch.randint(4, (3,), generator=g).tolist()
+        chosen = [m.buffer.pairs[i] for i in picks[w]]
+        p_ids, p_mask = pad_batch([c["prompt"].tolist() for c in chosen], m.policy.tokenizer.pad_id, left_pad=True)
+        ids, mask = pad_batch([c["chosen"].tolist() for c in chosen], m.policy.tokenizer.pad_id, left_pad=False)
+        with torch.no_grad():
+            lp = m.policy.token_logprobs(torch.stack([c["video_emb"] for c in chosen]), p_ids, p_mask, ids, mask)
+        nll = float(-(lp * mask).sum() / mask.sum())
+        losses[w] = m.dpo_step(StepContext(_Acc(), TrainConfig(grad_clip=1.0)))["loss"]
+    assert picks[0.0] == picks[0.5] and nll > 0
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * nll, rel=1e-4)

@@ -136,6 +136,9 @@ class VerIPOConfig:
     """Pairs per DPO step (drawn from the cycle's pairs)."""
     dpo_beta: float = check(0.1, ">0")
     """DPO's beta."""
+    nll_weight: float = check(0.0, ">=0")
+    """Weight of the chosen completions' mean token NLL added to the DPO loss (RPO's regulariser against DPO
+    lowering the chosen answers too); 0 is plain DPO."""
 
 
 @dataclass
@@ -518,9 +521,11 @@ class VerIPOMethod(GRPOMethod):
         box = {}
 
         def micro(_: int) -> torch.Tensor:
-            logp = (self.policy.token_logprobs(emb, p_ids, p_mask, ids, mask) * mask).sum(1)
-            n = len(pairs)
+            tokens = self.policy.token_logprobs(emb, p_ids, p_mask, ids, mask) * mask
+            logp, n = tokens.sum(1), len(pairs)
             loss, box["margin"] = G.dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], c.dpo_beta)
+            if c.nll_weight:
+                loss = loss - c.nll_weight * tokens[:n].sum() / mask[:n].sum()
             return loss
 
         out = ctx.optimize(self.opt, [p for p in self.policy.parameters() if p.requires_grad], micro, self.sched)
