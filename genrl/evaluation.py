@@ -108,7 +108,11 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
                     named_count[a] += 1
             advance(len(idx), f"acc={sum(hits) / len(hits):.3f}")
     means = {name: {k: v / num for k, v in s.items()} for name, s in sums.items()}
-    from .stats import auc
+    from .stats import auc, auc_difference
+
+    first = rewards[0] if rewards else None  # each other reward's probe AUC against the first's, paired by video
+    auc_vs_first = {name: auc_difference(per_video[first]["overall"], per_video[name]["overall"], hits)
+                    for name in models if name != first}
 
     return {
         "split": split,
@@ -123,6 +127,7 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "reward_model": rewards[0] if rewards else None,
         "rewards": means,
         "reward_probe_auc": {name: auc(per_video[name]["overall"], hits) for name in models},
+        "reward_probe_auc_vs_first": auc_vs_first,
         "per_video": {"hit": [int(h) for h in hits], "rewards": per_video},
         "seconds": round(time.time() - start, 2),
         "frames_per_second": round(num * frames / gen_seconds, 2),

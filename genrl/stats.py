@@ -27,6 +27,25 @@ def paired_bootstrap(diff: torch.Tensor, reps: int = 2000, level: float = 0.95, 
     return float(diff.mean()), lo, hi
 
 
+def auc_difference(a: list[float], b: list[float], labels: list[bool], reps: int = 1000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float] | None:
+    """AUC(b) - AUC(a) of two scores of the same items against one labelling, and its paired bootstrap interval
+    (each replicate resamples the items, so both scores see the same ones); None without both classes."""
+    base, cand = auc(a, labels), auc(b, labels)
+    if base is None or cand is None:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    diffs = []
+    for _ in range(reps):
+        i = torch.randint(len(labels), (len(labels),), generator=g).tolist()
+        x, y = auc([a[k] for k in i], [labels[k] for k in i]), auc([b[k] for k in i], [labels[k] for k in i])
+        if x is not None and y is not None:
+            diffs.append(y - x)
+    alpha = (1 - level) / 2
+    lo, hi = torch.quantile(torch.tensor(diffs, dtype=torch.float64), torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return cand - base, lo, hi
+
+
 def auc(scores: list[float], labels: list[bool]) -> float | None:
     """Probability that a positive scores above a negative (ties count half); None without both classes."""
     pos = [s for s, l in zip(scores, labels) if l]

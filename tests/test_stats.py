@@ -29,3 +29,32 @@ def test_auc_and_effective_sample_size():
     assert effective_sample_size(torch.ones(8)) == 8.0
     assert math.isclose(effective_sample_size(torch.tensor([1.0, 0.0, 0.0, 0.0])), 1.0)
     assert math.isclose(effective_sample_size(torch.tensor([2.0, 1.0])), 9 / 5)
+
+
+def test_auc_difference_pairs_the_items_and_brackets_its_point_estimate():
+    from genrl.stats import auc_difference
+
+    labels = [True, True, True, False, False, False]
+    perfect = [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]
+    mixed = [0.9, 0.1, 0.7, 0.3, 0.8, 0.2]  # positives above negatives in 5 of 9 pairs
+    assert auc(mixed, labels) == 5 / 9
+    d, lo, hi = auc_difference(mixed, perfect, labels, reps=300)
+    assert d == 1 - 5 / 9 and lo <= d <= hi and hi <= 1 - 0 and lo > -1
+    assert auc_difference(perfect, perfect, labels, reps=50) == (0.0, 0.0, 0.0)  # the same scores: no difference
+    assert auc_difference(perfect, mixed, [True] * 6, reps=10) is None
+
+
+def test_eval_prints_each_rewards_probe_auc_and_the_paired_difference(run_cli, tmp_path):
+    out = tmp_path / "e.json"
+    code, stdout, err = run_cli("eval", "--model", "shapes-student-dmd", "--num", "12", "--reward", "shapes",
+                                "--reward", "shapes-reward-b", "--out", str(out), "--quiet")
+    assert code == 0, err
+    import json
+
+    r = json.loads(out.read_text())
+    hits = [bool(h) for h in r["per_video"]["hit"]]
+    a, b = (r["per_video"]["rewards"][n]["overall"] for n in ("shapes", "shapes-reward-b"))
+    assert 0 < sum(hits) < len(hits)  # both classes among these 12 videos (seed 0)
+    d = r["reward_probe_auc_vs_first"]["shapes-reward-b"]
+    assert d[0] == auc(b, hits) - auc(a, hits) and d[1] <= d[0] <= d[2]
+    assert "reward probe AUC: shapes" in stdout and "shapes-reward-b - shapes" in stdout

@@ -107,7 +107,8 @@ def test_vlm_reward_calibrates_on_real_clips_and_reads_the_generators_frames(vlm
     videos, captions, _ = world.random_clips("train", 64, torch.Generator().manual_seed(0))
     with torch.no_grad():
         z = vlm_reward(videos, captions).z  # the calibration set itself: mean 0, std 1 per axis
-    for a in ("vq", "mq", "ta"):
+    assert vlm_reward.axes == ("mq", "ta")
+    for a in ("mq", "ta"):
         assert float(z[a].mean()) == pytest.approx(0.0, abs=1e-4) and float(z[a].std()) == pytest.approx(1.0, abs=1e-4)
     nine, _, _ = ShapesWorld().random_clips("train", 2, torch.Generator().manual_seed(1))  # 9 frames: reads 8
     eight = nine[:, :8]

@@ -183,6 +183,13 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
         f"{report['model']} on {num} {split} prompts ({prompt_style}): prompt_accuracy={report['prompt_accuracy']:.4f} "
         f"frames/s={report['frames_per_second']} nfe/frame={report['nfe_per_frame']:g}"
     )
+    aucs = report.get("reward_probe_auc") or {}
+    if len(aucs) > 1:  # how well each reward's overall score tells probe-right videos from wrong ones
+        first = report["reward_model"]
+        line = ", ".join(f"{n} {a:.3f}" if a is not None else f"{n} n/a" for n, a in aucs.items())
+        diffs = " ".join(f"; {n} - {first} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+                         for n, d in report["reward_probe_auc_vs_first"].items() if d is not None)
+        click.echo(f"reward probe AUC: {line}{diffs} (paired over videos, 95% bootstrap interval)")
 
 
 def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination=0.0, types=""):
