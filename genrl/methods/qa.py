@@ -71,6 +71,7 @@ def fit_vocabulary(policy, qa: QAConfig):
 
 ATTRIBUTE_WORDS = frozenset(w for k in ("colour", "shape", "size", "direction", "speed") for w in VALUES[k])
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)  # as the task rewards read it (genrl does not import them)
 
 
 def verify(text: str, item: QAItem) -> float:
@@ -78,14 +79,13 @@ def verify(text: str, item: QAItem) -> float:
     attribute (colour, kind, size, direction, speed words), every claim is true of the clip (among the words of
     ``item.reason``), and the answer agrees with the claims — a chosen option's value is claimed, a count equals
     the number of shape kinds described; else 0. It judges the reasoning, not whether the answer is right."""
-    from rewards.tasks import answer_text
-
     m = _THINK.search(text)
     claims = [w for w in (m.group(1).split() if m else []) if w in ATTRIBUTE_WORDS]
     truth = set(item.reason.split())
     if not claims or any(w not in truth for w in claims):
         return 0.0
-    answer = answer_text(text) or ""
+    found = _ANSWER.search(text)
+    answer = found.group(1).strip() if found else ""
     if item.qtype == "count":
         return float(answer.strip() == str(sum(w in VALUES["shape"] for w in claims)))
     if not item.options:
