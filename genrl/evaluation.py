@@ -17,16 +17,23 @@ import torch
 from .generation import SamplingConfig, generate
 from .models.video_model import VideoModel
 from .progress import progress_bar
+from .errors import UsageError
 from .worlds.probe import AttributeProbe
 from .worlds.shapes import ATTRIBUTES, ShapesWorld, WorldConfig
 
 
 def load_reward(name: str):
-    """A reward backend by name, or the shapes backend with a .safetensors file / built-in weights name."""
+    """A reward backend by name (its default weights), ``backend:weights`` (e.g. ``vlm:runs/progress``), or the
+    shapes backend with a .safetensors file / built-in weights name."""
     from .registry import REWARDS
 
     if name in REWARDS:
         return REWARDS.get(name)()
+    backend, sep, weights = name.partition(":")
+    if sep:
+        if backend not in REWARDS:
+            raise UsageError(f"reward {name!r}: unknown backend {backend!r}; valid: {', '.join(REWARDS.names())}")
+        return REWARDS.get(backend)(weights=weights)
     return REWARDS.get("shapes")(weights=name)
 
 

@@ -150,3 +150,16 @@ def test_vlm_reward_scores_only_what_a_prompt_names_and_has_gradients_to_the_pix
     maps = vlm_reward.saliency(videos, captions)
     assert maps["mq"].shape == (3, 9, 32, 32) and float(maps["mq"][:, :8].sum()) > 0
     torch.testing.assert_close(maps["mq"][:, 8], maps["mq"][:, 7])  # the frame it does not read: its neighbour's
+
+
+def test_a_reward_can_name_its_backend_and_weights():
+    from genrl.errors import UsageError
+    from genrl.evaluation import load_reward
+    from genrl.models.registry import load_model
+
+    r = load_reward("vlm:shapes-vlm-sft")
+    want = load_model("shapes-vlm-sft", "vlm").state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in r.vlm.state_dict().items())
+    assert not torch.equal(r.vlm.state_dict()["embed.weight"], load_reward("vlm").vlm.state_dict()["embed.weight"])
+    with pytest.raises(UsageError, match="unknown backend 'nope'; valid: .*vlm"):
+        load_reward("nope:x")

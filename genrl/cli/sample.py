@@ -137,9 +137,10 @@ def _png_writer(folder: Path, scale: int):
                    "paraphrase: all attributes in other words. Accuracy counts the attributes a prompt names.")
 @click.option("--out", type=output_file((".json",)), default=None, help="Write the figures as JSON.")
 @click.option("--reward", "rewards", multiple=True, default=("shapes",), show_default=True,
-              help="Reward model whose mean z-scores (vq, mq, ta, overall) go into the report: a backend name or "
-                   "shapes-reward weights (name or .safetensors). Repeat to add more (e.g. one not used in training); "
-                   "'none' skips rewards.")
+              help="Reward model whose mean z-scores (vq, mq, ta, overall) go into the report: a backend name "
+                   "(shapes, clip, videoreward, vlm), backend:weights (e.g. vlm:runs/progress) or shapes-reward "
+                   "weights (name or .safetensors). Repeat to add more (e.g. one not used in training); 'none' "
+                   "skips rewards.")
 @click.option("--hallucination", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="--task qa: share of choice questions whose right answer is 'none of these' (the clip's value "
                    "not offered, or a clip whose attribute changes halfway); 1.0 is the hallucination split.")

@@ -57,7 +57,7 @@ def _prompts_for(files: list[Path], prompt: str | None, prompts_file: str | None
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--prompt", default=None, help="One prompt for every video.")
 @click.option("--prompts", "prompts_file", default=None, help="File of 'path<TAB>prompt' lines.")
-@click.option("--reward", "reward_name", default="shapes", show_default=True, help="Reward backend: shapes, clip or videoreward.")
+@click.option("--reward", "reward_name", default="shapes", show_default=True, help="Reward backend: shapes, clip, videoreward or vlm.")
 @click.option("--weights", default=None, help="Weights for the backend (name or path; default: its built-in).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--out", type=output_file(), default=None, help="Write the scores to this file instead of stdout.")
