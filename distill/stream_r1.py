@@ -137,6 +137,9 @@ class StreamR1Config:
     """Reward backend name."""
     reward_weights: str = "shapes-reward"
     """Weights of the reward backend (name or path)."""
+    reward_calibration: str = ""
+    """vlm backend: a generator (built-in name or path) whose own videos set the reward's z-normalisation (the
+    student's starting point puts z on its rollouts near N(0, 1)); empty: the backend's real reference clips."""
     max_weight: float = check(10.0, ">0")
     """Upper clamp of the rollout weights (guards against a runaway exp)."""
 
@@ -151,7 +154,13 @@ class StreamR1Method(DMDMethod):
         from rewards.base import build_reward
 
         self.sr1 = sr1
-        self.reward = build_reward(sr1.reward, weights=sr1.reward_weights).eval().requires_grad_(False)
+        if sr1.reward_calibration and sr1.reward != "vlm":
+            from genrl.errors import UsageError
+
+            raise UsageError(f"config key 'stream_r1.reward_calibration' is for the vlm reward; stream_r1.reward is "
+                             f"{sr1.reward!r}")
+        extra = {"calibrate_on": sr1.reward_calibration} if sr1.reward_calibration else {}
+        self.reward = build_reward(sr1.reward, weights=sr1.reward_weights, **extra).eval().requires_grad_(False)
         self.history: deque[list[float]] = deque(maxlen=sr1.window)
 
     def loss_weights(self, x: torch.Tensor, prompts: list[str]):

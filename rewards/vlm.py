@@ -100,9 +100,28 @@ class VLMReward(RewardModel):
         self.calibrate(videos.to(self.score_mean.device), captions)
 
 
+    @torch.no_grad()
+    def calibrate_on_generator(self, generator, n: int, seed: int = 0) -> None:
+        """Set the z-normalisation from ``n`` videos ``generator`` makes for train-split prompts: z then places a
+        video among that generator's own (real clips sit far above them), the scale Stream-R1's exp(beta z) is set
+        for when the generator is the student being distilled."""
+        from genrl.generation import SamplingConfig, generate
+        from genrl.worlds.shapes import ShapesWorld
+
+        world = ShapesWorld()
+        prompts = world.random_prompts("train", n, torch.Generator().manual_seed(seed))
+        videos = torch.cat([generate(generator, prompts[lo : lo + 32], world.cfg.frames, SamplingConfig(),
+                                     seed=seed + lo).videos for lo in range(0, n, 32)])
+        self.calibrate(videos.to(self.score_mean.device), prompts)
+
+
 @register_reward("vlm")
-def vlm_reward(weights: str = "shapes-vlm", calibration: int = 256, **_) -> VLMReward:
-    """A genrl VLM (built-in name, .safetensors file or run folder) as a reward, z-normalised on real clips."""
+def vlm_reward(weights: str = "shapes-vlm", calibration: int = 256, calibrate_on: str = "", **_) -> VLMReward:
+    """A genrl VLM (built-in name, .safetensors file or run folder) as a reward, z-normalised on ``calibration`` real
+    clips, or on as many videos of the generator ``calibrate_on`` (built-in name or path) when given."""
     from genrl.models.registry import load_model
 
-    return VLMReward(load_model(weights, "vlm"), calibration)
+    reward = VLMReward(load_model(weights, "vlm"), 0 if calibrate_on else calibration)
+    if calibrate_on:
+        reward.calibrate_on_generator(load_model(calibrate_on, "video_model"), calibration)
+    return reward

@@ -163,3 +163,26 @@ def test_a_reward_can_name_its_backend_and_weights():
     assert not torch.equal(r.vlm.state_dict()["embed.weight"], load_reward("vlm").vlm.state_dict()["embed.weight"])
     with pytest.raises(UsageError, match="unknown backend 'nope'; valid: .*vlm"):
         load_reward("nope:x")
+
+
+def test_vlm_reward_calibrated_on_a_generator_puts_its_videos_at_z_zero():
+    from genrl.generation import SamplingConfig, generate
+    from genrl.models.registry import load_model
+    from genrl.worlds.shapes import ShapesWorld
+    from rewards.vlm import vlm_reward as build
+
+    r = build("shapes-vlm", calibration=8, calibrate_on="shapes-student-ode")
+    prompts = ShapesWorld().random_prompts("train", 8, torch.Generator().manual_seed(0))
+    videos = generate(load_model("shapes-student-ode", "video_model"), prompts, 9, SamplingConfig(), seed=0).videos
+    with torch.no_grad():
+        z = r(videos, prompts).z
+    for a in ("mq", "ta"):
+        assert float(z[a].mean()) == pytest.approx(0.0, abs=1e-4) and float(z[a].std()) == pytest.approx(1.0, abs=1e-4)
+    real = build("shapes-vlm", calibration=8)
+    assert float(r.score_std[1]) > 5 * float(real.score_std[1])  # the student's videos spread far wider than real clips
+
+
+def test_stream_r1_takes_a_reward_calibration_only_for_the_vlm_reward(run_cli, tmp_path):
+    code, _, err = run_cli("distill", "--config", "configs/stream_r1.yaml", "stream_r1.reward_calibration=shapes-student-ode",
+                           "train.steps=1", f"out_dir={tmp_path / 'x'}", "--quiet")
+    assert code == 2 and "'stream_r1.reward_calibration' is for the vlm reward" in err and len(err.strip().splitlines()) == 1
