@@ -160,7 +160,7 @@ def test_a_reward_can_name_its_backend_and_weights():
     r = load_reward("vlm:shapes-vlm-sft")
     want = load_model("shapes-vlm-sft", "vlm").state_dict()
     assert all(torch.equal(v, want[k]) for k, v in r.vlm.state_dict().items())
-    assert not torch.equal(r.vlm.state_dict()["embed.weight"], load_reward("vlm").vlm.state_dict()["embed.weight"])
+    assert not torch.equal(r.vlm.state_dict()["embed.weight"], load_model("shapes-vlm", "vlm").state_dict()["embed.weight"])
     with pytest.raises(UsageError, match="unknown backend 'nope'; valid: .*vlm"):
         load_reward("nope:x")
 
