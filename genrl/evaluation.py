@@ -131,7 +131,7 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "first_quarter_accuracy": sum(first_hits) / num if first_hits else None,
         "last_quarter_accuracy": sum(last_hits) / num if last_hits else None,
         "reward": means[rewards[0]] if rewards else None,
-        "reward_model": rewards[0] if rewards else None,
+        "reward_model": first,
         "rewards": means,
         "reward_probe_auc": {name: auc(per_video[name]["overall"], hits) for name in models},
         "reward_probe_auc_vs_first": auc_vs_first,

@@ -95,12 +95,17 @@ def _numbers(text: str, n: int) -> list[float] | None:
     return nums[:n] if len(nums) >= n else None
 
 
+def frame_span_iou(pred, truth) -> float:
+    """IoU of two spans of frames given as (first, last) in either order, both ends included."""
+    (ps, pe), (ts, te) = sorted(pred), sorted(truth)
+    return temporal_iou((ps, pe + 1), (ts, te + 1))
+
+
 def frame_span_reward(text: str, truth: str) -> float:
     pred, gt = _numbers(answer_text(text), 2), _numbers(truth, 2)
     if pred is None or gt is None:
         return 0.0
-    (ps, pe), (ts, te) = sorted(pred), sorted(gt)
-    return temporal_iou((ps, pe + 1), (ts, te + 1))
+    return frame_span_iou(pred, gt)
 
 
 def box_iou_reward(text: str, truth: str) -> float:
@@ -128,7 +133,7 @@ def clue_reward(text: str, truth: str) -> float:
     pred, gt = parse_clues(think.group(1) if think else ""), parse_clues(truth)
     if not pred or not gt:
         return 0.0
-    score = [[temporal_iou((min(pa, pb), max(pa, pb) + 1), (ga, gb + 1)) * len(pc & gc) / len(pc | gc)
+    score = [[frame_span_iou((pa, pb), (ga, gb)) * len(pc & gc) / len(pc | gc)
               for ga, gb, gc in gt] for pa, pb, pc in pred]
     total, used = 0.0, set()
     for row in score:  # each predicted clue takes the best truth clue still free

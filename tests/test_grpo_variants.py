@@ -174,6 +174,8 @@ def test_splice_keeps_rows_aligned():
     width = out.ids.shape[1]
     assert torch.equal(out.ids[8:, : b.ids.shape[1]], b.ids) and bool((out.ids[8:, b.ids.shape[1]:] == 0).all())
     assert out.prompt_ids.shape[1] == max(a.prompt_ids.shape[1], b.prompt_ids.shape[1]) and width >= a.ids.shape[1]
+    assert out.texts == a.texts[:8] + b.texts and len(b.texts) == 4  # the decoded answers follow their rows
+    assert a.texts == [m.policy.tokenizer.decode(r) for r in a.ids]
 
 
 @pytest.mark.parametrize("name, differs", [

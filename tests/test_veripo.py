@@ -85,8 +85,7 @@ def test_a_cycle_is_grpo_steps_then_dpo_steps_on_the_verifiers_pairs(monkeypatch
     ro = m.rollout(videos, items)
     # every group: row 0 a right answer the verifier passes, row 1 a right one it fails, rows 2-3 wrong
     ro.accuracy = torch.tensor([1.0, 1.0, 0.0, 0.0] * 4)
-    texts = iter([_text(it.reason, it.answer) if g == 0 else "x" for it in items for g in range(4)])
-    monkeypatch.setattr(m.policy.tokenizer, "decode", lambda ids: next(texts))
+    ro.texts = [_text(it.reason, it.answer) if g == 0 else "x" for it in items for g in range(4)]
     monkeypatch.setattr(qa_mod, "verify", lambda text, item: float(text == _text(item.reason, item.answer)))
     m.adjust(ro)
     monkeypatch.undo()

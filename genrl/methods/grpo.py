@@ -213,6 +213,7 @@ class Rollouts:
     accuracy: torch.Tensor  # (N,)
     fmt: torch.Tensor  # (N,)
     rewards: torch.Tensor  # (N,)
+    texts: list[str] | None = None  # (N,) the decoded completions the rewards read
 
 
 class GRPOMethod(Method):
@@ -277,7 +278,7 @@ class GRPOMethod(Method):
         ro = Rollouts(videos, items, emb, p_ids, p_mask, *(None,) * 5)
         ro.ids, ro.mask = self.policy.generate(self.embeddings(ro), p_ids, p_mask, self.cfg.max_new_tokens,
                                                self.cfg.temperature, self.data.generator)
-        texts = [self.policy.tokenizer.decode(r) for r in ro.ids]
+        ro.texts = texts = [self.policy.tokenizer.decode(r) for r in ro.ids]
         rows = [it for it in items for _ in range(Gs)]
         ro.accuracy = torch.tensor([self.accuracy_reward(it, t) for it, t in zip(rows, texts)])
         ro.fmt = torch.tensor([TASK_REWARDS.get("format")(t, "") for t in texts])
@@ -307,6 +308,7 @@ class GRPOMethod(Method):
                                     temperature=self.cfg.temperature)
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
+        self._step, self._stats = step, {}  # the step a hook may read, and what a hook reports of it
         videos, items = self.sample()
         ro = self.adjust(self.rollout(videos, items))
         adv = G.group_advantages(ro.rewards, self.cfg.group_size, self.cfg.scale)
@@ -324,7 +326,8 @@ class GRPOMethod(Method):
             stats = {**out, **box["stats"]}
         return {**stats, "reward": float(ro.rewards.mean()), "reward_accuracy": float(ro.accuracy.mean()),
                 "reward_format": float(ro.fmt.mean()), "completion_tokens": float(ro.mask.sum(1).float().mean()),
-                "zero_advantage_groups": float((ro.rewards.view(-1, self.cfg.group_size).std(1) == 0).float().mean())}
+                "zero_advantage_groups": float((ro.rewards.view(-1, self.cfg.group_size).std(1) == 0).float().mean()),
+                **self._stats}
 
     # ------------------------------------------------------------- bookkeeping
     def roles(self):
@@ -420,10 +423,6 @@ class CurriculumGRPOMethod(GRPOMethod):
         c = self.cfg.curriculum
         return c.mask_ratio * max(0.0, 1.0 - step / c.decay_steps)
 
-    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
-        self._step, self._stats = step, {}
-        return {**super().train_step(step, ctx), **self._stats}
-
     def adjust(self, ro: Rollouts) -> Rollouts:
         c, ratio = self.cfg.curriculum, self.mask_ratio(self._step)
         difficulty = 1.0 - ro.accuracy.view(len(ro.items), -1).mean(1)
@@ -474,15 +473,18 @@ class VerIPOMethod(GRPOMethod):
             self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.buffer = PairBuffer()
 
-    def phase(self, step: int) -> str:
+    def _position(self, step: int) -> int:
+        """Where ``step`` (from 1) falls in its cycle, from 0."""
         c = self.cfg.veripo
-        return "grpo" if (step - 1) % (c.grpo_steps + c.dpo_steps) < c.grpo_steps else "dpo"
+        return (step - 1) % (c.grpo_steps + c.dpo_steps)
+
+    def phase(self, step: int) -> str:
+        return "grpo" if self._position(step) < self.cfg.veripo.grpo_steps else "dpo"
 
     def adjust(self, ro: Rollouts) -> Rollouts:
         from .qa import verify
 
-        Gs = ro.ids.shape[0] // len(ro.items)
-        texts = [self.policy.tokenizer.decode(r) for r in ro.ids]
+        Gs, texts = ro.ids.shape[0] // len(ro.items), ro.texts
         emb = ro.video_emb if ro.video_emb is not None else self._encode(self.policy, ro.videos)
         for p, item in enumerate(ro.items):
             rows = range(p * Gs, (p + 1) * Gs)
@@ -499,8 +501,7 @@ class VerIPOMethod(GRPOMethod):
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
         if self.phase(step) == "dpo" and len(self.buffer):
             return self.dpo_step(ctx)
-        c = self.cfg.veripo
-        if self.phase(step) == "grpo" and (step - 1) % (c.grpo_steps + c.dpo_steps) == 0:
+        if self._position(step) == 0:
             self.buffer.pairs = []  # a new cycle collects its own pairs
         return {**super().train_step(step, ctx), "dpo_pairs": float(len(self.buffer))}
 
@@ -548,16 +549,12 @@ class ThinkerGRPOMethod(GRPOMethod):
                              "SFT run on those traces)")
         super().__init__(cfg, optim, seed, policy)
 
-    def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
-        self._stats = {}
-        return {**super().train_step(step, ctx), **self._stats}
-
     def adjust(self, ro: Rollouts) -> Rollouts:
         from ..worlds.qa import clue_text
 
         Gs = ro.ids.shape[0] // len(ro.items)
         truth = [clue_text(it.clues) for it in ro.items for _ in range(Gs)]
-        clues = torch.tensor([TASK_REWARDS.get("clues")(self.policy.tokenizer.decode(r), t) for r, t in zip(ro.ids, truth)])
+        clues = torch.tensor([TASK_REWARDS.get("clues")(text, t) for text, t in zip(ro.texts, truth)])
         ro.rewards = ro.rewards + self.cfg.thinker.clue_weight * clues
         self._stats = {"reward_clues": float(clues.mean())}
         return ro
@@ -588,6 +585,10 @@ def splice(ro: Rollouts, idx: list[int], new: Rollouts) -> Rollouts:
         a = getattr(ro, name).clone()
         a[rows] = getattr(new, name)
         setattr(out, name, a)
+    if ro.texts is not None and new.texts is not None:
+        out.texts = list(ro.texts)
+        for i, r in enumerate(rows.tolist()):
+            out.texts[r] = new.texts[i]
     return out
 
 

@@ -87,7 +87,7 @@ def verify(text: str, item: QAItem) -> float:
     found = _ANSWER.search(text)
     answer = found.group(1).strip() if found else ""
     if item.qtype == "count":
-        return float(answer.strip() == str(sum(w in VALUES["shape"] for w in claims)))
+        return float(answer == str(sum(w in VALUES["shape"] for w in claims)))
     if not item.options:
         return 1.0  # progress and grounding answers are numbers the claims do not name
     letters = [c for c in answer.split() if len(c) == 1 and c in LETTERS[: len(item.options)]]

@@ -241,11 +241,11 @@ class ShapesQA:
         visible = torch.zeros(2, F)
         visible[0, a : a + length] = 1
         visible[1] = float(torch.rand(1, generator=g) < 0.5)
-        name = " ".join(VALUES[k][int(attrs[0, ATTRIBUTES.index(k)])] for k in ("colour", "shape"))
-        answer = f"{a} {a + length - 1}"
-        clues = [(a, a + length - 1, _reason(attrs[0]))] + ([(0, F - 1, _kind(attrs[1]))] if visible[1, 0] else [])
-        return self.render(attrs, starts, visible), QAItem("when", QUESTIONS["when"].format(name), [], answer, answer,
-                                                           _reason(attrs[0]), (a, a + length - 1), sorted(clues))
+        b = a + length - 1
+        answer = f"{a} {b}"
+        clues = [(a, b, _reason(attrs[0]))] + ([(0, F - 1, _kind(attrs[1]))] if visible[1, 0] else [])
+        return self.render(attrs, starts, visible), QAItem("when", QUESTIONS["when"].format(_kind(attrs[0])), [], answer,
+                                                           answer, _reason(attrs[0]), (a, b), sorted(clues))
 
     def _where_item(self, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator):
         """The shape's box at a frame drawn per item, in eighths of the frame; the start is drawn again while the
@@ -328,18 +328,18 @@ def _reason(row: torch.Tensor) -> str:
 
 
 def _item(qtype: str, attrs: torch.Tensor, g: torch.Generator, shuffle: bool) -> QAItem:
-    names = [dict(zip(ATTRIBUTES, (VALUES[a][i] for a, i in zip(ATTRIBUTES, row)))) for row in attrs.tolist()]
+    kinds = [_kind(row) for row in attrs]
     if qtype == "count":
-        n = str(len(names))
-        return QAItem(qtype, QUESTIONS[qtype], [], n, n, " ".join(f"{x['colour']} {x['shape']}" for x in names))
+        n = str(len(kinds))
+        return QAItem(qtype, QUESTIONS[qtype], [], n, n, " ".join(kinds))
     if qtype == "order":
-        first, second = (f"{x['colour']} {x['shape']}" for x in names)
+        first, second = kinds
         options = [first, second] if int(torch.randint(2, (1,), generator=g)) == 0 else [second, first]
         return QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(first)], first, f"{first} then {second}")
     values = VALUES[qtype]
     order = torch.randperm(len(values), generator=g).tolist() if shuffle else list(range(len(values)))
     options = [values[i] for i in order]
-    value = names[0][qtype]
+    value = values[int(attrs[0, ATTRIBUTES.index(qtype)])]
     return QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, _reason(attrs[0]))
 
 
