@@ -12,7 +12,7 @@ from .options import output_file
 
 PAIRING = ("split", "num_videos", "frames", "prompts", "seed", "steps", "guidance")
 """What two eval files must share to be compared video for video."""
-QA_PAIRING = ("split", "num", "hallucination", "types", "background")
+QA_PAIRING = ("split", "num", "hallucination", "types", "background", "task", "chunk_frames")
 """What two `--task qa` eval files must share to be compared question for question."""
 
 

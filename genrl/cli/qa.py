@@ -57,6 +57,17 @@ def _final_eval(model, out_dir: str, num: int, quiet: bool, start: dict | None =
     return report
 
 
+def _final_stream_eval(model, out_dir: str, num: int, chunk_frames: int, quiet: bool) -> dict:
+    from ..methods.vst import evaluate_stream, stream_summary
+    from ..report import write_report
+
+    report = evaluate_stream(model, "test", num, chunk_frames=chunk_frames, quiet=quiet)
+    Path(out_dir, "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(out_dir)
+    click.echo(f"streaming eval on {num} test questions: {stream_summary(report)}")
+    return report
+
+
 @config_command(SFTConfig)
 @quiet_option
 def sft(cfg: SFTConfig, quiet: bool):
@@ -80,7 +91,9 @@ def sft(cfg: SFTConfig, quiet: bool):
     last = trainer.fit()
     if not trainer.is_main:  # other ranks of `accelerate launch` stop here
         return
-    if cfg.eval_num:
+    if cfg.eval_num and cfg.sft.stream.enabled:
+        _final_stream_eval(method.model, cfg.out_dir, cfg.eval_num, cfg.sft.stream.chunk_frames, quiet)
+    elif cfg.eval_num:
         _final_eval(method.model, cfg.out_dir, cfg.eval_num, quiet)
     click.echo(f"sft run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
 

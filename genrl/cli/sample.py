@@ -125,9 +125,10 @@ def _png_writer(folder: Path, scale: int):
 
 @click.command(name="eval")
 @model_options
-@click.option("--task", type=click.Choice(("video", "qa")), default="video", show_default=True,
+@click.option("--task", type=click.Choice(("video", "qa", "stream")), default="video", show_default=True,
               help="'video': text-to-video generators against the attribute probe; 'qa': a video-language model "
-                   "answering held-out shapes questions (accuracy overall and per question type).")
+                   "answering held-out shapes questions (accuracy overall and per question type); 'stream': the same "
+                   "model asked after every chunk of a clip as it plays (accuracy by frames seen, latency per answer).")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="World split whose prompts are used.")
 @click.option("--num", type=click.IntRange(1, 100_000), default=128, show_default=True, help="Videos to generate and score.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=32, show_default=True, help="Videos generated at once.")
@@ -166,9 +167,14 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
       genrl eval --task qa --model shapes-vlm --split test --num 512 --out qa.json
       genrl eval --task qa --model shapes-vlm --num 512 --hallucination 1.0
       genrl eval --task qa --checkpoint runs/progress --num 512 --types progress
+      genrl eval --task stream --checkpoint runs/sft_stream --num 512 --out stream.json
     """
     if task == "qa":
         return _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination, types)
+    if task == "stream":
+        if hallucination:
+            raise UsageError("--hallucination is for --task qa")
+        return _evaluate_stream(model, checkpoint, split, num, batch, out, quiet, types)
     if hallucination or types:
         raise UsageError(f"{'--hallucination' if hallucination else '--types'} is for --task qa")
     from ..evaluation import evaluate as run_eval
@@ -209,3 +215,25 @@ def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
     click.echo(f"{report['model']} on {num} {split} questions: {summary(report)}")
+
+
+def _evaluate_stream(model, checkpoint, split, num, batch, out, quiet, types=""):
+    from ..methods.qa import load_policy
+    from ..methods.vst import evaluate_stream, stream_qa_config, stream_summary
+    from ..models.vlm import TinyVLM
+    from ..worlds.qa import ShapesQA
+
+    if bool(model) == bool(checkpoint):
+        raise UsageError("give exactly one of --model NAME or --checkpoint PATH")
+    vlm = load_policy(model or checkpoint)
+    if not isinstance(vlm, TinyVLM):
+        raise UsageError("--task stream needs a genrl VLM (a transformers policy has no streaming cache here)")
+    asked = [t.strip() for t in types.split(",") if t.strip()]
+    try:
+        qa = ShapesQA(stream_qa_config(vlm, asked or None))
+    except ValueError as e:
+        raise UsageError(f"--types: {e}") from None
+    report = {"model": model or checkpoint, **evaluate_stream(vlm, split, num, batch, qa=qa, quiet=quiet)}
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(f"{report['model']} on {num} {split} streams: {stream_summary(report)}")

@@ -18,13 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from ..models.hf_vlm import QwenVLPolicy
+from ..models.vlm import TinyVLM
 from ..models.registry import save_weights
 from ..train.trainer import Method, StepContext
 from ..worlds.qa import CHOICE_TYPES, QAConfig, ShapesQA
 from ..worlds.shapes import VALUES
 from .common import GeneratorState, OptimConfig, adamw
 from .qa import accuracy_metrics, build_vlm, evaluate_qa, fit_vocabulary, load_policy, prompts, targets
+from .vst import StreamConfig, draw_asks, evaluate_stream, stream_loss, vocabulary_words
 
 
 DESCRIBED = ("size", "colour", "shape", "direction", "speed")  # the order of an item's description
@@ -46,6 +49,9 @@ class SFTMethodConfig:
     """Held-out (val) questions scored at each sample step."""
     vision_aux_weight: float = 1.0
     """Weight of the attribute classification loss on pooled video embeddings (0 = none)."""
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    """VST: train on streams — the vision tower made causal in time, a thought after each chunk, the question
+    after a random chunk (``genrl/methods/vst.py``)."""
 
 
 class SFTMethod(Method):
@@ -55,17 +61,27 @@ class SFTMethod(Method):
         self.cfg = cfg
         self.qa = ShapesQA(cfg.qa)
         self.model = fit_vocabulary(load_policy(cfg.init, cfg.qa), cfg.qa).train() if cfg.init else build_vlm(cfg.size, self.qa)
+        if cfg.stream.enabled:
+            if not isinstance(self.model, TinyVLM):
+                raise UsageError("sft.stream needs a genrl VLM (its vision tower is made causal in time)")
+            self.model.cfg.causal_time = True
+            self.model.add_words(vocabulary_words())
         self.aux = nn.Linear(2 * self.model.video_dim, sum(len(VALUES[a]) for a in DESCRIBED))
         self.opt, self.sched = adamw([*self.model.parameters(), *self.aux.parameters()], optim)
         self.data = GeneratorState(seed)
 
     def loss(self, videos: torch.Tensor, items) -> torch.Tensor:
         dev = videos.device
-        p_ids, p_mask = prompts(self.model, items, dev)
-        t_ids, t_mask = targets(self.model, items, dev)
         emb = self.model.encode_video(videos)
-        logits = self.model.logits(emb, p_ids, p_mask, t_ids, t_mask)
-        loss = F.cross_entropy(logits[t_mask].float(), t_ids[t_mask])
+        st = self.cfg.stream
+        if st.enabled:
+            asks = draw_asks(items, self.qa.cfg.frames, st.chunk_frames, self.data.generator)
+            loss = stream_loss(self.model, emb, items, asks, st.chunk_frames, st.thoughts)
+        else:
+            p_ids, p_mask = prompts(self.model, items, dev)
+            t_ids, t_mask = targets(self.model, items, dev)
+            logits = self.model.logits(emb, p_ids, p_mask, t_ids, t_mask)
+            loss = F.cross_entropy(logits[t_mask].float(), t_ids[t_mask])
         if self.cfg.vision_aux_weight:
             loss = loss + self.cfg.vision_aux_weight * self.attribute_loss(emb, items)
         return loss
@@ -103,6 +119,10 @@ class SFTMethod(Method):
     def write_samples(self, step: int, folder: Path) -> dict[str, float]:
         if not self.cfg.eval_num:
             return {}
+        if self.cfg.stream.enabled:
+            r = evaluate_stream(self.model, "val", self.cfg.eval_num, qa=self.qa, chunk_frames=self.cfg.stream.chunk_frames,
+                                latency_num=0)
+            return {"val_accuracy": r["accuracy"], **{f"val_frames_{f}": v for f, v in r["accuracy_by_frames"].items()}}
         return accuracy_metrics(evaluate_qa(self.model, "val", self.cfg.eval_num, qa=self.qa), "val")
 
     def export(self, run_dir: Path) -> Path:

@@ -19,7 +19,10 @@ completion, from cached embeddings or from pixels) and :meth:`generate`
 from the task's vocabulary (no download), 3-D RoPE in the vision tower instead
 of 2-D, no window attention, and an optional conv stem (``stem_channels``)
 before the patch embedding — the small shapes model needs it to see shape,
-size and motion, not only colour.
+size and motion, not only colour. With ``causal_time`` the tower is causal in
+time (temporal patches see only earlier ones, the stem pads time in front), so
+a stream is encoded chunk by chunk and interleaved with text (VST,
+``genrl/methods/vst.py``).
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ class VLMConfig:
     kv_heads: int = 2
     mlp_hidden: int = 256
     rope_theta: float = 10000.0
+    causal_time: bool = False
+    """Streaming (VST): each temporal patch's tokens attend to their own and earlier patches only, and the conv
+    stem pads time in front only (space stays circular), so the first k frames encode to exactly the first tokens
+    of the whole clip and a stream encodes chunk by chunk (:meth:`VisionTower.forward` with a cache)."""
 
 
 class _Attention(nn.Module):
@@ -162,22 +169,54 @@ class VisionTower(nn.Module):
         self.merger = nn.Sequential(nn.Linear(c.merge * c.merge * c.vision_dim, c.dim), nn.GELU(), nn.Linear(c.dim, c.dim))
         self.register_buffer("pos", token_positions(*self.grid), persistent=False)
 
-    def forward(self, videos: torch.Tensor) -> torch.Tensor:
-        """(B, F, 3, H, W) in [0, 1] -> (B, tokens, dim) with tokens = T' * (H'/m) * (W'/m)."""
+    def forward(self, videos: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """(B, F, 3, H, W) in [0, 1] -> (B, tokens, dim) with tokens = T' * (H'/m) * (W'/m).
+
+        With ``cache`` (``causal_time`` only) the frames are the next ones of a stream, whole temporal patches:
+        their tokens attend to the stream's earlier tokens, kept in ``cache`` with the frames the stem's next
+        window needs; chunk by chunk this equals encoding the frames seen so far at once."""
         c, (T, Hp, Wp) = self.cfg, self.grid
-        B = videos.shape[0]
-        x = videos * 2 - 1
-        if self.stem is not None:
-            x = self.stem(x.transpose(1, 2)).transpose(1, 2)
-        x = x.reshape(B, T, c.temporal_patch, x.shape[2], Hp, c.patch, Wp, c.patch)
-        x = x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(B, T * Hp * Wp, -1)
+        B, Fr = videos.shape[:2]
+        if cache is not None and not c.causal_time:
+            raise ValueError("streaming encoding needs a vision tower causal in time (causal_time)")
+        if Fr % c.temporal_patch:
+            raise ValueError(f"{Fr} frames: a chunk must hold whole temporal patches of {c.temporal_patch} frames")
+        t0, n = (cache or {}).get("patches", 0), Fr // c.temporal_patch
+        if t0 + n > T:
+            raise ValueError(f"{(t0 + n) * c.temporal_patch} frames: the vision tower reads at most {c.frames}")
+        x = self._stem(videos * 2 - 1, cache)
+        x = x.reshape(B, n, c.temporal_patch, x.shape[2], Hp, c.patch, Wp, c.patch)
+        x = x.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(B, n * Hp * Wp, -1)
         x = self.embed(x)
-        angles = rope_angles(self.pos, c.vision_dim // c.vision_heads, c.rope_theta)
-        for blk in self.blocks:
-            x = blk(x, angles, None)
-        x = self.norm(x).view(B, T, Hp // c.merge, c.merge, Wp // c.merge, c.merge, -1)
-        x = x.permute(0, 1, 2, 4, 3, 5, 6).reshape(B, T * (Hp // c.merge) * (Wp // c.merge), -1)
+        per = Hp * Wp
+        angles = rope_angles(self.pos[t0 * per : (t0 + n) * per], c.vision_dim // c.vision_heads, c.rope_theta)
+        mask = None
+        if c.causal_time and (t0 == 0 or n > 1):  # one new patch after a prefix sees every key: no mask
+            q_blk = (torch.arange(n * per, device=x.device) + t0 * per) // per
+            mask = BlockCausal(per) if t0 == 0 else (torch.arange((t0 + n) * per, device=x.device) // per <= q_blk[:, None])
+        blocks = None if cache is None else cache.setdefault("blocks", [{} for _ in self.blocks])
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, angles, mask, None if blocks is None else blocks[i])
+        if cache is not None:
+            cache["patches"] = t0 + n
+        x = self.norm(x).view(B, n, Hp // c.merge, c.merge, Wp // c.merge, c.merge, -1)
+        x = x.permute(0, 1, 2, 4, 3, 5, 6).reshape(B, n * (Hp // c.merge) * (Wp // c.merge), -1)
         return self.merger(x)
+
+    def _stem(self, x: torch.Tensor, cache: dict | None) -> torch.Tensor:
+        """The conv stem on (B, F, 3, H, W) in [-1, 1]: circular in time and space, or (``causal_time``) with
+        the two frames before the chunk in front of it — zeros at the start, the stream's last frames after."""
+        if self.stem is None:
+            return x
+        if not self.cfg.causal_time:
+            return self.stem(x.transpose(1, 2)).transpose(1, 2)
+        conv = self.stem[0]
+        past = (cache or {}).get("frames")
+        front = past if past is not None else x.new_zeros(x.shape[0], 2, *x.shape[2:])
+        if cache is not None:
+            cache["frames"] = torch.cat((front, x), 1)[:, -2:]
+        y = F.pad(torch.cat((front, x), 1).transpose(1, 2), (1, 1, 1, 1, 0, 0), mode="circular")
+        return self.stem[1](F.conv3d(y, conv.weight, conv.bias)).transpose(1, 2)
 
 
 class CompletionPolicy(nn.Module):
@@ -283,9 +322,10 @@ class TinyVLM(CompletionPolicy):
         special = self.embed(torch.tensor([VSTART, VEND], device=prompt_ids.device))
         return torch.cat((special[0].expand(B, 1, -1), video_emb, special[1].expand(B, 1, -1), self.embed(prompt_ids)), 1)
 
-    def _forward(self, x, real, caches=None, past_real=None):
+    def _forward(self, x, real, caches=None, past_real=None, positions=None):
         """Embeddings -> logits: a full causal pass with pads masked (filling ``caches`` when given),
-        or, with ``past_real``, decode steps against ``caches``."""
+        or, with ``past_real``, the next tokens against ``caches`` (causal among themselves). ``positions``
+        (B, N, 3) replaces the M-RoPE positions of the one-video layout (streams interleave video and text)."""
         hd = self.cfg.dim // self.cfg.heads
         if past_real is None:
             L = x.shape[1]
@@ -293,12 +333,15 @@ class TinyVLM(CompletionPolicy):
                 mask = BlockCausal(1)
             else:
                 mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()[None, None] & real[:, None, None, :]
-            angles = _angles(self._positions(real), hd, self.cfg.rope_theta)
+            pos = self._positions(real) if positions is None else positions
         else:
             keys = torch.cat((past_real, real), 1)
             mask = keys[:, None, None, :]
-            angles = _angles(self._positions(keys)[:, -x.shape[1]:], hd, self.cfg.rope_theta)
-        return self.norm(self._run_blocks(x, angles, mask, caches)) @ self.embed.weight.T
+            if x.shape[1] > 1:
+                n, P = x.shape[1], past_real.shape[1]
+                mask = mask & torch.ones(n, P + n, dtype=torch.bool, device=x.device).tril(P)[None, None]
+            pos = self._positions(keys)[:, -x.shape[1]:] if positions is None else positions
+        return self.norm(self._run_blocks(x, _angles(pos, hd, self.cfg.rope_theta), mask, caches)) @ self.embed.weight.T
 
     def _run_blocks(self, x, angles, mask, caches=None):
         for i, blk in enumerate(self.blocks):
