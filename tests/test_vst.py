@@ -96,18 +96,39 @@ def test_fork_leaves_the_stream_as_it_was(qa):
 
 def test_thoughts_answers_and_asks_by_hand():
     item = QAItem("when", "when is the red circle on screen ?", [], "3 6", "3 6", "small red circle left slowly", (3, 6),
-                  [(0, 7, "blue square"), (3, 6, "small red circle left slowly")])
-    assert thought_text(item, 0, 1) == "<think> <time> 0 1 </time> <caption> blue square </caption> </think>"
-    assert thought_text(item, 2, 3) == ("<think> <time> 2 3 </time> <caption> blue square </caption> <time> 3 3 </time> "
-                                        "<caption> small red circle left slowly </caption> </think>")
+                  [(0, 7, "blue square"), (3, 6, "small red circle left slowly")],
+                  [(0, 7, "large blue square up quickly"), (3, 6, "small red circle left slowly")])
+    assert thought_text(item, 0, 1) == "<think> <time> 0 1 </time> <caption> large blue square up quickly </caption> </think>"
+    assert thought_text(item, 2, 3) == ("<think> <time> 2 3 </time> <caption> large blue square up quickly </caption> "
+                                        "<time> 3 3 </time> <caption> small red circle left slowly </caption> </think>")
     assert thought_text(item, 2, 3, thoughts=False) == "<think> </think>"
     assert first_chunk(item, 2) == 2 and first_chunk(item, 4) == 1
     assert seen_item(item, 4).answer == "3 3" and seen_item(item, 6).answer == "3 5" and seen_item(item, 8).answer == "3 6"
     assert answer_text(seen_item(item, 4)) == "<answer> 3 3 </answer>"
-    colour = QAItem("colour", "what colour is the shape ?", ["red", "blue"], "b", "blue", "x", None, [(0, 7, "blue")])
+    colour = QAItem("colour", "what colour is the shape ?", ["red", "blue"], "b", "blue", "x", None, [(0, 7, "blue")],
+                    [(0, 7, "small blue circle up slowly")])
     assert seen_item(colour, 2) is colour
     asks = draw_asks([item, colour] * 200, 8, 2, torch.Generator().manual_seed(0))
     assert set(asks[0::2]) == {2, 3, 4} and set(asks[1::2]) == {1, 2, 3, 4}
+
+
+def test_the_scene_is_every_shape_fully_described_whatever_is_asked(qa):
+    """A thought is written before the question: it must read the same for a clip whatever will be asked of it."""
+    _, items = qa.items("train", range(200))
+    seen = set()
+    for it in items:
+        seen.add(it.qtype)
+        assert it.scene == sorted(it.scene) and all(len(c.split()) == 5 for _, _, c in it.scene)
+        if it.qtype == "count":
+            assert len(it.scene) == int(it.answer) and all(s[:2] == (0, 7) for s in it.scene)
+        elif it.qtype == "order":
+            assert [s[:2] for s in it.scene] == [(0, 3), (4, 7)]
+            assert [" ".join(s[2].split()[1:3]) for s in it.scene] == [c for _, _, c in it.clues]
+        elif it.qtype == "when":
+            assert any(s[:2] == it.span and s[2] == it.reason for s in it.scene)
+        else:
+            assert it.scene == [(0, 7, it.reason)]
+    assert seen == set(STREAM_TYPES)
 
 
 def test_evaluate_stream_counts_every_ask_and_scores_by_frames(qa):

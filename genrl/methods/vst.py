@@ -1,7 +1,8 @@
 """VST, thinking while watching: streaming video QA on the shapes world.
 
 A clip arrives ``chunk_frames`` frames at a time. After each chunk the model writes a short thought into
-its KV cache — what is on screen in that chunk, as grounded clues,
+its KV cache — every shape on screen in that chunk, fully described (the question has not come yet), as
+grounded clues,
 ``<think> <time> 2 3 </time> <caption> small red circle left slowly </caption> </think>`` — and a question
 may come after any chunk. The answer is decoded from the cache: the reasoning was done while the video
 played, so answering costs the question and a few answer tokens, not a fresh look at the clip and a
@@ -56,11 +57,12 @@ class StreamConfig:
 
 # ------------------------------------------------------------------------------------------------ the data
 def thought_text(item: QAItem, first: int, last: int, thoughts: bool = True) -> str:
-    """The thought after the chunk of frames ``first..last``: each clue of ``item`` on screen in it, with the
-    frames of the chunk it is on screen for."""
+    """The thought after the chunk of frames ``first..last``: each shape of ``item.scene`` on screen in it, fully
+    described, with the frames of the chunk it is on screen for. It depends on the clip alone — the question
+    comes later."""
     if not thoughts:
         return "<think> </think>"
-    seen = [(max(a, first), min(b, last), c) for a, b, c in item.clues if a <= last and b >= first]
+    seen = [(max(a, first), min(b, last), c) for a, b, c in item.scene if a <= last and b >= first]
     body = " ".join(f"{TIME[0]} {a} {b} {TIME[1]} {CAPTION[0]} {c} {CAPTION[1]}" for a, b, c in seen)
     return f"<think> {body} </think>" if body else "<think> </think>"
 

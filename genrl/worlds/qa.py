@@ -130,6 +130,9 @@ class QAItem:
     clues: list[tuple[int, int, str]] = field(default_factory=list)
     """What is on screen when: (first frame, last frame, caption) per shape, in order of appearance — the
     grounding and captioning clues of a Video-Thinker trace."""
+    scene: list[tuple[int, int, str]] = field(default_factory=list)
+    """Every shape on screen, whatever is asked: (first frame, last frame, size colour kind direction speed), in
+    order of appearance — what a streaming model can say about the clip before it hears the question (VST)."""
 
     def prompt(self) -> str:
         """Question and lettered options (the text after the video)."""
@@ -186,6 +189,8 @@ class ShapesQA:
                 video, item = self.render(attrs, starts, visible), _item(qtype, attrs, g, self.cfg.shuffle_options)
             if not item.clues:  # one shape on screen throughout, or (count) several; order: the two halves
                 item.clues = self._clues(qtype, attrs)
+            if not item.scene:
+                item.scene = scene(attrs, visible, self.cfg.frames)
             if self.cfg.thinker:
                 item.reason = clue_text(item.clues)
             videos.append(video)
@@ -229,7 +234,7 @@ class ShapesQA:
         value = values[shown] if kind == "present" else NONE
         item = QAItem(qtype, QUESTIONS[qtype], options, LETTERS[options.index(value)], value, reason)
         if kind == "counterexample":
-            item.clues = clues
+            item.clues, item.scene = clues, scene(torch.cat((attrs, second)), self._halves())
         return video, item
 
     def _when_item(self, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator):
@@ -244,8 +249,9 @@ class ShapesQA:
         b = a + length - 1
         answer = f"{a} {b}"
         clues = [(a, b, _reason(attrs[0]))] + ([(0, F - 1, _kind(attrs[1]))] if visible[1, 0] else [])
-        return self.render(attrs, starts, visible), QAItem("when", QUESTIONS["when"].format(_kind(attrs[0])), [], answer,
-                                                           answer, _reason(attrs[0]), (a, b), sorted(clues))
+        item = QAItem("when", QUESTIONS["when"].format(_kind(attrs[0])), [], answer, answer, _reason(attrs[0]), (a, b),
+                      sorted(clues), scene(attrs, visible))
+        return self.render(attrs, starts, visible), item
 
     def _where_item(self, attrs: torch.Tensor, starts: torch.Tensor, g: torch.Generator):
         """The shape's box at a frame drawn per item, in eighths of the frame; the start is drawn again while the
@@ -311,6 +317,18 @@ class ShapesQA:
         for a, c in zip(alpha, colour):  # later shapes over earlier ones
             video = video * (1 - a) + c * a
         return video
+
+
+def scene(attrs: torch.Tensor, visible: torch.Tensor | None, frames: int | None = None) -> list[tuple[int, int, str]]:
+    """(first frame, last frame, full description) of each shape of ``attrs`` that is ever on screen (``visible``
+    (shapes, F); None: every shape throughout ``frames`` frames), in order of appearance."""
+    out = []
+    for k, row in enumerate(attrs):
+        on = torch.ones(frames) if visible is None else visible[k]
+        idx = on.nonzero().flatten()
+        if len(idx):
+            out.append((int(idx[0]), int(idx[-1]), _reason(row)))
+    return sorted(out)
 
 
 def clue_text(clues: list[tuple[int, int, str]]) -> str:
