@@ -199,8 +199,10 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
         click.echo(f"reward probe AUC: {line}{diffs} (paired over videos, 95% bootstrap interval)")
 
 
-def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination=0.0, types=""):
-    from ..methods.qa import _qa_config_for, evaluate_qa, load_policy, summary
+def _policy_and_questions(model, checkpoint, types: str, config):
+    """The policy named by --model or --checkpoint and the shapes QA task ``config(policy, types or None)`` builds
+    for it; a bad --types is one usage line."""
+    from ..methods.qa import load_policy
     from ..worlds.qa import ShapesQA
 
     if bool(model) == bool(checkpoint):
@@ -208,9 +210,15 @@ def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination
     vlm = load_policy(model or checkpoint)
     asked = [t.strip() for t in types.split(",") if t.strip()]
     try:
-        qa = ShapesQA(_qa_config_for(vlm, hallucination, asked or None))
+        return vlm, ShapesQA(config(vlm, asked or None))
     except ValueError as e:  # the task's own check of the question types
         raise UsageError(f"--types: {e}") from None
+
+
+def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination=0.0, types=""):
+    from ..methods.qa import _qa_config_for, evaluate_qa, summary
+
+    vlm, qa = _policy_and_questions(model, checkpoint, types, lambda v, asked: _qa_config_for(v, hallucination, asked))
     report = {"model": model or checkpoint, **evaluate_qa(vlm, split, num, batch, qa=qa, quiet=quiet)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
@@ -218,21 +226,15 @@ def _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination
 
 
 def _evaluate_stream(model, checkpoint, split, num, batch, out, quiet, types=""):
-    from ..methods.qa import load_policy
     from ..methods.vst import evaluate_stream, stream_qa_config, stream_summary
     from ..models.vlm import TinyVLM
-    from ..worlds.qa import ShapesQA
 
-    if bool(model) == bool(checkpoint):
-        raise UsageError("give exactly one of --model NAME or --checkpoint PATH")
-    vlm = load_policy(model or checkpoint)
-    if not isinstance(vlm, TinyVLM):
-        raise UsageError("--task stream needs a genrl VLM (a transformers policy has no streaming cache here)")
-    asked = [t.strip() for t in types.split(",") if t.strip()]
-    try:
-        qa = ShapesQA(stream_qa_config(vlm, asked or None))
-    except ValueError as e:
-        raise UsageError(f"--types: {e}") from None
+    def questions(vlm, asked):
+        if not isinstance(vlm, TinyVLM):
+            raise UsageError("--task stream needs a genrl VLM (a transformers policy has no streaming cache here)")
+        return stream_qa_config(vlm, asked)
+
+    vlm, qa = _policy_and_questions(model, checkpoint, types, questions)
     report = {"model": model or checkpoint, **evaluate_stream(vlm, split, num, batch, qa=qa, quiet=quiet)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")

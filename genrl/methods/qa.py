@@ -126,6 +126,13 @@ def accuracy_reward_name(item: QAItem, soft: bool = True) -> str:
     return "soft_choice" if soft and len(item.answer.split()) > 1 else "choice"
 
 
+def answer_reward(text: str, item: QAItem) -> float:
+    """The task reward of a completion's answer to ``item`` (accuracy, or IoU / closeness where dense)."""
+    from ..registry import TASK_REWARDS
+
+    return TASK_REWARDS.get(accuracy_reward_name(item))(text, item.answer)
+
+
 @torch.no_grad()
 def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int = 64, qa: ShapesQA | None = None,
                 quiet: bool = True, hallucination: float = 0.0, types: list[str] | None = None,
@@ -152,7 +159,7 @@ def evaluate_qa(model: TinyVLM, split: str = "test", num: int = 256, batch: int 
             for it, row in zip(items, ids):
                 text = model.tokenizer.decode(row)
                 kind = "hallucination" if it.value == NONE else it.qtype  # "none of these" questions, apart
-                hits.setdefault(kind, []).append(TASK_REWARDS.get(accuracy_reward_name(it))(text, it.answer))
+                hits.setdefault(kind, []).append(answer_reward(text, it))
                 per_item["type"].append(kind)
                 per_item["reward"].append(hits[kind][-1])
                 per_item["consistent"].append(verify(text, it))

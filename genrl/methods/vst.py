@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from ..models.dit import token_positions
 from ..models.vlm import EOS, PAD, VEND, VSTART, TinyVLM
-from ..worlds.qa import CAPTION, TIME, QAConfig, QAItem, ShapesQA
-from .qa import accuracy_reward_name, target_text
+from ..worlds.qa import CAPTION, TIME, QAConfig, QAItem, ShapesQA, clue_text
+from .qa import MAX_NEW_TOKENS, answer_reward, prompts, target_text
 
 THINK_TOKENS = 40
 """Longest thought decoded after a chunk (three shapes' clues with their tags take 29)."""
@@ -62,8 +62,7 @@ def thought_text(item: QAItem, first: int, last: int, thoughts: bool = True) -> 
     comes later."""
     if not thoughts:
         return "<think> </think>"
-    seen = [(max(a, first), min(b, last), c) for a, b, c in item.scene if a <= last and b >= first]
-    body = " ".join(f"{TIME[0]} {a} {b} {TIME[1]} {CAPTION[0]} {c} {CAPTION[1]}" for a, b, c in seen)
+    body = clue_text([(max(a, first), min(b, last), c) for a, b, c in item.scene if a <= last and b >= first])
     return f"<think> {body} </think>" if body else "<think> </think>"
 
 
@@ -232,17 +231,22 @@ class Stream:
                 break
         return torch.stack(out, 1)
 
+    def watch(self, frames: torch.Tensor) -> torch.Tensor:
+        """Take in the next chunk and write its thought (greedy, up to ``</think>``); returns the thought ids."""
+        return self.decode(self.add_video(frames), self.model.tokenizer.ids["</think>"], THINK_TOKENS)
+
+    def ask(self, items: list[QAItem]) -> torch.Tensor:
+        """Answer ``items`` now, on a fork (the stream goes on as if not asked); returns the answer ids."""
+        branch = self.fork()
+        ids, mask = prompts(self.model, items, self.device)
+        return branch.decode(branch.add_text(ids, mask)[:, -1], EOS, ANSWER_TOKENS)
+
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def _questions(model: TinyVLM, items: list[QAItem], device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, mask = model.tokenizer.batch([it.prompt() for it in items], left_pad=True)
-    return ids.to(device), mask.to(device)
-
-
-def _score(text: str, item: QAItem) -> float:
-    from ..registry import TASK_REWARDS
-
-    return TASK_REWARDS.get(accuracy_reward_name(item))(text, item.answer)
+def _whole_clip_answer(model, videos: torch.Tensor, items: list[QAItem]) -> torch.Tensor:
+    """A whole-clip model's greedy completion (its reasoning, then the answer) to ``items`` about ``videos``."""
+    ids, mask = prompts(model, items, videos.device)
+    return model.generate(model.encode_video(videos), ids, mask, max_new_tokens=MAX_NEW_TOKENS, temperature=0)[0]
 
 
 @torch.no_grad()
@@ -281,7 +285,7 @@ def evaluate_stream(model: TinyVLM, split: str = "test", num: int = 256, batch: 
                     per_item["type"].append(f"frames={k * chunk_frames}")
                     per_item["qtype"].append(it.qtype)
                     per_item["frames"].append(k * chunk_frames)
-                    per_item["reward"].append(_score(text, seen_item(it, k * chunk_frames)))
+                    per_item["reward"].append(answer_reward(text, seen_item(it, k * chunk_frames)))
                     per_item["item"].append(idx[j])
             advance(len(items), f"acc={sum(per_item['reward']) / len(per_item['reward']):.3f}")
     latency = _latency(model, qa, split, min(latency_num, num), chunk_frames, dev) if latency_num else {}
@@ -314,19 +318,14 @@ def evaluate_stream(model: TinyVLM, split: str = "test", num: int = 256, batch: 
 def _stream_answers(model: TinyVLM, videos: torch.Tensor, items: list[QAItem], chunk_frames: int,
                     think_tokens: list[float] | None = None) -> dict[int, list[str | None]]:
     """Watch ``videos`` chunk by chunk, thinking after each; after chunk k answer each item that can be asked."""
-    tok, dev = model.tokenizer, videos.device
-    stream = Stream(model, len(items), dev)
-    end_think = tok.ids["</think>"]
+    tok = model.tokenizer
+    stream = Stream(model, len(items), videos.device)
     out: dict[int, list[str | None]] = {}
     for k in range(1, videos.shape[1] // chunk_frames + 1):
-        logits = stream.add_video(videos[:, (k - 1) * chunk_frames : k * chunk_frames])
-        thought = stream.decode(logits, end_think, THINK_TOKENS)
+        thought = stream.watch(videos[:, (k - 1) * chunk_frames : k * chunk_frames])
         if think_tokens is not None:
             think_tokens.append(float((thought != PAD).sum(1).float().mean()))
-        asked = [seen_item(it, k * chunk_frames) for it in items]
-        branch = stream.fork()
-        ids, mask = _questions(model, asked, dev)
-        ans = branch.decode(branch.add_text(ids, mask)[:, -1], EOS, ANSWER_TOKENS)
+        ans = stream.ask([seen_item(it, k * chunk_frames) for it in items])
         out[k] = [tok.decode(row) if k >= first_chunk(it, chunk_frames) else None for it, row in zip(items, ans)]
     return out
 
@@ -334,16 +333,12 @@ def _stream_answers(model: TinyVLM, videos: torch.Tensor, items: list[QAItem], c
 def _offline_answers(model, videos: torch.Tensor, items: list[QAItem], chunk_frames: int,
                      think_tokens: list[float] | None = None) -> dict[int, list[str | None]]:
     """A whole-clip model: after chunk k it is shown the frames seen (the rest blank) and answers as trained."""
-    from .qa import MAX_NEW_TOKENS
-
-    tok, dev = model.tokenizer, videos.device
+    tok = model.tokenizer
     out: dict[int, list[str | None]] = {}
     for k in range(1, videos.shape[1] // chunk_frames + 1):
         seen = videos.clone()
         seen[:, k * chunk_frames :] = 0
-        asked = [seen_item(it, k * chunk_frames) for it in items]
-        ids, mask = _questions(model, asked, dev)
-        ans, _ = model.generate(model.encode_video(seen), ids, mask, max_new_tokens=MAX_NEW_TOKENS, temperature=0)
+        ans = _whole_clip_answer(model, seen, [seen_item(it, k * chunk_frames) for it in items])
         out[k] = [tok.decode(row) if k >= first_chunk(it, chunk_frames) else None for it, row in zip(items, ans)]
     return out
 
@@ -352,9 +347,6 @@ def _latency(model: TinyVLM, qa: ShapesQA, split: str, n: int, chunk_frames: int
     """Median wall time of one answer asked after the last chunk (batch 1): for a streaming model the question
     and the answer decoded from its cache (the thoughts were written while watching; their time per chunk is
     reported apart); for a whole-clip model encoding the clip, reading the question and its reasoned answer."""
-    from .qa import MAX_NEW_TOKENS
-
-    tok = model.tokenizer
     answer_ms, think_ms, answer_tokens = [], [], []
     for i in range(n):
         video, items = qa.items(split, [i])
@@ -364,16 +356,13 @@ def _latency(model: TinyVLM, qa: ShapesQA, split: str, n: int, chunk_frames: int
             stream = Stream(model, 1, dev)
             for k in range(qa.cfg.frames // chunk_frames):
                 t = time.perf_counter()
-                stream.decode(stream.add_video(video[:, k * chunk_frames : (k + 1) * chunk_frames]),
-                              tok.ids["</think>"], THINK_TOKENS)
+                stream.watch(video[:, k * chunk_frames : (k + 1) * chunk_frames])
                 think_ms.append(1000 * (time.perf_counter() - t))
             t = time.perf_counter()
-            ids, mask = _questions(model, asked, dev)
-            ans = stream.decode(stream.add_text(ids, mask)[:, -1], EOS, ANSWER_TOKENS)
+            ans = stream.ask(asked)
         else:
             t = time.perf_counter()
-            ids, mask = _questions(model, asked, dev)
-            ans, _ = model.generate(model.encode_video(video), ids, mask, max_new_tokens=MAX_NEW_TOKENS, temperature=0)
+            ans = _whole_clip_answer(model, video, asked)
         answer_ms.append(1000 * (time.perf_counter() - t))
         answer_tokens.append(float((ans != PAD).sum()))
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731

@@ -191,9 +191,12 @@ class VisionTower(nn.Module):
         per = Hp * Wp
         angles = rope_angles(self.pos[t0 * per : (t0 + n) * per], c.vision_dim // c.vision_heads, c.rope_theta)
         mask = None
-        if c.causal_time and (t0 == 0 or n > 1):  # one new patch after a prefix sees every key: no mask
-            q_blk = (torch.arange(n * per, device=x.device) + t0 * per) // per
-            mask = BlockCausal(per) if t0 == 0 else (torch.arange((t0 + n) * per, device=x.device) // per <= q_blk[:, None])
+        if c.causal_time and n > 1:  # each new patch sees the ones before it (a single new patch sees every key)
+            if t0 == 0:
+                mask = BlockCausal(per)
+            else:  # after a cached prefix: queries of patches t0.., keys of patches 0..
+                q_blk = torch.arange(t0, t0 + n, device=x.device).repeat_interleave(per)
+                mask = torch.arange((t0 + n) * per, device=x.device) // per <= q_blk[:, None]
         blocks = None if cache is None else cache.setdefault("blocks", [{} for _ in self.blocks])
         for i, blk in enumerate(self.blocks):
             x = blk(x, angles, mask, None if blocks is None else blocks[i])
@@ -213,9 +216,10 @@ class VisionTower(nn.Module):
         conv = self.stem[0]
         past = (cache or {}).get("frames")
         front = past if past is not None else x.new_zeros(x.shape[0], 2, *x.shape[2:])
+        window = torch.cat((front, x), 1)
         if cache is not None:
-            cache["frames"] = torch.cat((front, x), 1)[:, -2:]
-        y = F.pad(torch.cat((front, x), 1).transpose(1, 2), (1, 1, 1, 1, 0, 0), mode="circular")
+            cache["frames"] = window[:, -2:]
+        y = F.pad(window.transpose(1, 2), (1, 1, 1, 1, 0, 0), mode="circular")
         return self.stem[1](F.conv3d(y, conv.weight, conv.bias)).transpose(1, 2)
 
 
