@@ -173,6 +173,13 @@ def test_stream_sft_trains_the_layout_and_saves_a_causal_tower(run_cli, tmp_path
     assert report["task"] == "stream" and report["num"] == 4
 
 
+def test_stream_sft_refuses_a_chunk_that_splits_a_temporal_patch(run_cli, tmp_path):
+    for bad in ("3", "0"):
+        code, _, err = run_cli("sft", "sft.size=debug", "sft.stream.enabled=true", f"sft.stream.chunk_frames={bad}",
+                               "train.steps=1", f"out_dir={tmp_path / bad}", "--quiet")
+        assert code == 2 and "chunk_frames" in err and "\n" not in err.strip(), err
+
+
 def test_eval_task_stream_refuses_what_it_cannot_ask(run_cli):
     code, _, err = run_cli("eval", "--task", "stream", "--model", "shapes-vlm", "--types", "colour,teleport")
     assert code == 2 and "unknown question type 'teleport'" in err and "\n" not in err.strip()

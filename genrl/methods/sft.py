@@ -64,6 +64,10 @@ class SFTMethod(Method):
         if cfg.stream.enabled:
             if not isinstance(self.model, TinyVLM):
                 raise UsageError("sft.stream needs a genrl VLM (its vision tower is made causal in time)")
+            tp, frames = self.model.cfg.temporal_patch, cfg.qa.frames
+            if frames % cfg.stream.chunk_frames or cfg.stream.chunk_frames % tp:
+                raise UsageError(f"sft.stream.chunk_frames={cfg.stream.chunk_frames}: must divide qa.frames={frames} "
+                                 f"and be a multiple of the vision tower's temporal patch ({tp} frames)")
             self.model.cfg.causal_time = True
             self.model.add_words(vocabulary_words())
         self.aux = nn.Linear(2 * self.model.video_dim, sum(len(VALUES[a]) for a in DESCRIBED))

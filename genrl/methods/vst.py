@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import check
 from ..models.dit import token_positions
 from ..models.vlm import EOS, PAD, VEND, VSTART, TinyVLM
 from ..worlds.qa import CAPTION, TIME, QAConfig, QAItem, ShapesQA, clue_text
@@ -48,8 +49,8 @@ class StreamConfig:
 
     enabled: bool = False
     """Train on streams (the vision tower is made causal in time) instead of whole clips."""
-    chunk_frames: int = 2
-    """Frames per chunk (whole temporal patches of the vision tower)."""
+    chunk_frames: int = check(2, ">=1")
+    """Frames per chunk (whole temporal patches of the vision tower, dividing the clip's frames)."""
     thoughts: bool = True
     """Write the chunk's clues as its thought; False: every thought is empty (``<think> </think>``), the
     ablation that answers from the video tokens alone."""
