@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from genrl import schedulers as fm
 from genrl.config import check
 from genrl.registry import METHODS
-from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_write
+from genrl.methods.common import GeneratorState, OptimConfig, StudentOutputs, adamw
 from genrl.models.video_model import FlowVideoModel
 from genrl.train.ema import EMA
 from genrl.train.trainer import Method, Role, StepContext
@@ -105,7 +104,7 @@ class DMDConfig:
     the DMD and critic losses see its last world.frames frames. 0 = world.frames."""
 
 
-class DMDMethod(Method):
+class DMDMethod(StudentOutputs, Method):
     name = "dmd"
 
     def __init__(self, cfg: DMDConfig, student: FlowVideoModel, teacher: FlowVideoModel, world,
@@ -210,12 +209,6 @@ class DMDMethod(Method):
     def stateful(self):
         return {"optimizer": self.opt, "scheduler": self.sched, "critic_optimizer": self.critic_opt,
                 "critic_scheduler": self.critic_sched, "data": self.data}
-
-    def write_samples(self, step: int, folder: Path) -> dict[str, float]:
-        return sample_and_write(self.ema.module, self.world, self.cfg.num_samples, folder / f"step_{step:07d}.gif")
-
-    def export(self, run_dir: Path) -> Path:
-        return self.ema.module.save(run_dir)
 
 
 @METHODS.register("dmd")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from genrl import schedulers as fm
 from genrl.config import check
-from genrl.methods.common import GeneratorState, OptimConfig, adamw, sample_and_write
+from genrl.methods.common import GeneratorState, OptimConfig, StudentOutputs, adamw
 from genrl.errors import UsageError
 from genrl.models.video_model import FlowVideoModel
 from genrl.progress import track
@@ -75,7 +75,7 @@ def teacher_trajectories(teacher: FlowVideoModel, prompts: list[str], noise: tor
     return torch.stack([states[s] for s in levels], dim=1), x
 
 
-class ODEInitMethod(Method):
+class ODEInitMethod(StudentOutputs, Method):
     name = "ode_init"
 
     def __init__(self, cfg: ODEInitConfig, student: FlowVideoModel, teacher: FlowVideoModel, world,
@@ -172,12 +172,6 @@ class ODEInitMethod(Method):
 
     def stateful(self):
         return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
-
-    def write_samples(self, step: int, folder: Path) -> dict[str, float]:
-        return sample_and_write(self.ema.module, self.world, self.cfg.num_samples, folder / f"step_{step:07d}.gif")
-
-    def export(self, run_dir: Path) -> Path:
-        return self.ema.module.save(run_dir)
 
 
 @METHODS.register("ode_init")

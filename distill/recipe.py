@@ -112,6 +112,9 @@ def build_method(cfg: DistillConfig, quiet: bool):
         raise UsageError(f"config key 'method' is {cfg.method!r}; valid: {', '.join(NAMES)}")
     if cfg.prompts and cfg.eval_num:
         raise UsageError("eval_num measures students against the shapes world's probe; set eval_num=0 with a prompt file")
+    if cfg.prompts and cfg.train.val_every:
+        raise UsageError("train.val_every measures students against the shapes world's probe; set train.val_every=0 "
+                         "with a prompt file")
     world = build_world(cfg)
     student, teacher, critic = build_models(cfg)
     frames = student.latent_frames(cfg.world.frames)
@@ -128,7 +131,7 @@ def build_method(cfg: DistillConfig, quiet: bool):
 
 def ode_init_stage(cfg: DistillConfig) -> DistillConfig:
     """The ODE-init stage that precedes ``cfg`` when ``ode_init_first`` is set."""
-    train = dataclasses.replace(cfg.train, steps=cfg.ode.stage_steps, sample_every=0,
+    train = dataclasses.replace(cfg.train, steps=cfg.ode.stage_steps, sample_every=0, val_every=0,
                                 checkpoint_every=max(1, cfg.ode.stage_steps // 3))
     optim = OptimConfig(lr=cfg.ode.stage_lr, betas=[0.9, 0.999], warmup_steps=min(20, cfg.ode.stage_steps))
     return dataclasses.replace(cfg, method="ode_init", out_dir=str(Path(cfg.out_dir) / "ode_init"),

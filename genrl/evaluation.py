@@ -145,6 +145,14 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
     }
 
 
+def validation_accuracy(gen: VideoModel, num: int, frames: int | None = None, seeds: tuple[int, ...] = (0, 1)) -> dict[str, float]:
+    """Probe-read prompt accuracy on the first ``num`` val-split prompts, the same prompts at each sampling
+    seed (so two validations of one run pair video for video): the mean, and each seed's figure."""
+    accs = [evaluate(gen, "val", num, frames=frames, rewards=[], seed=s, quiet=True, same_prompts=True)["prompt_accuracy"]
+            for s in seeds]
+    return {"val_prompt_accuracy": sum(accs) / len(accs), **{f"val_prompt_accuracy_seed{s}": a for s, a in zip(seeds, accs)}}
+
+
 def evaluate_run(run: str | Path, num: int, rewards: list[str], split: str = "test", frames: int | None = None,
                  seed: int | list[int] = 0, quiet: bool = False) -> dict:
     """Evaluate a run folder's exported model and write the report to ``{run}/eval.json``.

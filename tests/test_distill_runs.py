@@ -209,3 +209,30 @@ def test_rollout_weight_clamping_is_logged(run_cli, tmp_path, assets):
              "eval_num=0")
     free = [json.loads(l) for l in (tmp_path / "free" / "metrics.jsonl").read_text().splitlines()][0]
     assert free["rollout_weights_clamped"] == 0.0
+
+
+def test_validation_leaves_training_unchanged_and_exports_the_ema_of_its_best_step(run_cli, tmp_path, assets):
+    from genrl.evaluation import validation_accuracy
+    from genrl.models.registry import load_model
+
+    teacher, _ = assets
+    _distill(run_cli, tmp_path / "plain", teacher, "method=dmd", "train.steps=3")
+    out = _distill(run_cli, tmp_path / "val", teacher, "method=dmd", "train.steps=3", "train.val_every=2",
+                   "train.val_num=3", "train.keep_checkpoints=5")
+    for name in ("student", "critic", "ema"):  # validating draws no random number training would have drawn
+        a = load_file(str(tmp_path / "plain" / "checkpoints" / "step_0000003" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "val" / "checkpoints" / "step_0000003" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    rows = [json.loads(l) for l in (tmp_path / "val" / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_prompt_accuracy"] for r in rows if "val_prompt_accuracy" in r}
+    assert sorted(val) == [2, 3]  # every 2 steps and at the last
+    best = json.loads((tmp_path / "val" / "best" / "best.json").read_text())
+    assert best["step"] == (3 if val[3] > val[2] else 2) and best["value"] == max(val.values())
+    assert f"best on val: step {best['step']} (val_prompt_accuracy={best['value']:.4f})" in out
+    ema = load_file(str(tmp_path / "val" / "checkpoints" / f"step_{best['step']:07d}" / "ema.safetensors"))
+    exported = load_file(str(tmp_path / "val" / "best" / "model.safetensors"))
+    assert all(torch.equal(ema[k], exported[k]) for k in ema)
+    # the logged figure is what `validation_accuracy` measures on the exported file, seed by seed
+    again = validation_accuracy(load_model(str(tmp_path / "val" / "best" / "model.safetensors"), kind="video_model"), 3,
+                                frames=6)
+    assert again == best["metrics"]

@@ -2,10 +2,11 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from genrl.models.autoencoder import Autoencoder, AutoencoderConfig
 from genrl.models.registry import save_weights
+from genrl.train.trainer import Method, Trainer, TrainConfig
 
 TINY = [
     "flow.model.dit.dim=24", "flow.model.dit.depth=1", "flow.model.dit.heads=2", "flow.model.dit.text_dim=16",
@@ -126,3 +127,65 @@ def test_lownoise_teacher_stage_changes_only_the_training_schedule():
     assert stage.flow.model == base.flow.model and stage.flow.model.shift == 3.0
     assert (base.flow.train_shift, stage.flow.train_shift) == (None, 1.0)
     assert stage.flow.init == "runs/teacher/model.safetensors" and stage.optim.lr < base.optim.lr
+
+
+VALUES = [0.2, 0.5, 0.4, 0.5, 0.3]
+
+
+class Scripted(Method):
+    """One weight trained towards 3; its validation figure after step s is VALUES[s - 1]."""
+
+    name = "scripted"
+    val_key = "val_score"
+
+    def __init__(self):
+        self.model = torch.nn.Linear(1, 1, bias=False)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.step = 0
+
+    def train_step(self, step, ctx):
+        self.step = step
+        return ctx.optimize(self.opt, self.model.parameters(), lambda i: (self.model.weight - 3.0).pow(2).sum())
+
+    def checkpoint_modules(self):
+        return {"model": self.model}
+
+    def stateful(self):
+        return {"optimizer": self.opt}
+
+    def export(self, run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"w": self.model.weight.detach().clone()}, str(run_dir / "model.safetensors"))
+        return run_dir / "model.safetensors"
+
+    def validate(self, num):
+        return {"val_score": VALUES[self.step - 1], "val_num": float(num)}
+
+
+def _fit_scripted(run_dir, steps):
+    cfg = TrainConfig(steps=steps, log_every=1, checkpoint_every=1, keep_checkpoints=10, val_every=1, val_num=7)
+    Trainer(cfg, Scripted(), run_dir, quiet=True).fit()
+
+
+def test_validation_exports_the_first_best_step_and_a_resumed_run_keeps_it(tmp_path):
+    _fit_scripted(tmp_path / "a", 5)
+    best = json.loads((tmp_path / "a" / "best" / "best.json").read_text())
+    # 0.5 first at step 2; the tie at step 4 does not replace it
+    assert (best["step"], best["key"], best["value"]) == (2, "val_score", 0.5) and best["metrics"]["val_num"] == 7
+    step2 = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000002" / "model.safetensors"))["weight"]
+    last = load_file(str(tmp_path / "a" / "model.safetensors"))["w"]
+    exported = load_file(str(tmp_path / "a" / "best" / "model.safetensors"))["w"]
+    assert torch.equal(exported, step2) and not torch.equal(exported, last)
+    rows = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_score"] for r in rows if "val_score" in r] == VALUES
+    # stopped after step 3 and resumed: the best so far comes back from the checkpoint, not from a re-count
+    _fit_scripted(tmp_path / "b", 3)
+    _fit_scripted(tmp_path / "b", 5)
+    assert json.loads((tmp_path / "b" / "best" / "best.json").read_text()) == best
+    assert not (tmp_path / "b" / ".best.tmp").exists() and not (tmp_path / "b" / ".best.old").exists()
+
+
+def test_val_every_on_a_method_without_validation_is_one_usage_line(run_cli, tmp_path, tiny_autoencoder):
+    code, out, err = run_cli("pretrain", f"out_dir={tmp_path / 'v'}", "train.steps=1", "train.val_every=1",
+                             f"flow.autoencoder={tiny_autoencoder}", *TINY, "--quiet")
+    assert code == 2 and "train.val_every" in err and "valid: 0" in err and "Traceback" not in err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from ..registry import RECIPES
@@ -25,6 +28,7 @@ def distill(cfg, quiet: bool):
       genrl distill --config configs/ode_init.yaml
       genrl distill --config configs/dmd.yaml student=runs/ode_init
       genrl distill --config configs/stream_r1.yaml dmd.critic_ratio=2 train.steps=200
+      genrl distill --config configs/dmd.yaml train.steps=400 train.val_every=50   # best step on val -> runs/dmd/best
       genrl distill --config configs/stream_r1_wan.yaml teacher=/models/Wan2.1-T2V-1.3B-Diffusers
     """
     summary = RECIPE.run(cfg, quiet)
@@ -32,3 +36,7 @@ def distill(cfg, quiet: bool):
         return
     last = summary["last"]
     click.echo(f"{cfg.method} run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:4]))
+    best = Path(cfg.out_dir) / "best" / "best.json"
+    if cfg.train.val_every and best.exists():
+        b = json.loads(best.read_text())
+        click.echo(f"best on val: step {b['step']} ({b['key']}={b['value']:.4f}), exported to {best.parent}")

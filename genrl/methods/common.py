@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -80,3 +80,21 @@ def sample_and_write(model, world, num: int, path: Path, steps: int = 30, guidan
     videos = generate(model, prompts, world.cfg.frames, SamplingConfig(steps, guidance), seed=0).videos
     write_video(path, captioned_grid(videos, prompts, cols=4), fps=6)
     return world.score(videos, prompts)
+
+
+class StudentOutputs:
+    """Mixin of the distill methods: what a run writes and validates is the EMA of the student
+    (``self.ema.module``), sampled and measured on ``self.world``'s frames."""
+
+    val_key = "val_prompt_accuracy"
+
+    def write_samples(self, step: int, folder: Path) -> dict[str, float]:
+        return sample_and_write(self.ema.module, self.world, self.cfg.num_samples, folder / f"step_{step:07d}.gif")
+
+    def export(self, run_dir: Path) -> Path:
+        return self.ema.module.save(run_dir)
+
+    def validate(self, num: int) -> dict[str, float]:
+        from ..evaluation import validation_accuracy
+
+        return validation_accuracy(self.ema.module, num, frames=self.world.cfg.frames)

@@ -46,6 +46,13 @@ class TrainConfig:
     """Steps between checkpoints (one is always written at the end and on Ctrl-C)."""
     sample_every: int = check(0, ">=0")
     """Steps between sample videos written to the run folder (0 = only at the end)."""
+    val_every: int = check(0, ">=0")
+    """Steps between validations on held-out data (the val split; also at the last step), logged as val_* in
+    metrics.jsonl. The best model so far is exported to {run}/best/ with best.json (its step and figure), so
+    a run that degrades late keeps its best point, chosen on val and never on test. 0 = none. Methods that
+    validate: the distill methods (prompt accuracy of the EMA student, probe-read)."""
+    val_num: int = check(128, ">=1")
+    """Held-out items (prompts) each validation measures."""
     keep_checkpoints: int = check(2, ">=1")
     """How many checkpoints to keep."""
     seed: int = 0
@@ -198,6 +205,13 @@ class Method:
         """Write sample videos for ``step`` into ``folder``; may return metrics."""
         return {}
 
+    val_key: str | None = None
+    """The :meth:`validate` figure the best model is chosen by (higher is better); None: no validation."""
+
+    def validate(self, num: int) -> dict[str, float]:
+        """Measure the model :meth:`export` writes on ``num`` held-out items; the dict holds ``val_key``."""
+        raise NotImplementedError
+
     def export(self, run_dir: Path) -> Path | None:
         """Write the final model weights (safetensors) into ``run_dir``."""
         return None
@@ -279,6 +293,13 @@ class Trainer:
             self._apply_sequence_parallel()
         self.method.prepare(self.accelerator, self.sequence)
         self.ckpt_root = self.run_dir / "checkpoints"
+        if cfg.val_every and method.val_key is None:
+            from ..errors import UsageError
+
+            raise UsageError(f"config key 'train.val_every' is {cfg.val_every}, but the {method.name} method has no "
+                             "validation; valid: 0 (the distill methods validate)")
+        self.best: dict[str, Any] | None = None
+        """{"step", "key", "value"} of the best validation so far (checkpointed, so a resumed run keeps it)."""
 
     def _apply_sequence_parallel(self) -> None:
         from ..errors import UsageError
@@ -329,6 +350,7 @@ class Trainer:
             "method": self.method.extra_state(),
             "rng": _rng_state(),
             "per_process": per_process,
+            "best": self.best,
         }
         save_checkpoint(self.ckpt_root, step, weights, state, keep=self.cfg.keep_checkpoints,
                         metadata={n: model_metadata(m) for n, m in modules.items()})
@@ -360,6 +382,7 @@ class Trainer:
             o.load_state_dict(own.get("stateful", {}).get(n, state["stateful"][n]))
         self.method.load_extra_state(own.get("method", state["method"]))
         _set_rng_state(own.get("rng", state["rng"]))
+        self.best = state.get("best")
         return step
 
     def _cut_metrics(self, step: int) -> None:
@@ -409,6 +432,29 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
         self.accelerator.log(metrics, step=step)
 
+    # --------------------------------------------------------------- validation
+    def _validate(self, step: int, seconds: float) -> None:
+        """Validate, log, and export the model to {run}/best/ when it beats every earlier validation."""
+        rng = _rng_state()  # validation draws from its own generators; training's streams must not notice it
+        metrics = self.method.validate(self.cfg.val_num)
+        _set_rng_state(rng)
+        self.log(step, metrics, seconds)
+        key = self.method.val_key
+        if self.best is not None and metrics[key] <= self.best["value"]:
+            return
+        self.best = {"step": step, "key": key, "value": float(metrics[key])}
+        best, tmp, old = self.run_dir / "best", self.run_dir / ".best.tmp", self.run_dir / ".best.old"
+        import shutil
+
+        for d in (tmp, old):
+            shutil.rmtree(d, ignore_errors=True)
+        self.method.export(tmp)
+        (tmp / "best.json").write_text(json.dumps({**self.best, "metrics": metrics}, indent=2) + "\n")
+        if best.exists():
+            best.rename(old)
+        tmp.rename(best)  # a kill between the renames leaves .best.old, the previous best, intact
+        shutil.rmtree(old, ignore_errors=True)
+
     # --------------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
         seed_everything(self.cfg.seed)
@@ -427,6 +473,8 @@ class Trainer:
                 self._count_bad_step(ctx, step, last, time.time() - t0)
                 if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
                     self.log(step, last, time.time() - t0)
+                if self.cfg.val_every and (step % self.cfg.val_every == 0 or step == self.cfg.steps) and self.is_main:
+                    self._validate(step, time.time() - t0)
                 if self.cfg.sample_every and step % self.cfg.sample_every == 0 and step != self.cfg.steps and self.is_main:
                     self.log(step, self.method.write_samples(step, self.run_dir / "samples"), time.time() - t0)
                 if stop():  # Ctrl-C: finish the step, checkpoint it, leave
