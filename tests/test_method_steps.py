@@ -139,10 +139,10 @@ def test_dmd_exports_the_ema_and_samples_from_it(tmp_path):
 
 
 def test_dmd_samples_come_from_the_ema(monkeypatch, tmp_path):
-    import distill.dmd as D
+    import genrl.methods.common as C
 
     m, seen = _dmd(), {}
-    monkeypatch.setattr(D, "sample_and_write", lambda *a: seen.update(args=a) or {"x": 1.0})
+    monkeypatch.setattr(C, "sample_and_write", lambda *a: seen.update(args=a) or {"x": 1.0})
     assert m.write_samples(12, tmp_path) == {"x": 1.0}
     assert seen["args"] == (m.ema.module, m.world, 2, tmp_path / "step_0000012.gif")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import signal
 import sys
 import time
@@ -444,8 +445,6 @@ class Trainer:
             return
         self.best = {"step": step, "key": key, "value": float(metrics[key])}
         best, tmp, old = self.run_dir / "best", self.run_dir / ".best.tmp", self.run_dir / ".best.old"
-        import shutil
-
         for d in (tmp, old):
             shutil.rmtree(d, ignore_errors=True)
         self.method.export(tmp)
