@@ -19,6 +19,7 @@ GROUPS = {
     "reward per axis (z)": ("reward_vq", "reward_mq", "reward_ta", "reward_r"),
     "rollout weights": ("rollout_weight_min", "rollout_weight_max", "rollout_weights_clamped"),
     "sample prompt accuracy": ("sample_prompt_accuracy",),
+    "validation prompt accuracy": ("val_prompt_accuracy", "val_prompt_accuracy_seed0", "val_prompt_accuracy_seed1"),
     "held-out pair accuracy": ("vq_accuracy", "mq_accuracy", "ta_accuracy"),
     "held-out QA accuracy": ("heldout_accuracy", "val_accuracy"),
     "held-out QA accuracy per question type": tuple(f"{p}_{t}" for p in ("heldout", "val")
@@ -76,6 +77,10 @@ def write_report(run_dir: str | Path) -> Path:
                 if isinstance(v, (int, float)):
                     lines.append(f"| {e.name} | {k} | {v:.4g} |")
         lines.append("")
+    best = run / "best" / "best.json"
+    if best.exists():  # train.val_every: the step chosen on val
+        b = json.loads(best.read_text())
+        lines += ["## Best on val", "", f"step {b['step']}: {b['key']} = {b['value']:.4f}, exported to `best/`", ""]
     if rows:
         last = [r for r in rows if "loss" in r]
         if last:

@@ -229,6 +229,9 @@ def test_validation_leaves_training_unchanged_and_exports_the_ema_of_its_best_st
     best = json.loads((tmp_path / "val" / "best" / "best.json").read_text())
     assert best["step"] == (3 if val[3] > val[2] else 2) and best["value"] == max(val.values())
     assert f"best on val: step {best['step']} (val_prompt_accuracy={best['value']:.4f})" in out
+    report = (tmp_path / "val" / "report.md").read_text()
+    assert f"step {best['step']}: val_prompt_accuracy = {best['value']:.4f}" in report
+    assert (tmp_path / "val" / "plots" / "validation_prompt_accuracy.png").exists()
     ema = load_file(str(tmp_path / "val" / "checkpoints" / f"step_{best['step']:07d}" / "ema.safetensors"))
     exported = load_file(str(tmp_path / "val" / "best" / "model.safetensors"))
     assert all(torch.equal(ema[k], exported[k]) for k in ema)
