@@ -165,7 +165,7 @@ def run(cfg: DistillConfig, quiet: bool = False) -> dict:
     method = build_method(cfg, quiet)
     trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)
     last = trainer.fit()
-    summary = {"last": last, "is_main": trainer.is_main}
+    summary = {"last": last, "is_main": trainer.is_main, "best": trainer.best}
     if trainer.is_main and cfg.eval_num and cfg.method != "ode_init" and (Path(cfg.out_dir) / "model.safetensors").exists():
         summary["eval"] = final_eval(cfg, quiet)
     return summary

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -36,7 +35,6 @@ def distill(cfg, quiet: bool):
         return
     last = summary["last"]
     click.echo(f"{cfg.method} run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:4]))
-    best = Path(cfg.out_dir) / "best" / "best.json"
-    if cfg.train.val_every and best.exists():
-        b = json.loads(best.read_text())
-        click.echo(f"best on val: step {b['step']} ({b['key']}={b['value']:.4f}), exported to {best.parent}")
+    if b := summary["best"]:  # train.val_every: the step chosen on val
+        where = Path(cfg.out_dir) / "best"
+        click.echo(f"best on val: step {b['step']} ({b['key']}={b['value']:.4f}), exported to {where}")

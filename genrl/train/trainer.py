@@ -276,6 +276,11 @@ class Trainer:
                  parallel: ParallelConfig | None = None):
         from accelerate import Accelerator
 
+        if cfg.val_every and method.val_key is None:  # before the run folder or any process group exists
+            from ..errors import UsageError
+
+            raise UsageError(f"config key 'train.val_every' is {cfg.val_every}, but the {method.name} method has no "
+                             "validation; valid: 0 (the distill methods validate)")
         self.cfg, self.method, self.quiet = cfg, method, quiet
         self.run_dir = Path(run_dir)
         log_with = None if cfg.tracker == "none" else cfg.tracker
@@ -294,11 +299,6 @@ class Trainer:
             self._apply_sequence_parallel()
         self.method.prepare(self.accelerator, self.sequence)
         self.ckpt_root = self.run_dir / "checkpoints"
-        if cfg.val_every and method.val_key is None:
-            from ..errors import UsageError
-
-            raise UsageError(f"config key 'train.val_every' is {cfg.val_every}, but the {method.name} method has no "
-                             "validation; valid: 0 (the distill methods validate)")
         self.best: dict[str, Any] | None = None
         """{"step", "key", "value"} of the best validation so far (checkpointed, so a resumed run keeps it)."""
 
@@ -472,7 +472,8 @@ class Trainer:
                 self._count_bad_step(ctx, step, last, time.time() - t0)
                 if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
                     self.log(step, last, time.time() - t0)
-                if self.cfg.val_every and (step % self.cfg.val_every == 0 or step == self.cfg.steps) and self.is_main:
+                val_due = self.cfg.val_every and (step % self.cfg.val_every == 0 or step == self.cfg.steps)
+                if val_due and self.is_main:
                     self._validate(step, time.time() - t0)
                 if self.cfg.sample_every and step % self.cfg.sample_every == 0 and step != self.cfg.steps and self.is_main:
                     self.log(step, self.method.write_samples(step, self.run_dir / "samples"), time.time() - t0)
