@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from genrl import schedulers as fm
 from genrl.config import check
+from genrl.errors import UsageError
 from genrl.registry import METHODS
 from genrl.methods.common import GeneratorState, OptimConfig, StudentOutputs, adamw
 from genrl.models.video_model import FlowVideoModel
 from genrl.train.ema import EMA
 from genrl.train.trainer import Method, Role, StepContext
 
+from .ode_init import ode_pairs, ode_regression_loss
 from .rollout import self_forcing_rollout
 
 
@@ -102,14 +105,25 @@ class DMDConfig:
     """Longer-than-window training: each iteration rolls out a random whole number of chunks
     between world.frames and this many frames (rolling the KV cache as in long sampling), and
     the DMD and critic losses see its last world.frames frames. 0 = world.frames."""
+    regression_weight: float = check(0.0, ">=0")
+    """Weight of DMD's regression loss (Yin et al. 2024, lambda_reg 0.25 there): the ODE-init loss on teacher
+    ODE pairs, added to the generator loss. Distribution matching alone is mode-seeking; the pairs tie the
+    student to where the teacher's ODE takes each noise. 0 = off."""
+    regression_pairs: str = ""
+    """ODE pairs for the regression loss: a file made by ODE init ({run}/ode_pairs.pt; it must match the
+    student's levels and frames), or empty to make ode.num_pairs of them into this run's folder at the start."""
 
 
 class DMDMethod(StudentOutputs, Method):
     name = "dmd"
 
     def __init__(self, cfg: DMDConfig, student: FlowVideoModel, teacher: FlowVideoModel, world,
-                 optim: OptimConfig, critic_optim: OptimConfig, seed: int, critic: FlowVideoModel | None = None):
+                 optim: OptimConfig, critic_optim: OptimConfig, seed: int, critic: FlowVideoModel | None = None,
+                 pairs: dict | None = None):
         self.cfg, self.world = cfg, world
+        self.pairs = pairs
+        if cfg.regression_weight and pairs is None:
+            raise ValueError("dmd.regression_weight > 0 needs the ODE pairs")
         self.student, self.teacher = student, teacher.requires_grad_(False).eval()
         self.critic = (critic if critic is not None else copy.deepcopy(teacher)).requires_grad_(False)
         self.critic.dit.requires_grad_(True)
@@ -182,7 +196,13 @@ class DMDMethod(StudentOutputs, Method):
         weights, rollout_weights, extra = self.loss_weights(x, prompts)
         metrics.update(extra)
         metrics["dmd_grad_norm"] = float(grad.flatten(1).norm(dim=1).mean())
-        return dmd_loss(x, grad, weights, rollout_weights)
+        loss = dmd_loss(x, grad, weights, rollout_weights)
+        if self.cfg.regression_weight:
+            reg = ode_regression_loss(self.student, self.teacher, self.pairs, self.student.streaming_sigmas()[:-1],
+                                      self.cfg.batch_size, g)
+            metrics["dmd_loss"], metrics["regression_loss"] = float(loss.detach()), float(reg.detach())
+            loss = loss + self.cfg.regression_weight * reg
+        return loss
 
     # -- Method hooks
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
@@ -211,7 +231,25 @@ class DMDMethod(StudentOutputs, Method):
                 "critic_scheduler": self.critic_sched, "data": self.data}
 
 
+def regression_pairs(cfg, student: FlowVideoModel, teacher: FlowVideoModel, world, quiet: bool = False) -> dict | None:
+    """The ODE pairs of ``dmd.regression_weight`` (None when it is 0), checked against the student."""
+    if not cfg.dmd.regression_weight:
+        return None
+    path = Path(cfg.dmd.regression_pairs) if cfg.dmd.regression_pairs else Path(cfg.out_dir) / "ode_pairs.pt"
+    if cfg.dmd.regression_pairs and not path.is_file():
+        raise UsageError(f"dmd.regression_pairs={path} does not exist (an ODE init run's ode_pairs.pt, or leave it "
+                         f"empty to make the pairs at the start)")
+    pairs = ode_pairs(path, teacher, student, world, cfg.ode, cfg.train.seed, quiet)
+    levels, frames = len(student.streaming_sigmas()) - 1, student.latent_frames(world.cfg.frames)
+    want = (levels, *student.latent_shape(1, frames)[1:])
+    if tuple(pairs["states"].shape[1:]) != want:
+        raise UsageError(f"dmd.regression_pairs={path} holds states of shape {tuple(pairs['states'].shape[1:])} "
+                         f"(levels, frames, channels, h, w); this student needs {want}")
+    return pairs
+
+
 @METHODS.register("dmd")
 def build(cfg, student, teacher, critic, world, quiet: bool = False) -> DMDMethod:
     """DMD from a distill recipe config and its built roles."""
-    return DMDMethod(cfg.dmd, student, teacher, world, cfg.optim, cfg.critic_optim, cfg.train.seed, critic=critic)
+    return DMDMethod(cfg.dmd, student, teacher, world, cfg.optim, cfg.critic_optim, cfg.train.seed, critic=critic,
+                     pairs=regression_pairs(cfg, student, teacher, world, quiet))

@@ -75,6 +75,55 @@ def teacher_trajectories(teacher: FlowVideoModel, prompts: list[str], noise: tor
     return torch.stack([states[s] for s in levels], dim=1), x
 
 
+def ode_pairs(path: Path, teacher: FlowVideoModel, student: FlowVideoModel, world, cfg: ODEInitConfig, seed: int,
+              quiet: bool = False) -> dict:
+    """The run's teacher ODE pairs: loaded from ``path``, or made (``cfg.num_pairs`` train prompts) and stored there.
+
+    Returns {"prompts", "states" (N, levels, F, C, h, w), "finals" (N, F, C, h, w)}.
+    """
+    if path.exists():
+        return torch.load(path)
+    g = torch.Generator().manual_seed(seed + 1)
+    levels, frames = student.streaming_sigmas()[:-1], student.latent_frames(world.cfg.frames)
+    prompts = world.random_prompts("train", cfg.num_pairs, g)
+    noise = torch.randn(student.latent_shape(len(prompts), frames), generator=g)
+    states, finals = [], []
+    batches = range(0, len(prompts), 32)
+    for lo in track(batches, len(batches), "teacher ODE pairs", quiet):
+        s, f = teacher_trajectories(teacher, prompts[lo : lo + 32], noise[lo : lo + 32].to(teacher.device),
+                                    levels, cfg.teacher_steps, cfg.guidance)
+        states.append(s.cpu())
+        finals.append(f.cpu())
+    pairs = {"prompts": prompts, "states": torch.cat(states), "finals": torch.cat(finals)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(pairs, tmp)
+    tmp.replace(path)
+    return pairs
+
+
+def ode_regression_loss(student: FlowVideoModel, teacher: FlowVideoModel, pairs: dict, levels: list[float],
+                        batch_size: int, g: torch.Generator) -> torch.Tensor:
+    """MSE of the student's streaming x0-prediction from a teacher ODE state onto the teacher's final output.
+
+    Chunk by chunk, each at a random one of the student's levels, against a cache of the teacher's clean
+    earlier chunks (the condition streaming meets).
+    """
+    idx = torch.randint(len(pairs["prompts"]), (batch_size,), generator=g)
+    prompts = [pairs["prompts"][i] for i in idx.tolist()]
+    dev = student.device
+    states, target = pairs["states"][idx].to(dev), pairs["finals"][idx].to(dev)
+    with torch.no_grad():
+        text = teacher.encode_text(prompts)
+    cache, chunk, losses = student.new_cache(), student.cfg.dit.chunk_frames, []
+    for start in range(0, target.shape[1], chunk):
+        k = int(torch.randint(len(levels), (1,), generator=g))
+        pred = student.predict_x0_streaming(states[:, k, start : start + chunk], levels[k], text, cache)
+        losses.append(F.mse_loss(pred, target[:, start : start + chunk]))
+        student.write_cache(target[:, start : start + chunk], text, cache, g)
+    return torch.stack(losses).mean()
+
+
 class ODEInitMethod(StudentOutputs, Method):
     name = "ode_init"
 
@@ -92,41 +141,11 @@ class ODEInitMethod(StudentOutputs, Method):
         self.pairs = self._pairs(run_dir / "ode_pairs.pt", seed, quiet)
 
     def _pairs(self, path: Path, seed: int, quiet: bool) -> dict:
-        if path.exists():
-            return torch.load(path)
-        g = torch.Generator().manual_seed(seed + 1)
-        prompts = self.world.random_prompts("train", self.cfg.num_pairs, g)
-        noise = torch.randn(self.student.latent_shape(len(prompts), self.frames), generator=g)
-        states, finals = [], []
-        batches = range(0, len(prompts), 32)
-        for lo in track(batches, len(batches), "teacher ODE pairs", quiet):
-            s, f = teacher_trajectories(self.teacher, prompts[lo : lo + 32], noise[lo : lo + 32].to(self.teacher.device),
-                                        self.levels, self.cfg.teacher_steps, self.cfg.guidance)
-            states.append(s.cpu())
-            finals.append(f.cpu())
-        pairs = {"prompts": prompts, "states": torch.cat(states), "finals": torch.cat(finals)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".ode_pairs.tmp")
-        torch.save(pairs, tmp)
-        tmp.replace(path)
-        return pairs
+        return ode_pairs(path, self.teacher, self.student, self.world, self.cfg, seed, quiet)
 
     def regression_loss(self) -> torch.Tensor:
-        g = self.data.generator
-        idx = torch.randint(len(self.pairs["prompts"]), (self.cfg.batch_size,), generator=g)
-        prompts = [self.pairs["prompts"][i] for i in idx.tolist()]
-        dev = self.student.device
-        states, target = self.pairs["states"][idx].to(dev), self.pairs["finals"][idx].to(dev)
-        with torch.no_grad():
-            text = self.teacher.encode_text(prompts)
-        cache, chunk, losses = self.student.new_cache(), self.student.cfg.dit.chunk_frames, []
-        for start in range(0, self.frames, chunk):
-            k = int(torch.randint(len(self.levels), (1,), generator=g))
-            x = states[:, k, start : start + chunk]
-            pred = self.student.predict_x0_streaming(x, self.levels[k], text, cache)
-            losses.append(F.mse_loss(pred, target[:, start : start + chunk]))
-            self.student.write_cache(target[:, start : start + chunk], text, cache, g)
-        return torch.stack(losses).mean()
+        return ode_regression_loss(self.student, self.teacher, self.pairs, self.levels, self.cfg.batch_size,
+                                   self.data.generator)
 
     def teacher_forcing_loss(self) -> torch.Tensor:
         """Velocity loss on real clips: each chunk noised to its own level, the clean earlier chunks cached."""

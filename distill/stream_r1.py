@@ -23,7 +23,7 @@ uses the reward model's stored statistics (fixed, not running).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ from genrl.registry import METHODS
 from genrl.stats import effective_sample_size
 from genrl.train.trainer import Role
 
-from .dmd import DMDMethod
+from .dmd import DMDMethod, regression_pairs
 
 
 # ------------------------------------------------------------------------ maths
@@ -207,4 +207,4 @@ class StreamR1Method(DMDMethod):
 def build(cfg, student, teacher, critic, world, quiet: bool = False) -> StreamR1Method:
     """Stream-R1 from a distill recipe config and its built roles."""
     return StreamR1Method(cfg.stream_r1, cfg.dmd, student, teacher, world, cfg.optim, cfg.critic_optim, cfg.train.seed,
-                          critic=critic)
+                          critic=critic, pairs=regression_pairs(cfg, student, teacher, world, quiet))

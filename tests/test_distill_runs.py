@@ -239,3 +239,37 @@ def test_validation_leaves_training_unchanged_and_exports_the_ema_of_its_best_st
     again = validation_accuracy(load_model(str(tmp_path / "val" / "best" / "model.safetensors"), kind="video_model"), 3,
                                 frames=6)
     assert again == best["metrics"]
+
+
+def test_dmd_regression_loss_adds_to_the_generator_loss_and_reuses_a_pairs_file(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    _distill(run_cli, tmp_path / "a", teacher, "method=dmd", "train.steps=2", "dmd.regression_weight=0.5",
+             "train.grad_clip=0", "eval_num=0")
+    rows = [r for r in (json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["regression_loss"] > 0 and abs(r["loss"] - (r["dmd_loss"] + 0.5 * r["regression_loss"])) < 1e-5
+    pairs = tmp_path / "a" / "ode_pairs.pt"
+    assert torch.load(pairs)["states"].shape[0] == 4  # ode.num_pairs made at the start
+    # the same pairs read from a file: the same run, and no pairs made in the new folder
+    _distill(run_cli, tmp_path / "b", teacher, "method=dmd", "train.steps=2", "dmd.regression_weight=0.5",
+             "train.grad_clip=0", "eval_num=0", f"dmd.regression_pairs={pairs}")
+    again = [r for r in (json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["loss"] for r in again] == [r["loss"] for r in rows] and not (tmp_path / "b" / "ode_pairs.pt").exists()
+    # the regression changes what the generator learns: weight 0 gives a different student after two steps
+    _distill(run_cli, tmp_path / "c", teacher, "method=dmd", "train.steps=2", "train.grad_clip=0", "eval_num=0")
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "step_0000002" / "student.safetensors"))
+    c = load_file(str(tmp_path / "c" / "checkpoints" / "step_0000002" / "student.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_dmd_regression_pairs_that_do_not_fit_are_one_usage_line(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    code, _, err = run_cli("distill", f"out_dir={tmp_path / 'm'}", f"teacher={teacher}", *TINY, "method=dmd",
+                           "dmd.regression_weight=1", f"dmd.regression_pairs={tmp_path / 'none.pt'}")
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.pt"
+    torch.save({"prompts": ["x"], "states": torch.zeros(1, 2, 3, 4, 4, 4), "finals": torch.zeros(1, 3, 4, 4, 4)}, bad)
+    code, _, err = run_cli("distill", f"out_dir={tmp_path / 'n'}", f"teacher={teacher}", *TINY, "method=dmd",
+                           "dmd.regression_weight=1", f"dmd.regression_pairs={bad}")
+    assert code == 2 and "this student needs" in err and len(err.strip().splitlines()) == 1
