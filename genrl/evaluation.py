@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .generation import SamplingConfig, generate
+from .generation import SamplingConfig, generate, is_streaming
 from .models.video_model import VideoModel
 from .progress import progress_bar
 from .errors import UsageError
@@ -88,6 +88,9 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
     hits, per_attr, named_count, gen_seconds, nfe = [], {a: 0 for a in ATTRIBUTES}, {a: 0 for a in ATTRIBUTES}, 0.0, 0.0
     quarter = frames // 4
     first_hits, last_hits = [], []
+    jerks: list[float | None] = []
+    chunk = gen.pixel_frames(gen.cfg.dit.chunk_frames) if is_streaming(gen) else None
+    across, inside = [], []  # step lengths from the last frame of a chunk to the next chunk's first / within a chunk
     sums: dict[str, dict[str, float]] = {name: {} for name in models}
     per_video: dict[str, dict[str, list[float]]] = {name: {} for name in models}
     start = time.time()
@@ -109,6 +112,12 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
                 last_hits += named_hits(probe.read(result.videos[:, -quarter:]), named)
             results = probe.read(result.videos)
             hits += named_hits(results, named)
+            jerks += [r.jerk() for r in results]
+            if chunk:
+                for r in results:
+                    for i, st in enumerate(r.steps):
+                        if st is not None:
+                            (across if (i + 1) % chunk == 0 else inside).append((st[0] ** 2 + st[1] ** 2) ** 0.5)
             for r, want in zip(results, named):
                 for a, v in want.items():
                     per_attr[a] += r.attributes[a] == v
@@ -135,7 +144,9 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "rewards": means,
         "reward_probe_auc": {name: auc(per_video[name]["overall"], hits) for name in models},
         "reward_probe_auc_vs_first": auc_vs_first,
-        "per_video": {"hit": [int(h) for h in hits], "rewards": per_video},
+        "motion": motion_summary(jerks, across, inside),
+        "per_video": {"hit": [int(h) for h in hits], "rewards": per_video,
+                      "jerk": [None if j is None else round(j, 5) for j in jerks]},
         "seconds": round(time.time() - start, 2),
         "frames_per_second": round(num * frames / gen_seconds, 2),
         "nfe_per_frame": nfe,
@@ -143,6 +154,17 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "guidance": sampling.guidance,
         "seed": seed,
     }
+
+
+def motion_summary(jerks: list[float | None], across: list[float], inside: list[float]) -> dict:
+    """How the probe-read object moves: mean jerk (pixels a frame; 0 for the world's constant velocity) over
+    the videos where it could be read, and for a streaming model the mean step across chunk boundaries and
+    within chunks (equal when chunking leaves no seam)."""
+    read = [j for j in jerks if j is not None]
+    out = {"jerk": sum(read) / len(read) if read else None, "videos_read": len(read)}
+    if across and inside:
+        out |= {"step_across_chunks": sum(across) / len(across), "step_inside_chunks": sum(inside) / len(inside)}
+    return out
 
 
 def validation_accuracy(gen: VideoModel, num: int, frames: int | None = None, seeds: tuple[int, ...] = (0, 1)) -> dict[str, float]:
@@ -189,6 +211,13 @@ def merge_reports(reports: list[dict]) -> dict:
     per = {n: {k: [x for r in reports for x in r["per_video"]["rewards"][n][k]] for k in reports[0]["per_video"]["rewards"][n]}
            for n in reports[0]["per_video"]["rewards"]}
     out["per_video"] = {"hit": hits, "rewards": per}
+    if all("jerk" in r["per_video"] for r in reports):
+        jerks = [j for r in reports for j in r["per_video"]["jerk"]]
+        out["per_video"]["jerk"] = jerks
+        out["motion"] = motion_summary(jerks, [], [])
+        for key in ("step_across_chunks", "step_inside_chunks"):  # the sampling seeds' mean
+            if all(key in r.get("motion", {}) for r in reports):
+                out["motion"][key] = mean([r["motion"][key] for r in reports])
     from .stats import auc
 
     out["reward_probe_auc"] = {n: auc(per[n]["overall"], [bool(h) for h in hits]) for n in per}

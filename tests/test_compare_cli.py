@@ -65,3 +65,15 @@ def test_two_qa_eval_files_pair_question_by_question(run_cli, tmp_path):
     run_cli("eval", "--task", "qa", "--checkpoint", str(paths[1]), "--num", "12", "--hallucination", "1.0", "--out", str(other), "--quiet")
     code, _, err = run_cli("compare", str(outs[0]), "--vs", str(other))
     assert code == 2 and "'hallucination' differs" in err
+
+
+def test_motion_jerk_pairs_only_the_videos_both_files_could_read(run_cli, tmp_path):
+    a, b = _report([1, 0, 1], [0.0, 0.0, 0.0]), _report([1, 0, 1], [0.0, 0.0, 0.0])
+    a["per_video"]["jerk"], b["per_video"]["jerk"] = [0.5, None, 1.0], [0.75, 2.0, None]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    code, _, err = run_cli("compare", str(tmp_path / "a.json"), "--vs", str(tmp_path / "b.json"), "--out",
+                           str(tmp_path / "d.json"))
+    assert code == 0, err
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["motion_jerk"]["mean"] == pytest.approx(0.25)  # only the first video is read in both

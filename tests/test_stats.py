@@ -58,3 +58,8 @@ def test_eval_prints_each_rewards_probe_auc_and_the_paired_difference(run_cli, t
     d = r["reward_probe_auc_vs_first"]["shapes-reward-b"]
     assert d[0] == auc(b, hits) - auc(a, hits) and d[1] <= d[0] <= d[2]
     assert "reward probe AUC: shapes" in stdout and "shapes-reward-b - shapes" in stdout
+    # the probe's motion read-out: jerk = the mean of the per-video figures it could read; seams for a streaming model
+    jerks = [j for j in r["per_video"]["jerk"] if j is not None]
+    m = r["motion"]
+    assert m["videos_read"] == len(jerks) > 0 and abs(m["jerk"] - sum(jerks) / len(jerks)) < 1e-4
+    assert m["step_across_chunks"] > 0 and m["step_inside_chunks"] > 0 and "step across chunk seams" in stdout

@@ -89,3 +89,32 @@ def test_probe_rejects_jitter_and_frozen_motion():
     assert _acc(shuffled, caps) <= 0.2
     frozen = v[:, :1].expand_as(v)
     assert _acc(frozen, caps) == 0.0
+
+
+def test_jerk_is_the_mean_change_between_consecutive_read_steps():
+    from genrl.worlds.probe import ProbeResult
+
+    r = ProbeResult(True, {}, 1.0, steps=[(1.0, 0.0), (1.0, 0.0), (4.0, 0.0), None, (1.0, 0.0), (1.0, 4.0)])
+    # pairs: 0, 3, (skip, skip), 4 -> 7 / 3
+    assert abs(r.jerk() - 7 / 3) < 1e-12
+    assert ProbeResult(True, {}, 1.0, steps=[(1.0, 0.0), None]).jerk() is None
+
+
+def test_a_seam_in_a_real_clip_shows_in_its_steps_and_jerk():
+    world = ShapesWorld()
+    video, _, _ = world.clips("test", range(16))
+    base = AttributeProbe().read(video)
+    seam = video.clone()
+    seam[:, 6:] = torch.roll(seam[:, 6:], shifts=3, dims=-1)  # every frame from the 7th on 3 px to the right
+    moved = AttributeProbe().read(seam)
+    checked, jerks = 0, []
+    for a, b in zip(base, moved):
+        if not (a.readable and b.readable and all(s is not None for s in a.steps + b.steps)):
+            continue
+        checked += 1
+        jerks.append(a.jerk())
+        for i, (sa, sb) in enumerate(zip(a.steps, b.steps)):  # only the step into frame 7 changes, by +3 px in x
+            # (to the probe's centroid precision: its centre moves by up to ~0.2 px when a clip is rolled)
+            assert abs(sb[0] - sa[0] - (3.0 if i == 5 else 0.0)) < 0.3 and abs(sb[1] - sa[1]) < 0.3
+        assert b.jerk() > a.jerk() + 0.5  # two of the 7 step changes grow by 3 px
+    assert checked >= 12 and sum(jerks) / len(jerks) < 0.05  # the world's clips move at constant velocity

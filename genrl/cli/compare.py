@@ -49,6 +49,8 @@ def per_video(report: dict) -> dict[str, list[float]]:
     for name, axes in report["per_video"]["rewards"].items():
         for axis, vals in axes.items():
             out[f"{name}:{axis}"] = [float(v) for v in vals]
+    if "jerk" in report["per_video"]:  # None where the probe could not read the motion: paired where both can
+        out["motion_jerk"] = report["per_video"]["jerk"]
     return out
 
 
@@ -72,8 +74,9 @@ def compare_reports(baseline: list[dict], candidate: list[dict], seed: int = 0) 
         pa, pb = per_video(a), per_video(b)
         for k in pa:
             if k in pb:
-                base.setdefault(k, []).extend(pa[k])
-                cand.setdefault(k, []).extend(pb[k])
+                both = [(x, y) for x, y in zip(pa[k], pb[k]) if x is not None and y is not None]
+                base.setdefault(k, []).extend(x for x, _ in both)
+                cand.setdefault(k, []).extend(y for _, y in both)
     return {k: paired_bootstrap(torch.tensor(cand[k]) - torch.tensor(base[k]), seed=seed) for k in base}
 
 

@@ -190,6 +190,12 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
         f"{report['model']} on {num} {split} prompts ({prompt_style}): prompt_accuracy={report['prompt_accuracy']:.4f} "
         f"frames/s={report['frames_per_second']} nfe/frame={report['nfe_per_frame']:g}"
     )
+    m = report["motion"]
+    if m["jerk"] is not None:
+        seams = (f"; step across chunk seams {m['step_across_chunks']:.3f} px vs inside chunks "
+                 f"{m['step_inside_chunks']:.3f}" if "step_across_chunks" in m else "")
+        click.echo(f"motion: jerk {m['jerk']:.3f} px/frame (constant velocity: 0; the world's own clips read about 0.01) over the {m['videos_read']} "
+                   f"readable videos{seams}")
     aucs = report.get("reward_probe_auc") or {}
     if len(aucs) > 1:  # how well each reward's overall score tells probe-right videos from wrong ones
         first = report["reward_model"]

@@ -47,6 +47,16 @@ class ProbeResult:
     coherent_frames: float
     """Fraction of frames holding exactly one coherent object."""
     details: dict[str, float] = field(default_factory=dict)
+    steps: list[tuple[float, float] | None] = field(default_factory=list)
+    """The centroid's torus displacement (dx, dy) from each frame to the next; None where either frame
+    holds no coherent object. Empty for an unreadable clip."""
+
+    def jerk(self) -> float | None:
+        """Mean length of the change between consecutive steps (pixels; 0 for constant velocity), or None."""
+        pairs = [(a, b) for a, b in zip(self.steps[:-1], self.steps[1:]) if a is not None and b is not None]
+        if not pairs:
+            return None
+        return sum(((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5 for a, b in pairs) / len(pairs)
 
 
 @dataclass
@@ -188,16 +198,10 @@ class AttributeProbe:
                 attrs["direction"] = "down" if vy > 0 else "up"
             speed_cut = 0.5 * (SPEEDS["slowly"] + SPEEDS["quickly"]) * W
             attrs["speed"] = "slowly" if motion["speed"] < speed_cut else "quickly"
-        return ProbeResult(True, attrs, coherent, details)
+        return ProbeResult(True, attrs, coherent, details, _steps(frames, H, W))
 
     def _motion(self, frames: list[dict | None], H: int, W: int) -> dict[str, float]:
-        steps = []
-        for a, b in zip(frames[:-1], frames[1:]):
-            if a is None or b is None:
-                continue
-            dx = _wrap(b["centre"][0] - a["centre"][0], W)
-            dy = _wrap(b["centre"][1] - a["centre"][1], H)
-            steps.append((dx, dy))
+        steps = [s for s in _steps(frames, H, W) if s is not None]
         if not steps:
             return {"vx": 0.0, "vy": 0.0, "speed": 0.0, "consistent": 0.0}
         vx = sum(s[0] for s in steps) / len(steps)
@@ -220,6 +224,13 @@ def matches(result: ProbeResult, prompt: str) -> bool:
     want = parse_caption(prompt)
     named = {a: v for a, v in want.items() if v is not None}
     return bool(named) and result.readable and all(result.attributes[a] == v for a, v in named.items())
+
+
+def _steps(frames: list[dict | None], H: int, W: int) -> list[tuple[float, float] | None]:
+    """Torus displacement of the centroid between consecutive frames (None where either has no object)."""
+    return [None if a is None or b is None else
+            (_wrap(b["centre"][0] - a["centre"][0], W), _wrap(b["centre"][1] - a["centre"][1], H))
+            for a, b in zip(frames[:-1], frames[1:])]
 
 
 def _wrap(d: float, period: float) -> float:
