@@ -235,7 +235,9 @@ def regression_pairs(cfg, student: FlowVideoModel, teacher: FlowVideoModel, worl
     """The ODE pairs of ``dmd.regression_weight`` (None when it is 0), checked against the student."""
     if not cfg.dmd.regression_weight:
         return None
-    path = Path(cfg.dmd.regression_pairs) if cfg.dmd.regression_pairs else Path(cfg.out_dir) / "ode_pairs.pt"
+    # an ODE-init first stage made these very pairs (same seed) in its own folder: reuse them
+    made = Path(cfg.out_dir) / ("ode_init" if getattr(cfg, "ode_init_first", False) else "") / "ode_pairs.pt"
+    path = Path(cfg.dmd.regression_pairs) if cfg.dmd.regression_pairs else made
     if cfg.dmd.regression_pairs and not path.is_file():
         raise UsageError(f"dmd.regression_pairs={path} does not exist (an ODE init run's ode_pairs.pt, or leave it "
                          f"empty to make the pairs at the start)")

@@ -273,3 +273,13 @@ def test_dmd_regression_pairs_that_do_not_fit_are_one_usage_line(run_cli, tmp_pa
     code, _, err = run_cli("distill", f"out_dir={tmp_path / 'n'}", f"teacher={teacher}", *TINY, "method=dmd",
                            "dmd.regression_weight=1", f"dmd.regression_pairs={bad}")
     assert code == 2 and "this student needs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_dmd_regression_after_an_ode_init_stage_reuses_its_pairs(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    run = tmp_path / "r"
+    _distill(run_cli, run, teacher, "method=dmd", "ode_init_first=true", "ode.stage_steps=1", "train.steps=1",
+             "dmd.regression_weight=0.5", "eval_num=0")
+    row = [r for r in (json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r][0]
+    assert row["regression_loss"] > 0
+    assert (run / "ode_init" / "ode_pairs.pt").exists() and not (run / "ode_pairs.pt").exists()
