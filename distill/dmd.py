@@ -236,7 +236,7 @@ def regression_pairs(cfg, student: FlowVideoModel, teacher: FlowVideoModel, worl
     if not cfg.dmd.regression_weight:
         return None
     # an ODE-init first stage made these very pairs (same seed) in its own folder: reuse them
-    made = Path(cfg.out_dir) / ("ode_init" if getattr(cfg, "ode_init_first", False) else "") / "ode_pairs.pt"
+    made = Path(cfg.out_dir) / ("ode_init" if cfg.ode_init_first else "") / "ode_pairs.pt"
     path = Path(cfg.dmd.regression_pairs) if cfg.dmd.regression_pairs else made
     if cfg.dmd.regression_pairs and not path.is_file():
         raise UsageError(f"dmd.regression_pairs={path} does not exist (an ODE init run's ode_pairs.pt, or leave it "

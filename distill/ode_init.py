@@ -138,10 +138,7 @@ class ODEInitMethod(StudentOutputs, Method):
         self.data = GeneratorState(seed)
         self.frames = student.latent_frames(world.cfg.frames)
         self.levels = student.streaming_sigmas()[:-1]
-        self.pairs = self._pairs(run_dir / "ode_pairs.pt", seed, quiet)
-
-    def _pairs(self, path: Path, seed: int, quiet: bool) -> dict:
-        return ode_pairs(path, self.teacher, self.student, self.world, self.cfg, seed, quiet)
+        self.pairs = ode_pairs(run_dir / "ode_pairs.pt", teacher, student, world, cfg, seed, quiet)
 
     def regression_loss(self) -> torch.Tensor:
         return ode_regression_loss(self.student, self.teacher, self.pairs, self.levels, self.cfg.batch_size,

@@ -188,7 +188,8 @@ class AttributeProbe:
         attrs["background"] = list(BACKGROUNDS)[_mode([f["background"] for f in ok])]
         attrs["shape"] = SHAPES[_mode([f["shape"] for f in ok])]
         attrs["size"] = list(SIZES)[_mode([f["size"] for f in ok])]
-        motion = self._motion(frames, H, W)
+        steps = _steps(frames, H, W)
+        motion = self._motion([s for s in steps if s is not None])
         details = {"iou": _median([f["iou"] for f in ok]), **motion}
         if motion["consistent"]:
             vx, vy = motion["vx"], motion["vy"]
@@ -198,10 +199,10 @@ class AttributeProbe:
                 attrs["direction"] = "down" if vy > 0 else "up"
             speed_cut = 0.5 * (SPEEDS["slowly"] + SPEEDS["quickly"]) * W
             attrs["speed"] = "slowly" if motion["speed"] < speed_cut else "quickly"
-        return ProbeResult(True, attrs, coherent, details, _steps(frames, H, W))
+        return ProbeResult(True, attrs, coherent, details, steps)
 
-    def _motion(self, frames: list[dict | None], H: int, W: int) -> dict[str, float]:
-        steps = [s for s in _steps(frames, H, W) if s is not None]
+    def _motion(self, steps: list[tuple[float, float]]) -> dict[str, float]:
+        """Mean velocity, speed and whether every read step agrees with it."""
         if not steps:
             return {"vx": 0.0, "vy": 0.0, "speed": 0.0, "consistent": 0.0}
         vx = sum(s[0] for s in steps) / len(steps)
