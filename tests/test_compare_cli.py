@@ -77,3 +77,38 @@ def test_motion_jerk_pairs_only_the_videos_both_files_could_read(run_cli, tmp_pa
     assert code == 0, err
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["motion_jerk"]["mean"] == pytest.approx(0.25)  # only the first video is read in both
+
+
+def test_select_picks_the_most_accurate_candidate_that_loses_no_reward_axis(run_cli, tmp_path):
+    hits = [1, 0, 1, 0] * 4
+    vq = [0.0, 0.25, 0.5, -0.25] * 4
+    models = {  # name: (hits, vq) at each of the two sampling seeds
+        "base": (hits, vq),
+        "sharp-but-worse-vq": ([1] * 16, [v - 0.5 for v in vq]),  # most accurate, but every video's vq -0.5
+        "better": ([1, 1, 1, 0] * 4, [v + 0.1 for v in vq]),  # accuracy 0.75, vq +0.1
+        "best-tied": ([1, 0, 1, 1] * 4, vq),  # accuracy 0.75 too, vq unchanged: listed after "better"
+        "worse": ([1, 0, 0, 0] * 4, [v + 1.0 for v in vq]),  # better vq but lower accuracy
+    }
+    files = []
+    for name, (h, v) in models.items():
+        for seed in (0, 1):
+            r = _report(h, v, seed)
+            r["model"] = name
+            files.append(tmp_path / f"{name}_{seed}.json")
+            files[-1].write_text(json.dumps(r))
+    code, out, err = run_cli("select", *map(str, files), "--baseline", "base", "--out", str(tmp_path / "s.json"))
+    assert code == 0, err
+    s = json.loads((tmp_path / "s.json").read_text())
+    rows = {r["model"]: r for r in s["candidates"]}
+    assert s["baseline_value"] == pytest.approx(0.5) and s["seeds"] == [0, 1]
+    assert rows["sharp-but-worse-vq"]["prompt_accuracy"] == pytest.approx(1.0)
+    assert rows["sharp-but-worse-vq"]["worst_guard_interval"] == pytest.approx([-0.5, -0.5, -0.5])
+    assert [rows[n]["eligible"] for n in models if n != "base"] == [False, True, True, False]
+    assert rows["better"]["difference"][0] == pytest.approx(0.25)
+    assert s["pick"] == "better" and "pick: better" in out
+    code, out, err = run_cli("select", *map(str, files), "--baseline", "base", "--guard", "prompt_accuracy")
+    assert code == 0 and "pick: sharp-but-worse-vq" in out  # guarding accuracy only lets the vq loss through
+    code, _, err = run_cli("select", *map(str, files[:-1]), "--baseline", "base")
+    assert code == 2 and "'worse' has sampling seeds [0] but the baseline [0, 1]" in err and len(err.splitlines()) == 1
+    code, _, err = run_cli("select", *map(str, files), "--baseline", "dmd")
+    assert code == 2 and "no eval file of the baseline 'dmd'; the files hold: base, sharp-but-worse-vq" in err

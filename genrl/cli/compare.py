@@ -115,3 +115,94 @@ def compare(baseline, candidate, out):
     if out:
         Path(out).write_text(json.dumps({k: {"mean": m, "low": lo, "high": hi} for k, (m, lo, hi) in result.items()},
                                         indent=2) + "\n")
+
+
+def select_candidate(reports: list[dict], baseline: str, metric: str | None = None,
+                     guard: tuple[str, ...] = ()) -> dict:
+    """The validation pick of a rule written down before any result: among the candidates (every model other than
+    ``baseline`` in ``reports``, grouped by the eval files' ``model``), those whose ``metric`` beats the baseline's
+    (paired mean difference > 0) while no ``guard`` metric is measurably lower (the upper end of its paired 95%
+    interval >= 0) are eligible; the eligible one with the highest ``metric`` is the pick (ties: the first listed).
+    ``guard`` empty means every metric named ``name:axis`` (each reward model's axes; per-type QA accuracies)."""
+    groups: dict[str, list[dict]] = {}
+    for r in reports:
+        groups.setdefault(str(r.get("model")), []).append(r)
+    if baseline not in groups:
+        raise UsageError(f"no eval file of the baseline '{baseline}'; the files hold: {', '.join(groups)}")
+    qa = "per_item" in reports[0]
+    metric = metric or ("accuracy" if qa else "prompt_accuracy")
+
+    def by_seed(name: str) -> dict:
+        files = {}
+        for r in groups[name]:
+            if r.get("seed") in files:
+                raise UsageError(f"'{name}' has two eval files at sampling seed {r.get('seed')}; give one per seed")
+            files[r.get("seed")] = r
+        return files
+
+    base = by_seed(baseline)
+    rows = []
+    for name in groups:
+        if name == baseline:
+            continue
+        cand = by_seed(name)
+        if set(cand) != set(base):
+            raise UsageError(f"'{name}' has sampling seeds {sorted(cand)} but the baseline {sorted(base)}; "
+                             "every candidate needs one eval file per baseline seed")
+        seeds = sorted(base)
+        diffs = compare_reports([base[s] for s in seeds], [cand[s] for s in seeds])
+        if metric not in diffs:
+            raise UsageError(f"no metric '{metric}' in the eval files; they hold: {', '.join(diffs)}")
+        guarded = list(guard) or [k for k in diffs if ":" in k and k != metric]
+        missing = [g for g in guarded if g not in diffs]
+        if missing:
+            raise UsageError(f"no guard metric {', '.join(missing)} in the eval files; they hold: {', '.join(diffs)}")
+        values = [v for s in seeds for v in per_video(cand[s])[metric]]
+        worst = min(guarded, key=lambda g: diffs[g][2], default=None)
+        rows.append({"model": name, metric: sum(values) / len(values), "difference": list(diffs[metric]),
+                     "worst_guard": worst, "worst_guard_interval": list(diffs[worst]) if worst else None,
+                     "eligible": diffs[metric][0] > 0 and all(diffs[g][2] >= 0 for g in guarded)})
+    values = [v for s in sorted(base) for v in per_video(base[s])[metric]]
+    eligible = [r for r in rows if r["eligible"]]
+    pick = max(eligible, key=lambda r: r[metric])["model"] if eligible else None  # max keeps the first of ties
+    return {"metric": metric, "baseline": baseline, "baseline_value": sum(values) / len(values),
+            "seeds": sorted(base), "candidates": rows, "pick": pick}
+
+
+@click.command(name="select")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--baseline", required=True, help="The model every candidate must beat (its eval files' 'model').")
+@click.option("--metric", default=None, help="What the pick maximises (default prompt_accuracy; QA files: accuracy).")
+@click.option("--guard", multiple=True, help="A metric no candidate may measurably lose (repeat; default: every "
+                                             "reward axis, i.e. every metric named reward:axis).")
+@click.option("--out", type=output_file((".json",)), default=None, help="Also write the table and the pick as JSON.")
+def select(files, baseline, metric, guard, out):
+    """Pick a checkpoint on validation by a rule fixed in advance: it must beat the baseline's accuracy and lose
+    no guarded metric, and among those the highest accuracy wins.
+
+    FILES are `genrl eval --out` files on one validation split, any number of models, one file per model and
+    sampling seed; they are grouped by the model each names and paired with the baseline's file of the same
+    seed. A candidate is eligible when its paired accuracy difference to the baseline is above zero and no
+    guarded metric's 95% interval lies entirely below zero. Read the pick's test figures once, afterwards.
+
+    \b
+    Example (the baseline and two checkpoints, two sampling seeds each):
+      genrl eval --model shapes-student-dmd --split val --num 256 --seed 0 --reward shapes --reward shapes-reward-b --out val/base_0.json
+      genrl eval --checkpoint runs/dmd/checkpoints/step_0000300 --split val --num 256 --seed 0 ... --out val/s300_0.json
+      (and --seed 1; and the other checkpoints)
+      genrl select val/*.json --baseline shapes-student-dmd
+    """
+    report = select_candidate([_load(p) for p in files], baseline, metric, tuple(guard))
+    m = report["metric"]
+    click.echo(f"baseline {baseline}: {m} {report['baseline_value']:.4f} (sampling seeds "
+               f"{', '.join(map(str, report['seeds']))})")
+    click.echo(f"{'candidate':<44} {m:>15} {'vs baseline [95%]':>29} {'lowest guard: upper end':>34}  eligible")
+    for r in report["candidates"]:
+        d, lo, hi = r["difference"]
+        g = f"{r['worst_guard']} {r['worst_guard_interval'][2]:+.4f}" if r["worst_guard"] else "-"
+        click.echo(f"{r['model'][-44:]:<44} {r[m]:>15.4f} {d:>+9.4f} [{lo:>+8.4f}, {hi:>+8.4f}] {g:>34}  "
+                   f"{'yes' if r['eligible'] else 'no'}")
+    click.echo(f"pick: {report['pick']}" if report["pick"] else
+               f"pick: none (no candidate beats {baseline} on {m} without a guarded metric measurably lower)")
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")

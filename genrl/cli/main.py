@@ -50,6 +50,7 @@ def _register() -> None:
     cli.add_command(sample.sample)
     cli.add_command(sample.evaluate)
     cli.add_command(compare.compare)
+    cli.add_command(compare.select)
     cli.add_command(score.score)
     cli.add_command(convert.convert)
     cli.add_command(bench.bench)
