@@ -196,11 +196,12 @@ def select(files, baseline, metric, guard, out):
     m = report["metric"]
     click.echo(f"baseline {baseline}: {m} {report['baseline_value']:.4f} (sampling seeds "
                f"{', '.join(map(str, report['seeds']))})")
-    click.echo(f"{'candidate':<44} {m:>15} {'vs baseline [95%]':>29} {'lowest guard: upper end':>34}  eligible")
+    w = max([len("candidate")] + [len(r["model"]) for r in report["candidates"]])
+    click.echo(f"{'candidate':<{w}} {m:>15} {'vs baseline [95%]':>30} {'lowest guard: upper end':>34}  eligible")
     for r in report["candidates"]:
         d, lo, hi = r["difference"]
         g = f"{r['worst_guard']} {r['worst_guard_interval'][2]:+.4f}" if r["worst_guard"] else "-"
-        click.echo(f"{r['model'][-44:]:<44} {r[m]:>15.4f} {d:>+9.4f} [{lo:>+8.4f}, {hi:>+8.4f}] {g:>34}  "
+        click.echo(f"{r['model']:<{w}} {r[m]:>15.4f} {d:>+9.4f} [{lo:>+8.4f}, {hi:>+8.4f}] {g:>34}  "
                    f"{'yes' if r['eligible'] else 'no'}")
     click.echo(f"pick: {report['pick']}" if report["pick"] else
                f"pick: none (no candidate beats {baseline} on {m} without a guarded metric measurably lower)")
