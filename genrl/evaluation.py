@@ -89,6 +89,7 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
     quarter = frames // 4
     first_hits, last_hits = [], []
     jerks: list[float | None] = []
+    named_all: list[dict[str, str]] = []  # what each prompt named, so `genrl compare --by` can split by it
     chunk = gen.pixel_frames(gen.cfg.dit.chunk_frames) if is_streaming(gen) else None
     across, inside = [], []  # step lengths from the last frame of a chunk to the next chunk's first / within a chunk
     sums: dict[str, dict[str, float]] = {name: {} for name in models}
@@ -112,6 +113,7 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
                 last_hits += named_hits(probe.read(result.videos[:, -quarter:]), named)
             results = probe.read(result.videos)
             hits += named_hits(results, named)
+            named_all += named
             jerks += [r.jerk() for r in results]
             if chunk:
                 for r in results:
@@ -146,7 +148,7 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "reward_probe_auc_vs_first": auc_vs_first,
         "motion": motion_summary(jerks, across, inside),
         "per_video": {"hit": [int(h) for h in hits], "rewards": per_video,
-                      "jerk": [None if j is None else round(j, 5) for j in jerks]},
+                      "jerk": [None if j is None else round(j, 5) for j in jerks], "named": named_all},
         "seconds": round(time.time() - start, 2),
         "frames_per_second": round(num * frames / gen_seconds, 2),
         "nfe_per_frame": nfe,
@@ -211,6 +213,8 @@ def merge_reports(reports: list[dict]) -> dict:
     per = {n: {k: [x for r in reports for x in r["per_video"]["rewards"][n][k]] for k in reports[0]["per_video"]["rewards"][n]}
            for n in reports[0]["per_video"]["rewards"]}
     out["per_video"] = {"hit": hits, "rewards": per}
+    if all("named" in r["per_video"] for r in reports):
+        out["per_video"]["named"] = [n for r in reports for n in r["per_video"]["named"]]
     if all("jerk" in r["per_video"] for r in reports):
         jerks = [j for r in reports for j in r["per_video"]["jerk"]]
         out["per_video"]["jerk"] = jerks

@@ -112,3 +112,28 @@ def test_select_picks_the_most_accurate_candidate_that_loses_no_reward_axis(run_
     assert code == 2 and "'worse' has sampling seeds [0] but the baseline [0, 1]" in err and len(err.splitlines()) == 1
     code, _, err = run_cli("select", *map(str, files), "--baseline", "dmd")
     assert code == 2 and "no eval file of the baseline 'dmd'; the files hold: base, sharp-but-worse-vq" in err
+
+
+def test_compare_by_splits_the_paired_difference_by_what_the_prompts_named(run_cli, tmp_path):
+    named = [{"speed": "fast", "size": "small"}, {"speed": "slow", "size": "small"}, {"size": "large"},
+             {"speed": "fast", "size": "large"}]
+    a, b = _report([1, 1, 0, 0], [0.0, 0.0, 0.0, 0.0]), _report([1, 0, 1, 1], [-1.0, 0.5, 0.25, -0.5])
+    a["per_video"]["named"] = b["per_video"]["named"] = named
+    for name, r in {"a": a, "b": b}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    code, out, err = run_cli("compare", str(tmp_path / "a.json"), "--vs", str(tmp_path / "b.json"), "--by", "speed",
+                             "--out", str(tmp_path / "d.json"))
+    assert code == 0, err
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["shapes:vq"]["mean"] == pytest.approx(-0.75 / 4)  # all four videos
+    fast, slow = d["by"]["speed"]["fast"], d["by"]["speed"]["slow"]  # the third prompt names no speed
+    assert fast["videos"] == 2 and slow["videos"] == 1 and set(d["by"]["speed"]) == {"fast", "slow"}
+    assert fast["shapes:vq"]["mean"] == pytest.approx(-0.75) and fast["prompt_accuracy"]["mean"] == pytest.approx(0.5)
+    assert slow["shapes:vq"]["mean"] == pytest.approx(0.5) and slow["prompt_accuracy"]["mean"] == pytest.approx(-1.0)
+    assert "speed = fast (2 paired videos)" in out
+    code, _, err = run_cli("compare", str(tmp_path / "a.json"), "--vs", str(tmp_path / "b.json"), "--by", "mood")
+    assert code == 2 and "--by mood: not a prompt attribute; valid: colour, shape, size" in err
+    del a["per_video"]["named"]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    code, _, err = run_cli("compare", str(tmp_path / "a.json"), "--vs", str(tmp_path / "b.json"), "--by", "size")
+    assert code == 2 and "re-run genrl eval" in err and len(err.strip().splitlines()) == 1

@@ -135,6 +135,8 @@ def test_sweep_runs_variants_by_seeds_and_tabulates_mean_and_spread(run_cli, tmp
     full = [json.loads((sw / "full" / f"seed_{s}" / "eval.json").read_text()) for s in (0, 1)]
     dmd = [json.loads((sw / "dmd" / f"seed_{s}" / "eval.json").read_text()) for s in (0, 1)]
     assert all(e["num_videos"] == 4 and e["sampling_seeds"] == [0, 1] for e in full + dmd)
+    named = full[0]["per_video"]["named"]  # the same 2 prompts at each sampling seed, concatenated seed by seed
+    assert len(named) == 4 and named[:2] == named[2:] and all(e["per_video"]["named"] == named for e in full + dmd)
     by_hand = sum(f - d for ef, ed in zip(full, dmd) for f, d in zip(ef["per_video"]["rewards"][reward]["vq"],
                                                                      ed["per_video"]["rewards"][reward]["vq"])) / 8
     mean, lo, hi = summary["paired"]["full"]["vq"]

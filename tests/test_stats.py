@@ -63,3 +63,10 @@ def test_eval_prints_each_rewards_probe_auc_and_the_paired_difference(run_cli, t
     m = r["motion"]
     assert m["videos_read"] == len(jerks) > 0 and abs(m["jerk"] - sum(jerks) / len(jerks)) < 1e-4
     assert m["step_across_chunks"] > 0 and m["step_inside_chunks"] > 0 and "step across chunk seams" in stdout
+    # what each prompt named (full captions: all six attributes), for `genrl compare --by`
+    from genrl.worlds.shapes import ATTRIBUTES, ShapesWorld, WorldConfig, attribute_names
+
+    named = r["per_video"]["named"]
+    assert len(named) == 12 and all(set(n) == set(ATTRIBUTES) for n in named)
+    _, _, attrs = ShapesWorld(WorldConfig()).clips("test", list(range(12)))  # seed 0: the split's first 12 clips
+    assert named == [attribute_names(row) for row in attrs.tolist()]

@@ -80,12 +80,55 @@ def compare_reports(baseline: list[dict], candidate: list[dict], seed: int = 0) 
     return {k: paired_bootstrap(torch.tensor(cand[k]) - torch.tensor(base[k]), seed=seed) for k in base}
 
 
+def _masked(report: dict, keep: list[bool]) -> dict:
+    """A copy of a video eval file holding only the videos where ``keep`` is true."""
+    pv = report["per_video"]
+    pick = lambda xs: [x for x, k in zip(xs, keep) if k]  # noqa: E731
+    out = {k: pick(v) for k, v in pv.items() if k != "rewards"}
+    out["rewards"] = {n: {a: pick(v) for a, v in axes.items()} for n, axes in pv["rewards"].items()}
+    return {**report, "per_video": out}
+
+
+def compare_by(baseline: list[dict], candidate: list[dict], attribute: str,
+               seed: int = 0) -> dict[str, tuple[int, dict[str, tuple[float, float, float]]]]:
+    """:func:`compare_reports` within each value of a prompt attribute (the videos whose prompt named
+    ``attribute`` as that value): value -> (number of paired videos, metric -> interval)."""
+    from ..worlds.shapes import ATTRIBUTES
+
+    if attribute not in ATTRIBUTES:
+        raise UsageError(f"--by {attribute}: not a prompt attribute; valid: {', '.join(ATTRIBUTES)}")
+    for r in baseline + candidate:
+        if "per_item" in r or "named" not in r["per_video"]:
+            raise UsageError("--by needs video eval files that record what each prompt named "
+                             "(made by `genrl eval` from this version on); re-run genrl eval")
+    for a, b in zip(baseline, candidate):
+        if a["per_video"]["named"] != b["per_video"]["named"]:
+            raise UsageError("--by: the two files' prompts name different attributes; they are not the same prompts")
+    values = sorted({n[attribute] for r in baseline for n in r["per_video"]["named"] if attribute in n})
+    out = {}
+    for v in values:
+        keeps = [[n.get(attribute) == v for n in r["per_video"]["named"]] for r in baseline]
+        out[v] = (sum(map(sum, keeps)), compare_reports([_masked(r, k) for r, k in zip(baseline, keeps)],
+                                                        [_masked(r, k) for r, k in zip(candidate, keeps)], seed))
+    return out
+
+
+def _print_table(result: dict[str, tuple[float, float, float]]) -> None:
+    click.echo(f"{'metric':<28} {'difference':>11} {'95% interval':>22}")
+    for k, (m, lo, hi) in result.items():
+        flag = "" if lo <= 0 <= hi else "  *"
+        click.echo(f"{k:<28} {m:>+11.4f} [{lo:>+9.4f}, {hi:>+9.4f}]{flag}")
+
+
 @click.command(name="compare")
 @click.argument("baseline", nargs=-1, required=True)
 @click.option("--vs", "candidate", multiple=True, required=True,
               help="Eval file of the model compared with the baseline (repeat, in the baseline files' order).")
+@click.option("--by", "by", default=None, metavar="ATTRIBUTE",
+              help="Also split the videos by what their prompts named for this attribute (e.g. speed, size) and "
+                   "compare within each value.")
 @click.option("--out", type=output_file((".json",)), default=None, help="Also write the differences as JSON.")
-def compare(baseline, candidate, out):
+def compare(baseline, candidate, by, out):
     """Paired difference of two generators on the same prompts and sampling seeds (or two video-language models
     on the same questions), with 95% intervals.
 
@@ -104,17 +147,21 @@ def compare(baseline, candidate, out):
       genrl compare a.json --vs b.json
     """
     base = [_load(p) for p in baseline]
-    result = compare_reports(base, [_load(p) for p in candidate])
+    cand = [_load(p) for p in candidate]
+    result = compare_reports(base, cand)
+    split = compare_by(base, cand, by) if by else {}
     n = sum(_count(r) for r in base)
     what = "questions" if "per_item" in base[0] else "videos"
     click.echo(f"candidate - baseline over {n} paired {what} (95% bootstrap interval; one holding 0 is no measured difference)")
-    click.echo(f"{'metric':<28} {'difference':>11} {'95% interval':>22}")
-    for k, (m, lo, hi) in result.items():
-        flag = "" if lo <= 0 <= hi else "  *"
-        click.echo(f"{k:<28} {m:>+11.4f} [{lo:>+9.4f}, {hi:>+9.4f}]{flag}")
+    _print_table(result)
+    for v, (count, res) in split.items():
+        click.echo(f"\n{by} = {v} ({count} paired {what})")
+        _print_table(res)
     if out:
-        Path(out).write_text(json.dumps({k: {"mean": m, "low": lo, "high": hi} for k, (m, lo, hi) in result.items()},
-                                        indent=2) + "\n")
+        table = lambda res: {k: {"mean": m, "low": lo, "high": hi} for k, (m, lo, hi) in res.items()}  # noqa: E731
+        body = table(result) | ({"by": {by: {v: {"videos": c, **table(res)} for v, (c, res) in split.items()}}}
+                                if by else {})
+        Path(out).write_text(json.dumps(body, indent=2) + "\n")
 
 
 def select_candidate(reports: list[dict], baseline: str, metric: str | None = None,
