@@ -112,6 +112,18 @@ def test_select_picks_the_most_accurate_candidate_that_loses_no_reward_axis(run_
     assert code == 2 and "'worse' has sampling seeds [0] but the baseline [0, 1]" in err and len(err.splitlines()) == 1
     code, _, err = run_cli("select", *map(str, files), "--baseline", "dmd")
     assert code == 2 and "no eval file of the baseline 'dmd'; the files hold: base, sharp-but-worse-vq" in err
+    # a run's eval.json merges its sampling seeds into one file ("seed": [0, 1]): one file per model pairs too
+    merged = []
+    for name in ("base", "better"):
+        r = _report(models[name][0] * 2, models[name][1] * 2, [0, 1])
+        r["model"] = f"runs/{name}"
+        merged.append(tmp_path / f"{name}_eval.json")
+        merged[-1].write_text(json.dumps(r))
+    code, out, err = run_cli("select", *map(str, merged), "--baseline", "runs/base", "--out", str(tmp_path / "m.json"))
+    assert code == 0, err
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["pick"] == "runs/better" and m["seeds"] == [[0, 1]]
+    assert m["candidates"][0]["difference"][0] == pytest.approx(0.25)  # as with one file per seed
 
 
 def test_compare_by_splits_the_paired_difference_by_what_the_prompts_named(run_cli, tmp_path):

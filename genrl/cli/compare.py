@@ -148,8 +148,8 @@ def compare(baseline, candidate, by, out):
     """
     base = [_load(p) for p in baseline]
     cand = [_load(p) for p in candidate]
+    split = compare_by(base, cand, by) if by else {}  # first: a bad --by is told before any bootstrap runs
     result = compare_reports(base, cand)
-    split = compare_by(base, cand, by) if by else {}
     n = sum(_count(r) for r in base)
     what = "questions" if "per_item" in base[0] else "videos"
     click.echo(f"candidate - baseline over {n} paired {what} (95% bootstrap interval; one holding 0 is no measured difference)")
@@ -182,10 +182,15 @@ def select_candidate(reports: list[dict], baseline: str, metric: str | None = No
     def by_seed(name: str) -> dict:
         files = {}
         for r in groups[name]:
-            if r.get("seed") in files:
+            seed = r.get("seed")
+            seed = tuple(seed) if isinstance(seed, list) else seed  # a run's eval.json: the seeds it merged
+            if seed in files:
                 raise UsageError(f"'{name}' has two eval files at sampling seed {r.get('seed')}; give one per seed")
-            files[r.get("seed")] = r
+            files[seed] = r
         return files
+
+    def ordered(seeds) -> list:  # single seeds and merged seed lists never compare with each other
+        return sorted(seeds, key=lambda s: (isinstance(s, tuple), s))
 
     base = by_seed(baseline)
     rows = []
@@ -194,9 +199,9 @@ def select_candidate(reports: list[dict], baseline: str, metric: str | None = No
             continue
         cand = by_seed(name)
         if set(cand) != set(base):
-            raise UsageError(f"'{name}' has sampling seeds {sorted(cand)} but the baseline {sorted(base)}; "
+            raise UsageError(f"'{name}' has sampling seeds {ordered(cand)} but the baseline {ordered(base)}; "
                              "every candidate needs one eval file per baseline seed")
-        seeds = sorted(base)
+        seeds = ordered(base)
         diffs = compare_reports([base[s] for s in seeds], [cand[s] for s in seeds])
         if metric not in diffs:
             raise UsageError(f"no metric '{metric}' in the eval files; they hold: {', '.join(diffs)}")
@@ -209,11 +214,11 @@ def select_candidate(reports: list[dict], baseline: str, metric: str | None = No
         rows.append({"model": name, metric: sum(values) / len(values), "difference": list(diffs[metric]),
                      "worst_guard": worst, "worst_guard_interval": list(diffs[worst]) if worst else None,
                      "eligible": diffs[metric][0] > 0 and all(diffs[g][2] >= 0 for g in guarded)})
-    values = [v for s in sorted(base) for v in per_video(base[s])[metric]]
+    values = [v for s in ordered(base) for v in per_video(base[s])[metric]]
     eligible = [r for r in rows if r["eligible"]]
     pick = max(eligible, key=lambda r: r[metric])["model"] if eligible else None  # max keeps the first of ties
     return {"metric": metric, "baseline": baseline, "baseline_value": sum(values) / len(values),
-            "seeds": sorted(base), "candidates": rows, "pick": pick}
+            "seeds": ordered(base), "candidates": rows, "pick": pick}
 
 
 @click.command(name="select")
