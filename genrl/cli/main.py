@@ -36,7 +36,7 @@ def cli():
 
 
 def _register() -> None:
-    from . import bench, compare, convert, data, distill, plan, pretrain, qa, reward, sample, score, sweep
+    from . import bench, compare, convert, data, distill, export, plan, pretrain, qa, reward, sample, score, sweep
 
     cli.add_command(data.data)
     cli.add_command(pretrain.pretrain)
@@ -53,6 +53,7 @@ def _register() -> None:
     cli.add_command(compare.select)
     cli.add_command(score.score)
     cli.add_command(convert.convert)
+    cli.add_command(export.export)
     cli.add_command(bench.bench)
 
 

@@ -168,6 +168,33 @@ def load_model(name_or_path: str, kind: str | None = None, device: str | torch.d
     return model.to(device).eval()
 
 
+def average_models(names: list[str]) -> nn.Module:
+    """The uniform average of the weights of models that share one kind and config (a weight soup).
+
+    Each name is anything :func:`load_model` takes; one name returns that model. Models fine-tuned from one
+    start (training seeds of a recipe, checkpoints of a run) average meaningfully; the configs must match
+    and integer buffers must agree, each mismatch one line naming it.
+    """
+    if not names:
+        raise UsageError("nothing to average: name at least one model")
+    models = [load_model(n) for n in names]
+    first = model_metadata(models[0])
+    if not first:
+        raise UsageError(f"{names[0]}: not a genrl model with a config (a Wan2.1 folder cannot be averaged here)")
+    states = [m.state_dict() for m in models]
+    for name, model, state in zip(names[1:], models[1:], states[1:]):
+        if model_metadata(model) != first:
+            raise UsageError(f"{name}: a different model kind or config than {names[0]}; only models of one "
+                             f"architecture can be averaged")
+        for k, v in states[0].items():
+            if not v.is_floating_point() and not torch.equal(v, state[k]):
+                raise UsageError(f"{name}: buffer {k!r} differs from {names[0]}'s; integer buffers must agree")
+    avg = {k: (torch.stack([s[k] for s in states]).mean(dim=0) if v.is_floating_point() else v)
+           for k, v in states[0].items()}
+    models[0].load_state_dict(avg)
+    return models[0]
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """load_state_dict, with a mismatch named in one line (the first key and what differs)."""
     own = model.state_dict()
