@@ -32,6 +32,8 @@ from genrl.config import check
 from genrl.registry import METHODS
 from genrl.stats import effective_sample_size
 from genrl.train.trainer import Role
+from genrl.worlds.probe import ProbeConfig
+from genrl.worlds.shapes import ShapesWorld
 
 from .dmd import DMDMethod, regression_pairs
 
@@ -66,6 +68,19 @@ def fuse_saliency(saliency: torch.Tensor, z: torch.Tensor, temperature: float) -
     """S (B, F, H, W) = sum_m softmax(-z / T)_m S_m, from saliency (B, M, F, H, W) and z (B, M)."""
     w = torch.softmax(-z.detach() / temperature, dim=1)
     return (w[:, :, None, None, None] * saliency).sum(dim=1)
+
+
+def object_saliency_share(S: torch.Tensor, pixels: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per video: the share of saliency mass S (B, F, H, W) on the object's pixels, and the object's share of them.
+
+    The object is where a frame of ``pixels`` (B, F, C, H, W) differs from the frame's median (background) colour
+    by more than ``threshold``, the attribute probe's foreground rule. A saliency share well above the area share
+    means the reward's gradient looks at the object; about equal, it is spread over the frame.
+    """
+    bg = pixels.flatten(3).median(dim=3).values  # (B, F, C)
+    mask = ((pixels - bg[..., None, None]).norm(dim=2) > threshold).to(S.dtype)  # (B, F, H, W)
+    share = (S * mask).flatten(1).sum(1) / S.flatten(1).sum(1).clamp_min(1e-12)
+    return share, mask.flatten(1).mean(1)
 
 
 def _minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -186,6 +201,9 @@ class StreamR1Method(DMDMethod):
         W = None
         if sal is not None:
             S = fuse_saliency(sal, z, cfg.temperature)
+            if isinstance(self.world, ShapesWorld):  # where the reward looks: object or background
+                share, area = object_saliency_share(S, pixels, ProbeConfig.fg_threshold)
+                metrics.update(saliency_on_object=float(share.mean()), object_area=float(area.mean()))
             S = saliency_to_latent(S, x.shape[1], x.shape[-2:])  # pixel grid -> latent grid
             W, t = element_weights(S, cfg.tau_min, cfg.sigma_min)
             W = W[:, :, None]  # broadcast over latent channels

@@ -10,6 +10,7 @@ from distill.stream_r1 import (
     combined_reward,
     element_weights,
     fuse_saliency,
+    object_saliency_share,
     rollout_weights,
     spatial_weights,
     temporal_weights,
@@ -247,3 +248,21 @@ def test_pixel_saliency_to_latent_frames_for_each_frame_ratio():
     assert torch.allclose(even, torch.stack([S6[:, :2].mean(1), S6[:, 2:4].mean(1), S6[:, 4:].mean(1)], 1))
     causal3 = saliency_to_latent(S[:, :4], 2, (2, 2))  # 4 -> 2 fits 3k+1: frame 0, then 1..3
     assert torch.allclose(causal3, torch.stack([S[:, 0], S[:, 1:4].mean(1)], 1))
+
+
+def test_object_saliency_share_hand_computed():
+    # one 4x4 frame, grey background 0.5, a 2x2 white object in the corner: the object is 4 of 16 pixels
+    pixels = torch.full((1, 1, 3, 4, 4), 0.5)
+    pixels[..., :2, :2] = 1.0
+    uniform = torch.ones(1, 1, 4, 4)
+    share, area = object_saliency_share(uniform, pixels, threshold=0.35)
+    assert float(area) == pytest.approx(0.25) and float(share) == pytest.approx(0.25)
+    on_object = uniform.clone()
+    on_object[..., :2, :2] = 3.0  # three times the saliency on the object: 12 of 24
+    share, _ = object_saliency_share(on_object, pixels, threshold=0.35)
+    assert float(share) == pytest.approx(0.5)
+    # a faint object (0.2 from the background) is below the probe's threshold: no object, no share
+    faint = torch.full((1, 1, 3, 4, 4), 0.5)
+    faint[..., :2, :2] = 0.5 + 0.2 / 3**0.5
+    share, area = object_saliency_share(on_object, faint, threshold=0.35)
+    assert float(area) == 0.0 and float(share) == 0.0
