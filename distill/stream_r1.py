@@ -201,7 +201,7 @@ class StreamR1Method(DMDMethod):
         W = None
         if sal is not None:
             S = fuse_saliency(sal, z, cfg.temperature)
-            if isinstance(self.world, ShapesWorld):  # where the reward looks: object or background
+            if isinstance(getattr(self, "world", None), ShapesWorld):  # where the reward looks: object or background
                 share, area = object_saliency_share(S, pixels, ProbeConfig.fg_threshold)
                 metrics.update(saliency_on_object=float(share.mean()), object_area=float(area.mean()))
             S = saliency_to_latent(S, x.shape[1], x.shape[-2:])  # pixel grid -> latent grid

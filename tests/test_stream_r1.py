@@ -224,6 +224,10 @@ def test_loss_weights_with_saliency_give_mean_one_maps_and_per_frame_metrics(tmp
     for f in range(6):  # the frame's weight averaged over the batch's rollouts
         assert metrics[f"temporal_w{f}"] == pytest.approx(float(t[:, f].mean()), rel=1e-5)
     assert abs(float(t[0].mean()) - 1) < 1e-5 and not torch.allclose(t[0], t[1])
+    # where the fused saliency falls: the share on the object, by the probe's foreground rule, logged per step
+    share, area = object_saliency_share(S, pixels, 0.35)
+    assert metrics["saliency_on_object"] == pytest.approx(float(share.mean()), rel=1e-5)
+    assert metrics["object_area"] == pytest.approx(float(area.mean()), rel=1e-5)
 
 
 def test_balance_penalty_by_hand_with_a_nonzero_early_half_and_more_steps_than_axes():
