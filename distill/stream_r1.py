@@ -32,7 +32,7 @@ from genrl.config import check
 from genrl.registry import METHODS
 from genrl.stats import effective_sample_size
 from genrl.train.trainer import Role
-from genrl.worlds.probe import ProbeConfig
+from genrl.worlds.probe import ProbeConfig, foreground
 from genrl.worlds.shapes import ShapesWorld
 
 from .dmd import DMDMethod, regression_pairs
@@ -77,8 +77,7 @@ def object_saliency_share(S: torch.Tensor, pixels: torch.Tensor, threshold: floa
     by more than ``threshold``, the attribute probe's foreground rule. A saliency share well above the area share
     means the reward's gradient looks at the object; about equal, it is spread over the frame.
     """
-    bg = pixels.flatten(3).median(dim=3).values  # (B, F, C)
-    mask = ((pixels - bg[..., None, None]).norm(dim=2) > threshold).to(S.dtype)  # (B, F, H, W)
+    mask = foreground(pixels, threshold)[2].to(S.dtype)  # (B, F, H, W)
     share = (S * mask).flatten(1).sum(1) / S.flatten(1).sum(1).clamp_min(1e-12)
     return share, mask.flatten(1).mean(1)
 
@@ -201,7 +200,7 @@ class StreamR1Method(DMDMethod):
         W = None
         if sal is not None:
             S = fuse_saliency(sal, z, cfg.temperature)
-            if isinstance(getattr(self, "world", None), ShapesWorld):  # where the reward looks: object or background
+            if isinstance(self.world, ShapesWorld):  # where the reward looks: object or background
                 share, area = object_saliency_share(S, pixels, ProbeConfig.fg_threshold)
                 metrics.update(saliency_on_object=float(share.mean()), object_area=float(area.mean()))
             S = saliency_to_latent(S, x.shape[1], x.shape[-2:])  # pixel grid -> latent grid

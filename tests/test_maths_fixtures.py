@@ -84,6 +84,7 @@ def _method(zs, **cfg):
     m.sr1 = StreamR1Config(**cfg)
     m.reward = _Reward(zs)
     m.history = deque(maxlen=m.sr1.window)
+    m.world = None  # no shapes world: no object-share metric
     m.student = type("S", (), {"decode": staticmethod(lambda x: x[:, :, :3])})()
     return m
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import click
 
+from .options import output_file
+
 DTYPES = ("float32", "float16", "bfloat16")
 
 
 @click.command(context_settings={"show_default": True})
 @click.argument("models", nargs=-1, required=True)
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option("--out", "out", required=True, type=output_file((".safetensors",)), help="The .safetensors file to write.")
 @click.option("--dtype", "dtype_name", type=click.Choice(DTYPES), default="float32",
               help="Floating-point type of the written weights (the shipped shapes models are float16).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
@@ -28,11 +30,8 @@ def export(models, out, dtype_name, quiet):
     """
     import torch
 
-    from ..errors import UsageError
     from ..models.registry import average_models, model_metadata, save_weights
 
-    if not out.endswith(".safetensors"):
-        raise UsageError(f"--out {out}: name a .safetensors file")
     model = average_models(list(models))
     meta = model_metadata(model)
     save_weights(model, out, meta["genrl_kind"], model.cfg, dtype=getattr(torch, dtype_name))

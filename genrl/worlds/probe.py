@@ -110,10 +110,8 @@ class AttributeProbe:
     def _read_frames(self, frames: torch.Tensor) -> list[dict | None]:
         c = self.cfg
         N, _, H, W = frames.shape
-        bg = frames.reshape(N, 3, -1).median(dim=2).values  # (N, 3)
+        bg, diff, masks = foreground(frames, c.fg_threshold)  # (N, 3), (N, H, W), (N, H, W)
         grey_dist = (bg[:, None, :] - self._greys[None, :, None]).norm(dim=2)  # (N, greys)
-        diff = (frames - bg[:, :, None, None]).norm(dim=1)  # (N, H, W)
-        masks = diff > c.fg_threshold
         labels = _torus_components(masks)
         out: list[dict | None] = []
         for i in range(N):
@@ -218,6 +216,14 @@ class AttributeProbe:
         ]
         consistent = sum(agree) / len(agree) >= 0.8
         return {"vx": vx, "vy": vy, "speed": speed, "consistent": float(consistent)}
+
+
+def foreground(frames: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The probe's foreground rule for frames (..., C, H, W): each frame's background colour (its median,
+    (..., C)), every pixel's distance from it (..., H, W), and the pixels farther than ``threshold``."""
+    bg = frames.flatten(-2).median(dim=-1).values
+    diff = (frames - bg[..., None, None]).norm(dim=-3)
+    return bg, diff, diff > threshold
 
 
 def matches(result: ProbeResult, prompt: str) -> bool:
