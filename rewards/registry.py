@@ -11,6 +11,8 @@ register_kind("shapes_reward", ShapesRewardConfig, ShapesReward)
 BUILTIN.setdefault("shapes-reward", "shapes-reward.safetensors")
 # the same recipe trained on another seed: a reward model *not* used in training, to catch reward hacking
 BUILTIN.setdefault("shapes-reward-b", "shapes-reward-b.safetensors")
+# shapes-reward fine-tuned on the students' own clips graded by the probe (configs/reward_student_clips.yaml)
+BUILTIN.setdefault("shapes-reward-student", "shapes-reward-student.safetensors")
 
 
 @register_reward("shapes")

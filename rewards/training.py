@@ -11,6 +11,15 @@ Departure: the world labels every clip for free, so the TA head's attribute
 classifier also gets a cross-entropy on the clean clip behind each pair
 (``attribute_loss`` weight). Pairwise preferences alone left it near chance
 after 2,000 steps (colour 0.18, direction 0.16 on held-out clips).
+
+Corruptions of real clips are not what a distilled generator gets wrong, so a reward
+trained on them alone tells a student's good videos from its bad ones poorly. With
+``reward.generated.generators`` set, part of every batch (``share``) are pairs of
+*generated* clips of one train-split prompt, judged by the attribute probe the way
+annotators judge a real model's videos (VideoAlign's human preference pairs):
+VQ by how many frames hold one coherent object, MQ by the named direction and
+speed, TA by the named colour, shape, size and background. Such a pair carries a
+label on all three axes.
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from genrl.methods.common import GeneratorState, OptimConfig, adamw
-from genrl.models.registry import save_weights
+from genrl.models.registry import load_model, save_weights
+from genrl.progress import track
 from genrl.registry import RECIPES, Recipe
 from genrl.train.trainer import Method, StepContext, TrainConfig
 from genrl.worlds.shapes import ShapesWorld, WorldConfig
@@ -94,6 +104,139 @@ def _corrupt_pair(world, clean, attrs, starts, axis, sa, sb, g):
     return fn(clean, kind, sa, g), fn(clean, kind, sb, g)
 
 
+# ------------------------------------------------------------- generated pairs
+LOOKS = ("colour", "shape", "size", "background")
+MOVES = ("direction", "speed")
+
+
+def probe_scores(results, captions: list[str]) -> torch.Tensor:
+    """(N, 3) per-clip VQ, MQ, TA grades from probe reads: VQ the share of frames with one coherent object
+    in quarters (0-4); MQ and TA the number of the caption's motion (0-2) and look (0-4) attributes read
+    back, -1 for a clip the probe cannot read. Equal grades tie."""
+    from genrl.worlds.shapes import parse_caption
+
+    rows = []
+    for r, cap in zip(results, captions):
+        want = parse_caption(cap)
+        vq = float(int(r.coherent_frames * 4 + 1e-6))
+        mq = float(sum(r.attributes[a] == want[a] for a in MOVES)) if r.readable else -1.0
+        ta = float(sum(r.attributes[a] == want[a] for a in LOOKS)) if r.readable else -1.0
+        rows.append((vq, mq, ta))
+    return torch.tensor(rows)
+
+
+@dataclass
+class GeneratedPairsConfig:
+    """Pairs of generated clips judged by the probe (off while ``generators`` is empty)."""
+
+    generators: list[str] = field(default_factory=list)
+    """Models whose clips make the pairs (built-in names, files or run folders), e.g. the students a
+    Stream-R1 run will start from and become."""
+    prompts: int = 1024
+    """Train-split prompts; each gets ``seeds`` clips from every generator."""
+    seeds: int = 2
+    """Clips per prompt and generator (different noise)."""
+    share: float = 0.5
+    """Fraction of each batch's pairs drawn from generated clips (the rest: corrupted real clips)."""
+    cross_prompt: float = 0.5
+    """Share of generated pairs whose two clips come from different prompts: these teach the heads one
+    scale across prompts, which exp(beta * r) weights over a batch of different prompts rely on (pairs
+    of one prompt only teach the order within it)."""
+
+
+@torch.no_grad()
+def generated_pool(path: Path, world: ShapesWorld, cfg: GeneratedPairsConfig, seed: int, quiet: bool = False) -> dict:
+    """The run's probe-judged generated clips: loaded from ``path``, or made and stored there (atomically).
+
+    Returns {"videos" (N, F, 3, H, W) uint8, "prompt" (N,) prompt index, "captions", "scores" (N, 3),
+    "groups": prompt indices whose clips differ on some axis (only those give a non-tie pair)}.
+    """
+    if path.exists():
+        return torch.load(path)
+    from genrl.generation import SamplingConfig, generate
+    from genrl.worlds.probe import AttributeProbe
+
+    captions = world.random_prompts("train", cfg.prompts, torch.Generator().manual_seed(seed + 17))
+    probe, videos, owner, scores = AttributeProbe(), [], [], []
+    jobs = [(name, k, lo) for name in cfg.generators for k in range(cfg.seeds) for lo in range(0, len(captions), 64)]
+    models: dict = {}
+    for name, k, lo in track(jobs, len(jobs), "generated clips", quiet):
+        model = models.setdefault(name, load_model(name).eval())
+        caps = captions[lo : lo + 64]
+        clip = generate(model, caps, world.cfg.frames, SamplingConfig(), seed=seed * 7919 + 1009 * k + lo).videos.clamp(0, 1)
+        videos.append((clip * 255).round().to(torch.uint8))
+        owner += range(lo, lo + len(caps))
+        scores.append(probe_scores(probe.read(clip), caps))
+    pool = {"videos": torch.cat(videos), "prompt": torch.tensor(owner), "captions": captions, "scores": torch.cat(scores)}
+    pool["groups"] = [i for i in range(len(captions)) if len({tuple(r) for r in pool["scores"][pool["prompt"] == i].tolist()}) > 1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(pool, tmp)
+    tmp.replace(path)
+    return pool
+
+
+def generated_pairs(pool: dict, n: int, g: torch.Generator, cross_prompt: float = 0.0
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str], torch.Tensor]:
+    """``n`` pairs of distinct generated clips: with probability ``cross_prompt`` any two clips of the pool,
+    otherwise two clips of one prompt (among the prompts whose clips disagree on some axis). Returns videos
+    A, B in [0, 1], their prompts, and (n, 3) labels (+1 A better, -1 B better, 0 tie) on VQ, MQ, TA."""
+    groups, total = pool["groups"], len(pool["prompt"])
+    if not groups and cross_prompt < 1.0:
+        raise ValueError("every generated clip of every prompt got the same grades: no pair of one prompt says anything")
+    a_idx, b_idx = [], []
+    for _ in range(n):
+        if torch.rand(1, generator=g).item() < cross_prompt:
+            members = torch.arange(total)
+        else:
+            members = torch.nonzero(pool["prompt"] == groups[int(torch.randint(len(groups), (1,), generator=g))]).flatten()
+        i, j = torch.randperm(len(members), generator=g)[:2].tolist()
+        a_idx.append(int(members[i]))
+        b_idx.append(int(members[j]))
+    sa, sb = pool["scores"][a_idx], pool["scores"][b_idx]
+    labels = (sa > sb).float() - (sb > sa).float()
+    a = pool["videos"][a_idx].float() / 255
+    b = pool["videos"][b_idx].float() / 255
+    caption = [pool["captions"][int(i)] for i in pool["prompt"].tolist()]
+    return a, b, [caption[i] for i in a_idx], [caption[i] for i in b_idx], labels
+
+
+@torch.no_grad()
+def generated_auc(model: ShapesReward, pool: dict) -> dict[str, float]:
+    """How well each head ranks the pool's clips by their probe grades: ``generated_{axis}_auc``, the share
+    of differently graded clip pairs of one prompt that the head orders like the probe (ties in the head
+    count half); ``generated_{axis}_auc_all``, the same over every pair of clips in the pool, any prompts."""
+    from genrl.stats import auc
+
+    raw = {ax: [] for ax in AXES}
+    for lo in range(0, len(pool["prompt"]), 128):
+        clip = pool["videos"][lo : lo + 128].float() / 255
+        caps = [pool["captions"][int(i)] for i in pool["prompt"][lo : lo + 128]]
+        for ax, v in model.raw_scores(clip, caps).items():
+            raw[ax].append(v)
+    out = {}
+    for k, ax in enumerate(AXES):
+        r, hit, total = torch.cat(raw[ax]), 0.0, 0
+        for i in pool["groups"]:
+            m = torch.nonzero(pool["prompt"] == i).flatten()
+            s, v = pool["scores"][m, k], r[m]
+            better = s[:, None] > s[None, :]
+            hit += float(((v[:, None] > v[None, :]).float() + 0.5 * (v[:, None] == v[None, :]).float())[better].sum())
+            total += int(better.sum())
+        out[f"generated_{ax}_auc"] = hit / max(total, 1)
+        grade = pool["scores"][:, k]
+        wins = ties = 0.0  # over all pairs: for each grade, its clips against every lower-graded clip
+        for level in grade.unique().tolist():
+            lower = grade < level
+            if lower.any():
+                pairs = auc(torch.cat((r[grade == level], r[lower])).tolist(),
+                            [True] * int((grade == level).sum()) + [False] * int(lower.sum()))
+                n = int((grade == level).sum()) * int(lower.sum())
+                wins, ties = wins + pairs * n, ties + n
+        out[f"generated_{ax}_auc_all"] = wins / max(ties, 1)
+    return out
+
+
 @torch.no_grad()
 def pair_accuracy(model: ShapesReward, world: ShapesWorld, n: int = 512, seed: int = 12345, split: str = "test") -> dict[str, float]:
     """Held-out pairwise accuracy per axis: non-tie (r_w > r_l) and 3-way with ties."""
@@ -146,29 +289,48 @@ class RewardMethodConfig:
     """How often a pair targets VQ, MQ, TA (VQ is the easiest to learn)."""
     attribute_loss: float = 1.0
     """Weight of the attribute cross-entropy on clean clips (0 = pairs only)."""
+    init: str = ""
+    """Start from these weights (built-in name or file, e.g. shapes-reward) instead of from scratch;
+    ``model`` is then read from them."""
+    generated: GeneratedPairsConfig = field(default_factory=GeneratedPairsConfig)
+    """Pairs of generated clips judged by the probe, mixed into every batch."""
 
 
 class RewardMethod(Method):
     name = "reward"
 
-    def __init__(self, cfg: RewardMethodConfig, optim: OptimConfig, world: ShapesWorld, seed: int):
+    def __init__(self, cfg: RewardMethodConfig, optim: OptimConfig, world: ShapesWorld, seed: int,
+                 run_dir: Path | None = None, quiet: bool = False):
         self.cfg, self.world = cfg, world
-        self.model = ShapesReward(cfg.model)
+        self.model = load_model(cfg.init, kind="shapes_reward").requires_grad_(True) if cfg.init else ShapesReward(cfg.model)
         self.opt, self.sched = adamw(self.model.parameters(), optim)
         self.data = GeneratorState(seed)
+        self.pool = None
+        if cfg.generated.generators:
+            if not 0.0 < cfg.generated.share <= 1.0:
+                raise ValueError(f"reward.generated.share must be in (0, 1], got {cfg.generated.share}")
+            self.pool = generated_pool(Path(run_dir or ".") / "generated.pt", world, cfg.generated, seed, quiet)
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
         g = self.data.generator
 
+        n_gen = round(self.cfg.batch_size * self.cfg.generated.share) if self.pool is not None else 0
+
         def micro(_: int) -> torch.Tensor:
-            batch = make_pairs(self.world, "train", self.cfg.batch_size, g, self.cfg.tie_prob, tuple(self.cfg.axis_probs))
+            batch = make_pairs(self.world, "train", max(self.cfg.batch_size - n_gen, 1), g, self.cfg.tie_prob,
+                               tuple(self.cfg.axis_probs))
             ra, rb = self.model.raw_scores(batch.a, batch.prompts), self.model.raw_scores(batch.b, batch.prompts)
             losses = []
             for a in AXES:
                 mine = torch.tensor([x == a for x in batch.axis])
                 if mine.any():
                     losses.append(bt_ties_loss(ra[a][mine], rb[a][mine], batch.labels[a][mine], self.cfg.k).sum())
-            loss = torch.stack(losses).sum() / len(batch.axis)
+            if n_gen:  # generated pairs: a label on every axis, each axis weighted like one corrupted pair's
+                a, b, pa, pb, labels = generated_pairs(self.pool, n_gen, g, self.cfg.generated.cross_prompt)
+                ga, gb = self.model.raw_scores(a, pa), self.model.raw_scores(b, pb)
+                losses += [bt_ties_loss(ga[ax], gb[ax], labels[:, k], self.cfg.k).sum() / len(AXES)
+                           for k, ax in enumerate(AXES)]
+            loss = torch.stack(losses).sum() / (len(batch.axis) + n_gen)
             if self.cfg.attribute_loss:
                 logp = self.model.attribute_logprobs(self.model.video_features(batch.clean))
                 ce = torch.stack([F.nll_loss(lp, batch.attrs[:, i]) for i, lp in enumerate(logp)]).mean()
@@ -184,11 +346,12 @@ class RewardMethod(Method):
         return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
 
     def write_samples(self, step: int, folder: Path) -> dict[str, float]:
-        return pair_accuracy(self.model, self.world, self.cfg.eval_pairs)
+        out = pair_accuracy(self.model, self.world, self.cfg.eval_pairs)
+        return out | (generated_auc(self.model, self.pool) if self.pool is not None else {})
 
     def export(self, run_dir: Path) -> Path:
         self.model.calibrate(*calibration_set(self.world))
-        return save_weights(self.model, run_dir / "model.safetensors", "shapes_reward", self.cfg.model)
+        return save_weights(self.model, run_dir / "model.safetensors", "shapes_reward", self.model.cfg)
 
 
 # ---------------------------------------------------------------------- recipe
@@ -205,7 +368,7 @@ class TrainRewardConfig:
 
 
 def build(cfg: TrainRewardConfig, quiet: bool = False) -> RewardMethod:
-    return RewardMethod(cfg.reward, cfg.optim, ShapesWorld(cfg.world), cfg.train.seed)
+    return RewardMethod(cfg.reward, cfg.optim, ShapesWorld(cfg.world), cfg.train.seed, Path(cfg.out_dir), quiet)
 
 
 def run(cfg: TrainRewardConfig, quiet: bool = False) -> dict:
@@ -216,7 +379,8 @@ def run(cfg: TrainRewardConfig, quiet: bool = False) -> dict:
     trainer = Trainer(cfg.train, build(cfg), Path(cfg.out_dir), full_config=cfg, quiet=quiet)
     trainer.fit()
     rows = [r for r in read_metrics(cfg.out_dir) if "vq_accuracy" in r]
-    return {"is_main": trainer.is_main, "accuracy": {k: v for k, v in (rows[-1] if rows else {}).items() if "accuracy" in k}}
+    return {"is_main": trainer.is_main,
+            "accuracy": {k: v for k, v in (rows[-1] if rows else {}).items() if "accuracy" in k or "auc" in k}}
 
 
 RECIPES.register("train-reward", Recipe("train-reward", TrainRewardConfig, build, run))

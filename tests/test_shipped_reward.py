@@ -9,7 +9,7 @@ from rewards.corruptions import blur, wrong_attributes
 from genrl.worlds.shapes import ShapesWorld
 
 WORLD = ShapesWorld()
-SHIPPED = ["shapes-reward", "shapes-reward-b"]  # the training default and the held-out one (another seed)
+SHIPPED = ["shapes-reward", "shapes-reward-b", "shapes-reward-student"]  # training default, held-out (another seed), fine-tuned on student clips
 
 
 @pytest.mark.parametrize("weights", SHIPPED)
