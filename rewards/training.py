@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from genrl.config import check
 from genrl.methods.common import GeneratorState, OptimConfig, adamw
 from genrl.models.registry import load_model, save_weights
 from genrl.progress import track
@@ -132,13 +133,13 @@ class GeneratedPairsConfig:
     generators: list[str] = field(default_factory=list)
     """Models whose clips make the pairs (built-in names, files or run folders), e.g. the students a
     Stream-R1 run will start from and become."""
-    prompts: int = 1024
+    prompts: int = check(1024, ">=1")
     """Train-split prompts; each gets ``seeds`` clips from every generator."""
-    seeds: int = 2
+    seeds: int = check(2, ">=1")
     """Clips per prompt and generator (different noise)."""
-    share: float = 0.5
+    share: float = check(0.5, "(0, 1]")
     """Fraction of each batch's pairs drawn from generated clips (the rest: corrupted real clips)."""
-    cross_prompt: float = 0.5
+    cross_prompt: float = check(0.5, "[0, 1]")
     """Share of generated pairs whose two clips come from different prompts: these teach the heads one
     scale across prompts, which exp(beta * r) weights over a batch of different prompts rely on (pairs
     of one prompt only teach the order within it)."""
@@ -161,7 +162,9 @@ def generated_pool(path: Path, world: ShapesWorld, cfg: GeneratedPairsConfig, se
     jobs = [(name, k, lo) for name in cfg.generators for k in range(cfg.seeds) for lo in range(0, len(captions), 64)]
     models: dict = {}
     for name, k, lo in track(jobs, len(jobs), "generated clips", quiet):
-        model = models.setdefault(name, load_model(name).eval())
+        if name not in models:
+            models[name] = load_model(name).eval()
+        model = models[name]
         caps = captions[lo : lo + 64]
         clip = generate(model, caps, world.cfg.frames, SamplingConfig(), seed=seed * 7919 + 1009 * k + lo).videos.clamp(0, 1)
         videos.append((clip * 255).round().to(torch.uint8))
@@ -307,8 +310,6 @@ class RewardMethod(Method):
         self.data = GeneratorState(seed)
         self.pool = None
         if cfg.generated.generators:
-            if not 0.0 < cfg.generated.share <= 1.0:
-                raise ValueError(f"reward.generated.share must be in (0, 1], got {cfg.generated.share}")
             self.pool = generated_pool(Path(run_dir or ".") / "generated.pt", world, cfg.generated, seed, quiet)
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:

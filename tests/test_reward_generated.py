@@ -105,11 +105,12 @@ def test_a_step_with_generated_pairs_adds_their_loss_on_every_axis(monkeypatch):
     assert generated > 0
 
 
-def test_share_outside_its_range_is_refused():
-    gen = T.GeneratedPairsConfig(generators=["stand-in"], share=0.0)
-    cfg = T.RewardMethodConfig(model=ShapesRewardConfig(width=8, dim=16), generated=gen)
-    with pytest.raises(ValueError, match="share"):
-        T.RewardMethod(cfg, OptimConfig(), ShapesWorld(WorldConfig(frames=4)), 0)
+def test_share_outside_its_range_is_one_line_exit_2(run_cli, tmp_path):
+    code, _, err = run_cli("train-reward", "--config", "configs/reward_student_clips.yaml", f"out_dir={tmp_path}/r",
+                           "reward.generated.share=2", "--quiet")
+    assert code == 2 and "reward.generated.share" in err and "(0, 1]" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # refused before any work
 
 
 def test_init_starts_from_the_named_weights_and_exports_their_architecture(tmp_path):

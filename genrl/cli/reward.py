@@ -20,9 +20,16 @@ def train_reward(cfg, quiet: bool):
     graded severities with ties. Held-out pair accuracy per axis goes to
     metrics.jsonl at every sample step and at the end.
 
+    With reward.generated.generators set, part of every batch are pairs of
+    the generators' own clips graded by the attribute probe (how many frames
+    hold one coherent object, the named motion, the named looks), and
+    reward.init starts from trained weights; the pool's ranking AUCs are
+    logged next to the pair accuracies.
+
     \b
-    Example:
+    Examples:
       genrl train-reward --config configs/reward_shapes.yaml
+      genrl train-reward --config configs/reward_student_clips.yaml
     """
     summary = RECIPE.run(cfg, quiet)
     if summary["is_main"]:
