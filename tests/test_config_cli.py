@@ -182,3 +182,36 @@ def test_the_writability_probe_leaves_no_trace(tmp_path):
 
     assert writable_problem(tmp_path / "new" / "deeper") is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writability_probe_copes_with_another_process_making_or_removing_the_folder(tmp_path, monkeypatch):
+    """The processes of one `accelerate launch` check the same out_dir at once (a CI run failed on it)."""
+    from pathlib import Path
+
+    from genrl.cli import options
+
+    target = tmp_path / "run"
+    exists, write = Path.exists, Path.write_bytes
+    state = {"looked": False, "removed": False}
+
+    def made_meanwhile(self):  # the folder appears between the look and the mkdir
+        if self == target and not state["looked"]:
+            state["looked"] = True
+            target.mkdir()
+            return False
+        return exists(self)
+
+    monkeypatch.setattr(Path, "exists", made_meanwhile)
+    assert options.writable_problem(target) is None and target.is_dir()  # was "File exists"
+    target.rmdir()
+    monkeypatch.setattr(Path, "exists", exists)
+
+    def removed_meanwhile(self, data):  # the folder we made is removed by the other process before our probe
+        if not state["removed"]:
+            state["removed"] = True
+            target.rmdir()
+        return write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", removed_meanwhile)
+    assert options.writable_problem(target) is None and state["removed"]
+    assert list(tmp_path.iterdir()) == []

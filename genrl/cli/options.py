@@ -16,27 +16,36 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 
 def writable_problem(folder: Path) -> str | None:
     """Why files cannot be written in ``folder`` (created if need be), or None. Leaves no trace:
-    folders it had to create for the probe are removed again."""
+    folders it had to create for the probe are removed again. Safe when several processes of one
+    launch check the same folder at once: a folder another one made (or removed) meanwhile is no problem."""
     folder = Path(folder)
-    created = []
-    try:
-        for parent in [*reversed(folder.parents), folder]:
-            if not parent.exists():
-                parent.mkdir()
-                created.append(parent)
-            elif not parent.is_dir():
-                return f"{parent} is a file, not a folder"
-        probe = folder / f".genrl-write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        return e.strerror or str(e)
-    finally:
-        for p in reversed(created):
-            try:
-                p.rmdir()
-            except OSError:
-                pass
+    for attempt in range(3):
+        created = []
+        try:
+            for parent in [*reversed(folder.parents), folder]:
+                if not parent.exists():
+                    try:
+                        parent.mkdir()
+                        created.append(parent)
+                    except FileExistsError:  # another process made it between the look and the mkdir
+                        pass
+                if not parent.is_dir():
+                    return f"{parent} is a file, not a folder"
+            probe = folder / f".genrl-write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return None
+        except FileNotFoundError as e:  # another process removed a folder it had made for its own probe
+            if attempt == 2:
+                return e.strerror or str(e)
+        except OSError as e:
+            return e.strerror or str(e)
+        finally:
+            for p in reversed(created):
+                try:
+                    p.rmdir()
+                except OSError:  # not empty: another process's probe or run is in it
+                    pass
     return None
 
 
