@@ -200,8 +200,16 @@ def generated_pairs(pool: dict, n: int, g: torch.Generator, cross_prompt: float 
     labels = (sa > sb).float() - (sb > sa).float()
     a = pool["videos"][a_idx].float() / 255
     b = pool["videos"][b_idx].float() / 255
-    caption = [pool["captions"][int(i)] for i in pool["prompt"].tolist()]
-    return a, b, [caption[i] for i in a_idx], [caption[i] for i in b_idx], labels
+    prompts = [[pool["captions"][int(pool["prompt"][i])] for i in idx] for idx in (a_idx, b_idx)]
+    return a, b, *prompts, labels
+
+
+def _concordance(grade: torch.Tensor, value: torch.Tensor) -> tuple[float, int]:
+    """Over every pair of items with different ``grade``: how many the ``value`` orders the same way (a tie
+    in value counts half), and how many such pairs there are."""
+    better = grade[:, None] > grade[None, :]
+    agree = (value[:, None] > value[None, :]).float() + 0.5 * (value[:, None] == value[None, :]).float()
+    return float(agree[better].sum()), int(better.sum())
 
 
 @torch.no_grad()
@@ -209,8 +217,6 @@ def generated_auc(model: ShapesReward, pool: dict) -> dict[str, float]:
     """How well each head ranks the pool's clips by their probe grades: ``generated_{axis}_auc``, the share
     of differently graded clip pairs of one prompt that the head orders like the probe (ties in the head
     count half); ``generated_{axis}_auc_all``, the same over every pair of clips in the pool, any prompts."""
-    from genrl.stats import auc
-
     raw = {ax: [] for ax in AXES}
     for lo in range(0, len(pool["prompt"]), 128):
         clip = pool["videos"][lo : lo + 128].float() / 255
@@ -219,24 +225,11 @@ def generated_auc(model: ShapesReward, pool: dict) -> dict[str, float]:
             raw[ax].append(v)
     out = {}
     for k, ax in enumerate(AXES):
-        r, hit, total = torch.cat(raw[ax]), 0.0, 0
-        for i in pool["groups"]:
-            m = torch.nonzero(pool["prompt"] == i).flatten()
-            s, v = pool["scores"][m, k], r[m]
-            better = s[:, None] > s[None, :]
-            hit += float(((v[:, None] > v[None, :]).float() + 0.5 * (v[:, None] == v[None, :]).float())[better].sum())
-            total += int(better.sum())
-        out[f"generated_{ax}_auc"] = hit / max(total, 1)
-        grade = pool["scores"][:, k]
-        wins = ties = 0.0  # over all pairs: for each grade, its clips against every lower-graded clip
-        for level in grade.unique().tolist():
-            lower = grade < level
-            if lower.any():
-                pairs = auc(torch.cat((r[grade == level], r[lower])).tolist(),
-                            [True] * int((grade == level).sum()) + [False] * int(lower.sum()))
-                n = int((grade == level).sum()) * int(lower.sum())
-                wins, ties = wins + pairs * n, ties + n
-        out[f"generated_{ax}_auc_all"] = wins / max(ties, 1)
+        value, grade = torch.cat(raw[ax]), pool["scores"][:, k]
+        within = [_concordance(grade[m], value[m]) for m in (pool["prompt"] == i for i in pool["groups"])]
+        out[f"generated_{ax}_auc"] = sum(h for h, _ in within) / max(sum(n for _, n in within), 1)
+        hits, pairs = _concordance(grade, value)
+        out[f"generated_{ax}_auc_all"] = hits / max(pairs, 1)
     return out
 
 
