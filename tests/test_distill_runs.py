@@ -142,6 +142,22 @@ def test_sweep_runs_variants_by_seeds_and_tabulates_mean_and_spread(run_cli, tmp
     mean, lo, hi = summary["paired"]["full"]["vq"]
     assert summary["baseline"] == "dmd" and abs(mean - by_hand) < 1e-6 and lo <= mean <= hi
     assert "Paired difference to dmd" in out
+    # training diagnostics: plain DMD's weights are all 1 (effective batch = batch size), the full variant's
+    # figures are its metrics.jsonl's, and the AUC is the eval's for the training reward
+    diag = summary["diagnostics"]
+    assert diag["dmd"]["ess"] == [2.0, 0.0] and "saliency_on_object" not in diag["dmd"]
+    rows = [[json.loads(l) for l in (sw / "full" / f"seed_{s}" / "metrics.jsonl").read_text().splitlines()]
+            for s in (0, 1)]
+    ess = [sum(r["rollout_ess"] for r in rs if "rollout_ess" in r) / sum("rollout_ess" in r for r in rs) for rs in rows]
+    assert abs(diag["full"]["ess"][0] - sum(ess) / 2) < 1e-9 and 1.0 <= diag["full"]["ess"][0] < 2.0
+    sal = [next(r["saliency_on_object"] for r in rs if "saliency_on_object" in r) for rs in rows]
+    assert abs(diag["full"]["saliency_on_object"][0] - sum(sal) / 2) < 1e-9 and 0.0 <= sal[0] <= 1.0
+    aucs = [e["reward_probe_auc"][reward] for e in full]
+    if None in aucs:  # no AUC when every video of a run is probe-right or every one wrong: left out, not averaged
+        assert "reward_probe_auc" not in diag["full"]
+    else:
+        assert abs(diag["full"]["reward_probe_auc"][0] - sum(aucs) / 2) < 1e-9
+    assert "Training diagnostics" in out and "| full |" in out.split("Training diagnostics")[1]
     # the two variants differ only in the weighting, so their students differ after a step
     a = load_file(str(sw / "dmd" / "seed_0" / "model.safetensors"))
     b = load_file(str(sw / "full" / "seed_0" / "model.safetensors"))
@@ -285,3 +301,20 @@ def test_dmd_regression_after_an_ode_init_stage_reuses_its_pairs(run_cli, tmp_pa
     row = [r for r in (json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r][0]
     assert row["regression_loss"] > 0
     assert (run / "ode_init" / "ode_pairs.pt").exists() and not (run / "ode_pairs.pt").exists()
+
+
+def test_sweep_diagnostics_by_hand(tmp_path):
+    from genrl.cli.sweep import diagnostics
+
+    ess = [8.0, 4.0, 6.0, 2.0, 5.0, 7.0, 3.0, 8.0]
+    rows = [{"step": 5 * (i + 1), "loss": 1.0, "rollout_ess": e} for i, e in enumerate(ess)]
+    rows[1] |= {"saliency_on_object": 0.2, "object_area": 0.05}
+    rows[5] |= {"saliency_on_object": 0.4, "object_area": 0.07}
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    d = diagnostics(tmp_path, {"reward_probe_auc": {"r": 0.625, "held": 0.7}}, "r")
+    assert d["ess"] == 43 / 8 and d["ess_min"] == 2.0
+    assert d["ess_first_quarter"] == 6.0 and d["ess_last_quarter"] == 5.5  # 8 rows: quarters of 2
+    assert abs(d["saliency_on_object"] - 0.3) < 1e-12 and abs(d["object_area"] - 0.06) < 1e-12
+    assert d["reward_probe_auc"] == 0.625
+    d = diagnostics(tmp_path, {"reward_probe_auc": {"r": None}}, "r")  # undefined AUC: left out
+    assert "reward_probe_auc" not in d and d["ess"] == 43 / 8

@@ -80,6 +80,28 @@ def step_seconds(run: Path) -> float | None:
     return per[len(per) // 2] if per else None
 
 
+def diagnostics(run: Path, report: dict, reward: str) -> dict[str, float]:
+    """What a run's weighting did, from its metrics.jsonl and eval.json: the effective batch of the rollout
+    weights (mean over the logged steps, the lowest, and the means of the first and last quarter of the
+    steps, so a drift over training shows), the share of the saliency mass on the object and the object's
+    share of the pixels (Intra runs only), and the AUC of the training reward's overall score for
+    probe-right over probe-wrong videos of the run's eval (how much the weights know about quality)."""
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    out: dict[str, float] = {}
+    ess = [r["rollout_ess"] for r in rows if "rollout_ess" in r]
+    if ess:
+        q = max(1, len(ess) // 4)
+        out |= {"ess": sum(ess) / len(ess), "ess_min": min(ess), "ess_first_quarter": sum(ess[:q]) / q,
+                "ess_last_quarter": sum(ess[-q:]) / q}
+    for key in ("saliency_on_object", "object_area"):
+        if vals := [r[key] for r in rows if key in r]:
+            out[key] = sum(vals) / len(vals)
+    auc = report.get("reward_probe_auc", {}).get(reward)
+    if auc is not None and not math.isnan(auc):
+        out["reward_probe_auc"] = auc
+    return out
+
+
 def _per_video(report: dict, rewards: list[str]) -> dict[str, list[float]]:
     """Per-video values of every metric of :func:`_metrics`, in the eval's video order."""
     pv = report["per_video"]
@@ -109,9 +131,14 @@ def paired(reports: dict[str, list[dict]], baseline: str, rewards: list[str], se
     return out
 
 
-def summarise(cfg: SweepConfig, reports: dict[str, list[dict]], steps: dict[str, list[float]]) -> dict:
+def summarise(cfg: SweepConfig, reports: dict[str, list[dict]], steps: dict[str, list[float]],
+              diags: dict[str, list[dict]] | None = None) -> dict:
     rewards = list(cfg.eval.rewards)
     table = {}
+    diag_table = {}
+    for variant, rows in (diags or {}).items():
+        keys = [k for k in rows[0] if all(k in r for r in rows)] if rows else []
+        diag_table[variant] = {k: _mean_std([r[k] for r in rows]) for k in keys}
     for variant, reps in reports.items():
         per_seed = [_metrics(r, rewards) for r in reps]
         table[variant] = {k: _mean_std([m[k] for m in per_seed]) for k in per_seed[0]}
@@ -119,7 +146,7 @@ def summarise(cfg: SweepConfig, reports: dict[str, list[dict]], steps: dict[str,
             table[variant]["step_seconds"] = _mean_std(steps[variant])
     baseline = cfg.eval.baseline or next(iter(reports))
     return {"seeds": list(cfg.seeds), "sampling_seeds": list(cfg.eval.seeds), "rewards": rewards, "variants": table,
-            "baseline": baseline, "paired": paired(reports, baseline, rewards)}
+            "baseline": baseline, "paired": paired(reports, baseline, rewards), "diagnostics": diag_table}
 
 
 def write_results(cfg: SweepConfig, summary: dict, out: Path) -> None:
@@ -141,6 +168,16 @@ def write_results(cfg: SweepConfig, summary: dict, out: Path) -> None:
                   "| variant | " + " | ".join(pkeys) + " |", "|---" * (len(pkeys) + 1) + "|"]
         for v, row in summary["paired"].items():
             lines.append(f"| {v} | " + " | ".join(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in (row[k] for k in pkeys)) + " |")
+    if diag := summary.get("diagnostics"):
+        dkeys = list(dict.fromkeys(k for row in diag.values() for k in row))
+        lines += ["", "Training diagnostics (mean ± std over seeds): effective batch of the exp(beta r) rollout weights "
+                  "(ess: mean over logged steps, its lowest, first and last quarter of training), saliency share on the "
+                  f"object and the object's pixel share, and the AUC of {summary['rewards'][0]} for probe-right over "
+                  "probe-wrong eval videos:", "",
+                  "| variant | " + " | ".join(dkeys) + " |", "|---" * (len(dkeys) + 1) + "|"]
+        for v, row in diag.items():
+            lines.append(f"| {v} | " + " | ".join(f"{row[k][0]:.3f} ± {row[k][1]:.3f}" if k in row else "-"
+                                                   for k in dkeys) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     csv = ["variant," + ",".join(f"{k}_mean,{k}_std" for k in keys)]
     csv += [f"{v}," + ",".join(f"{row[k][0]:.6g},{row[k][1]:.6g}" for k in keys) for v, row in variants.items()]
@@ -178,7 +215,7 @@ def sweep(cfg: SweepConfig, quiet: bool):
     re-run after an interruption. Results: {out_dir}/results.{md,json,csv,png}.
 
     \b
-    Example (plain DMD vs Inter-only vs Intra-only vs Stream-R1, 3 seeds):
+    Example (plain DMD vs Inter-only vs Intra-only vs Stream-R1, 5 training seeds):
       genrl sweep --config configs/experiments/stream_r1_ablation.yaml
     """
     from ..config import load_config
@@ -199,6 +236,7 @@ def sweep(cfg: SweepConfig, quiet: bool):
     plan = [(v, s) for s in cfg.seeds for v in cfg.variants]  # seed-major: a cut-short sweep stays paired
     reports: dict[str, list[dict]] = {v: [] for v in cfg.variants}
     steps: dict[str, list[float]] = {v: [] for v in cfg.variants}
+    diags: dict[str, list[dict]] = {v: [] for v in cfg.variants}
     for i, (variant, seed) in enumerate(plan, 1):
         run = out / variant / f"seed_{seed}"
         report_path = run / "eval.json"
@@ -212,8 +250,9 @@ def sweep(cfg: SweepConfig, quiet: bool):
             click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: prompt_accuracy={report['prompt_accuracy']:.4f} "
                        f"({time.time() - t0:.0f} s)", err=True)
         reports[variant].append(json.loads(report_path.read_text()))
+        diags[variant].append(diagnostics(run, reports[variant][-1], cfg.eval.rewards[0]))
         if (sec := step_seconds(run)) is not None:
             steps[variant].append(sec)
-    summary = summarise(cfg, reports, steps)
+    summary = summarise(cfg, reports, steps, diags)
     write_results(cfg, summary, out)
     click.echo((out / "results.md").read_text(), nl=False)
