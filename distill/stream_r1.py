@@ -131,6 +131,9 @@ class StreamR1Config:
 
     beta: float = check(2.0, "[-20, 20]")
     """Inter-Reliability strength: rollout weight exp(beta * r). 0 = off."""
+    beta_warmup: int = check(0, ">=0")
+    """Generator steps over which beta ramps linearly from 0 (step 1: every rollout weighs 1, as in plain DMD)
+    to its value (reached at step beta_warmup + 1); 0 = the full beta from the first step."""
     lam: float = check(0.5, ">=0")
     """Weight of the axis-balance penalty in r."""
     window: int = check(50, ">=1")
@@ -176,6 +179,16 @@ class StreamR1Method(DMDMethod):
         extra = {"calibrate_on": sr1.reward_calibration} if sr1.reward_calibration else {}
         self.reward = build_reward(sr1.reward, weights=sr1.reward_weights, **extra).eval().requires_grad_(False)
         self.history: deque[list[float]] = deque(maxlen=sr1.window)
+        self.step = 1  # the generator step being taken (set by train_step; the trainer counts from 1)
+
+    def current_beta(self) -> float:
+        """beta at this step: ramped linearly from 0 over the first ``beta_warmup`` steps."""
+        n = self.sr1.beta_warmup
+        return self.sr1.beta * min(1.0, (self.step - 1) / n) if n else self.sr1.beta
+
+    def train_step(self, step: int, ctx):
+        self.step = step
+        return super().train_step(step, ctx)
 
     def loss_weights(self, x: torch.Tensor, prompts: list[str]):
         cfg = self.sr1
@@ -191,11 +204,12 @@ class StreamR1Method(DMDMethod):
         history = torch.tensor(list(self.history)).reshape(-1, z.shape[1])  # (T, M) in float32; T = 0 at first
         r = combined_reward(z, history, cfg.lam, cfg.balance_warmup)
         self.history.append(z.mean(0).tolist())
-        raw_w = rollout_weights(r, cfg.beta)
+        beta = self.current_beta()
+        raw_w = rollout_weights(r, beta)
         rw = raw_w.clamp_max(cfg.max_weight)
         metrics = {f"reward_{a}": float(z[:, i].mean()) for i, a in enumerate(cfg.axes)}
-        metrics.update(reward_r=float(r.mean()), rollout_weight_max=float(rw.max()), rollout_weight_min=float(rw.min()),
-                       rollout_ess=effective_sample_size(rw),
+        metrics.update(reward_r=float(r.mean()), rollout_beta=beta, rollout_weight_max=float(rw.max()),
+                       rollout_weight_min=float(rw.min()), rollout_ess=effective_sample_size(rw),
                        rollout_weights_clamped=float((raw_w > cfg.max_weight).float().mean()))  # share hitting max_weight
         W = None
         if sal is not None:

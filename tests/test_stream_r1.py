@@ -202,6 +202,25 @@ def test_loss_weights_without_saliency_use_the_reward_call_and_report_the_rollou
     assert torch.isfinite(dmd_loss(x, torch.ones_like(x), W, rw))
 
 
+def test_beta_warmup_ramps_the_rollout_weights_from_plain_dmd(tmp_path):
+    m = _method(tmp_path, intra=False, beta=2.0, lam=0.0, beta_warmup=4)
+    table = {"p0": [0.3, 0.3, 0.3], "p1": [-0.6, 0.0, 0.0]}
+    m.reward = _FixedReward(table)
+    x = torch.randn(2, 6, *m.student.latent_shape(1, 6)[2:], generator=torch.Generator().manual_seed(0))
+    r = torch.tensor([0.3, -0.2])
+    for step, beta in [(1, 0.0), (2, 0.5), (3, 1.0), (5, 2.0), (40, 2.0)]:  # (step - 1) / 4 of beta, then beta
+        m.step = step
+        _, rw, metrics = m.loss_weights(x, ["p0", "p1"])
+        assert metrics["rollout_beta"] == pytest.approx(beta) and torch.allclose(rw, torch.exp(beta * r), atol=1e-6)
+    assert m.current_beta() == 2.0 and _method(tmp_path, beta=2.0).current_beta() == 2.0  # no warm-up: full at step 1
+    # the trainer's step number reaches the weights through train_step
+    from test_method_steps import _Recording
+
+    m = _method(tmp_path, intra=False, beta=2.0, beta_warmup=4)
+    assert m.train_step(1, _Recording())["rollout_beta"] == 0.0 and m.train_step(3, _Recording())["rollout_beta"] == 1.0
+    assert m.train_step(1, _Recording())["rollout_ess"] == pytest.approx(2.0)  # beta 0: equal weights, full batch
+
+
 def test_loss_weights_with_saliency_give_mean_one_maps_and_per_frame_metrics(tmp_path):
     m = _method(tmp_path, beta=1.0, lam=0.5, balance_warmup=2)
     table = {"p0": [0.2, -0.1, 0.4], "p1": [1.0, 0.5, -0.3]}
