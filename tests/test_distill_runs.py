@@ -305,16 +305,17 @@ def test_dmd_regression_after_an_ode_init_stage_reuses_its_pairs(run_cli, tmp_pa
 
 def test_sweep_diagnostics_by_hand(tmp_path):
     from genrl.cli.sweep import diagnostics
+    from genrl.train.trainer import read_metrics
 
     ess = [8.0, 4.0, 6.0, 2.0, 5.0, 7.0, 3.0, 8.0]
     rows = [{"step": 5 * (i + 1), "loss": 1.0, "rollout_ess": e} for i, e in enumerate(ess)]
     rows[1] |= {"saliency_on_object": 0.2, "object_area": 0.05}
     rows[5] |= {"saliency_on_object": 0.4, "object_area": 0.07}
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    d = diagnostics(tmp_path, {"reward_probe_auc": {"r": 0.625, "held": 0.7}}, "r")
+    d = diagnostics(read_metrics(tmp_path), {"reward_probe_auc": {"r": 0.625, "held": 0.7}}, "r")
     assert d["ess"] == 43 / 8 and d["ess_min"] == 2.0
     assert d["ess_first_quarter"] == 6.0 and d["ess_last_quarter"] == 5.5  # 8 rows: quarters of 2
     assert abs(d["saliency_on_object"] - 0.3) < 1e-12 and abs(d["object_area"] - 0.06) < 1e-12
     assert d["reward_probe_auc"] == 0.625
-    d = diagnostics(tmp_path, {"reward_probe_auc": {"r": None}}, "r")  # undefined AUC: left out
+    d = diagnostics(read_metrics(tmp_path), {"reward_probe_auc": {"r": None}}, "r")  # undefined AUC: left out
     assert "reward_probe_auc" not in d and d["ess"] == 43 / 8

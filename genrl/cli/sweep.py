@@ -72,21 +72,19 @@ def _metrics(report: dict, rewards: list[str]) -> dict[str, float]:
     return out
 
 
-def step_seconds(run: Path) -> float | None:
-    """Median wall time of a generator step in a run's metrics (the time column is cumulative)."""
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+def step_seconds(rows: list[dict]) -> float | None:
+    """Median wall time of a generator step in a run's metrics rows (the time column is cumulative)."""
     pts = [(r["step"], r["time"]) for r in rows if "loss" in r and "time" in r]
     per = sorted((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(pts, pts[1:]) if s1 > s0 and t1 > t0)
     return per[len(per) // 2] if per else None
 
 
-def diagnostics(run: Path, report: dict, reward: str) -> dict[str, float]:
-    """What a run's weighting did, from its metrics.jsonl and eval.json: the effective batch of the rollout
+def diagnostics(rows: list[dict], report: dict, reward: str) -> dict[str, float]:
+    """What a run's weighting did, from its metrics rows and eval report: the effective batch of the rollout
     weights (mean over the logged steps, the lowest, and the means of the first and last quarter of the
     steps, so a drift over training shows), the share of the saliency mass on the object and the object's
     share of the pixels (Intra runs only), and the AUC of the training reward's overall score for
     probe-right over probe-wrong videos of the run's eval (how much the weights know about quality)."""
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
     out: dict[str, float] = {}
     ess = [r["rollout_ess"] for r in rows if "rollout_ess" in r]
     if ess:
@@ -96,8 +94,7 @@ def diagnostics(run: Path, report: dict, reward: str) -> dict[str, float]:
     for key in ("saliency_on_object", "object_area"):
         if vals := [r[key] for r in rows if key in r]:
             out[key] = sum(vals) / len(vals)
-    auc = report.get("reward_probe_auc", {}).get(reward)
-    if auc is not None and not math.isnan(auc):
+    if (auc := report.get("reward_probe_auc", {}).get(reward)) is not None:  # None: one class only
         out["reward_probe_auc"] = auc
     return out
 
@@ -221,6 +218,7 @@ def sweep(cfg: SweepConfig, quiet: bool):
     from ..config import load_config
     from ..evaluation import evaluate_run
     from ..registry import RECIPES
+    from ..train.trainer import read_metrics
 
     recipe = RECIPES.get("distill")
 
@@ -250,8 +248,9 @@ def sweep(cfg: SweepConfig, quiet: bool):
             click.echo(f"[{i}/{len(plan)}] {variant} seed {seed}: prompt_accuracy={report['prompt_accuracy']:.4f} "
                        f"({time.time() - t0:.0f} s)", err=True)
         reports[variant].append(json.loads(report_path.read_text()))
-        diags[variant].append(diagnostics(run, reports[variant][-1], cfg.eval.rewards[0]))
-        if (sec := step_seconds(run)) is not None:
+        rows = read_metrics(run)
+        diags[variant].append(diagnostics(rows, reports[variant][-1], cfg.eval.rewards[0]))
+        if (sec := step_seconds(rows)) is not None:
             steps[variant].append(sec)
     summary = summarise(cfg, reports, steps, diags)
     write_results(cfg, summary, out)
