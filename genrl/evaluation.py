@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .generation import SamplingConfig, generate, is_streaming
+from .generation import SamplingConfig, generate, is_streaming, streaming_timesteps
 from .models.video_model import VideoModel
 from .progress import progress_bar
 from .errors import UsageError
@@ -152,10 +152,18 @@ def evaluate(gen: VideoModel, split: str = "test", num: int = 128, batch: int = 
         "seconds": round(time.time() - start, 2),
         "frames_per_second": round(num * frames / gen_seconds, 2),
         "nfe_per_frame": nfe,
-        "steps": sampling.steps,
-        "guidance": sampling.guidance,
+        **sampling_record(gen, sampling),
         "seed": seed,
     }
+
+
+def sampling_record(gen: VideoModel, sampling: SamplingConfig) -> dict:
+    """The sampling settings a report was made with, as the model ran them: a streaming student's
+    per-chunk timesteps (it samples without CFG: guidance None), or a teacher's Euler steps and CFG."""
+    if is_streaming(gen):
+        timesteps = streaming_timesteps(gen, sampling)
+        return {"steps": len(timesteps), "timesteps": timesteps, "guidance": None}
+    return {"steps": sampling.steps, "guidance": sampling.guidance}
 
 
 def motion_summary(jerks: list[float | None], across: list[float], inside: list[float]) -> dict:

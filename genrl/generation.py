@@ -17,12 +17,31 @@ from .models.video_model import VideoModel
 
 @dataclass
 class SamplingConfig:
-    """How to sample a bidirectional model."""
+    """How to sample: ``steps`` and ``guidance`` for a bidirectional model, ``student_steps`` for a
+    streaming student (which samples without CFG: its teacher's guidance is distilled into it)."""
 
     steps: int = 50
     """Euler steps over the shifted schedule."""
     guidance: float = 4.0
     """Classifier-free guidance scale (1 = off)."""
+    student_steps: int | None = None
+    """A streaming student's denoising steps per chunk: None keeps the schedule it was trained with;
+    N runs N evenly spaced timesteps from 1000 down (N = 4 is [1000, 750, 500, 250])."""
+
+
+def student_timesteps(n: int) -> list[float]:
+    """N evenly spaced timesteps from 1000 down: the few-step schedule of Self-Forcing-style students
+    (4 steps: [1000, 750, 500, 250])."""
+    if n < 1:
+        raise ValueError(f"student steps must be >= 1, got {n}")
+    return [1000.0 * (n - i) / n for i in range(n)]
+
+
+def streaming_timesteps(model: VideoModel, sampling: SamplingConfig) -> list[float]:
+    """The timesteps a streaming student runs for each chunk under ``sampling``."""
+    if sampling.student_steps is None:
+        return [float(t) for t in model.cfg.streaming.timesteps]
+    return student_timesteps(sampling.student_steps)
 
 
 @dataclass
@@ -42,7 +61,7 @@ def nfe_per_frame(model: VideoModel, sampling: SamplingConfig) -> float:
     """Teacher: steps x (2 with CFG). Student: its few steps + the cache refresh pass (a long stream's
     rate; a video's last chunk skips its refresh, which no later chunk would read)."""
     if is_streaming(model):
-        return float(len(model.cfg.streaming.timesteps) + 1)
+        return float(len(streaming_timesteps(model, sampling)) + 1)
     return float(sampling.steps * (2 if sampling.guidance != 1.0 else 1))
 
 
@@ -54,9 +73,10 @@ def generate(model: VideoModel, prompts: list[str], frames: int, sampling: Sampl
     start = time.perf_counter()
     prompts = model.prepare_prompts(prompts, seed + 104_729)  # open attributes: their own stream
     latent_frames = model.latent_frames(frames)
+    timesteps = streaming_timesteps(model, sampling) if is_streaming(model) else None
     if is_streaming(model) and model.chunk_decodable:
         chunks, done = [], 0
-        for lat in model.stream(prompts, latent_frames, g):
+        for lat in model.stream(prompts, latent_frames, g, timesteps=timesteps):
             pixels = model.decode(lat)
             if on_chunk is not None:
                 on_chunk(done, pixels)
@@ -65,7 +85,7 @@ def generate(model: VideoModel, prompts: list[str], frames: int, sampling: Sampl
         videos = torch.cat(chunks, dim=1)[:, :frames]
     else:  # a teacher, or a student whose VAE decodes the whole latent video at once
         if is_streaming(model):
-            latents = torch.cat(list(model.stream(prompts, latent_frames, g)), dim=1)
+            latents = torch.cat(list(model.stream(prompts, latent_frames, g, timesteps=timesteps)), dim=1)
         else:
             latents = model.sample(prompts, latent_frames, sampling.steps, sampling.guidance, g)
         videos = model.decode(latents)[:, :frames]

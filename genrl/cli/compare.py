@@ -10,8 +10,9 @@ import click
 from ..errors import UsageError
 from .options import output_file
 
-PAIRING = ("split", "num_videos", "frames", "prompts", "seed", "steps", "guidance")
-"""What two eval files must share to be compared video for video."""
+PAIRING = ("split", "num_videos", "frames", "prompts", "seed")
+"""What two eval files must share to be compared video for video: the same prompts at the same sampling
+seed. Steps and guidance may differ: they are part of what is compared (a student against its teacher)."""
 QA_PAIRING = ("split", "num", "hallucination", "types", "background", "task", "chunk_frames")
 """What two `--task qa` eval files must share to be compared question for question."""
 
@@ -70,14 +71,15 @@ def compare_reports(baseline: list[dict], candidate: list[dict], seed: int = 0) 
         for k in QA_PAIRING if "per_item" in a else PAIRING:
             if a.get(k) != b.get(k):
                 raise UsageError(f"pair {i + 1}: '{k}' differs ({a.get(k)!r} vs {b.get(k)!r}); videos can only be "
-                                 "paired when prompts, seeds and sampling settings are the same")
+                                 "paired when prompts and sampling seeds are the same")
         pa, pb = per_video(a), per_video(b)
         for k in pa:
             if k in pb:
                 both = [(x, y) for x, y in zip(pa[k], pb[k]) if x is not None and y is not None]
                 base.setdefault(k, []).extend(x for x, _ in both)
                 cand.setdefault(k, []).extend(y for _, y in both)
-    return {k: paired_bootstrap(torch.tensor(cand[k]) - torch.tensor(base[k]), seed=seed) for k in base}
+    # a metric no pair of videos has on both sides (motion jerk where the probe read no motion) has no difference
+    return {k: paired_bootstrap(torch.tensor(cand[k]) - torch.tensor(base[k]), seed=seed) for k in base if base[k]}
 
 
 def _masked(report: dict, keep: list[bool]) -> dict:

@@ -18,9 +18,26 @@ def model_options(fn):
 
 
 def sampling_options(fn):
-    fn = click.option("--guidance", type=click.FloatRange(0, 50), default=4.0, show_default=True, help="CFG scale (1 = off).")(fn)
-    fn = click.option("--steps", type=click.IntRange(1, 1000), default=50, show_default=True, help="Denoising steps.")(fn)
+    fn = click.option("--guidance", type=click.FloatRange(0, 50), default=None,
+                      help="CFG scale of a teacher (1 = off; default 4). Streaming students sample without CFG: "
+                           "their teacher's guidance is distilled in.")(fn)
+    fn = click.option("--steps", type=click.IntRange(1, 1000), default=None,
+                      help="Denoising steps: a teacher's Euler steps (default 50), or a streaming student's steps "
+                           "per chunk, N evenly spaced timesteps from 1000 down (default: the schedule it was "
+                           "trained with, e.g. 4 = [1000, 750, 500, 250]).")(fn)
     return click.option("--frames", type=click.IntRange(1, 4096), default=None, help="Frames to generate (default: training length).")(fn)
+
+
+def sampling_config(gen, steps: int | None, guidance: float | None):
+    """The SamplingConfig --steps and --guidance ask for, as ``gen`` reads them (see `sampling_options`)."""
+    from ..generation import SamplingConfig, is_streaming
+
+    if is_streaming(gen):
+        if guidance is not None:
+            raise UsageError("--guidance is for teachers: a streaming student samples without CFG (its teacher's "
+                             "guidance is distilled in); --steps sets its denoising steps per chunk")
+        return SamplingConfig(student_steps=steps)
+    return SamplingConfig(50 if steps is None else steps, 4.0 if guidance is None else guidance)
 
 
 def load_generator(model: str | None, checkpoint: str | None, kind: str = "video_model", height=None, width=None):
@@ -69,7 +86,7 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out
     """
     import torch
 
-    from ..generation import SamplingConfig, generate
+    from ..generation import generate
     from ..io.grid import captioned_grid
     from ..io.video import upscale, write_video
 
@@ -81,7 +98,7 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, out
     frames = frames or (gen.pixel_frames(21) if not gen.chunk_decodable else WorldConfig().frames)
     torch.manual_seed(seed)
     on_chunk = _png_writer(Path(frames_dir), scale) if frames_dir else None
-    result = generate(gen, prompts, frames, SamplingConfig(steps, guidance), seed, on_chunk)
+    result = generate(gen, prompts, frames, sampling_config(gen, steps, guidance), seed, on_chunk)
     if len(prompts) == 1:
         write_video(out, upscale(result.videos[0], scale), fps=6)
     else:
@@ -169,6 +186,9 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
       genrl eval --task qa --checkpoint runs/progress --num 512 --types progress
       genrl eval --task stream --checkpoint runs/sft_stream --num 512 --out stream.json
     """
+    if task != "video" and (steps is not None or guidance is not None or frames is not None):
+        raise UsageError(f"{'--steps' if steps is not None else '--guidance' if guidance is not None else '--frames'} "
+                         f"is for --task video (generators); --task {task} asks a video-language model questions")
     if task == "qa":
         return _evaluate_qa(model, checkpoint, split, num, batch, out, quiet, hallucination, types)
     if task == "stream":
@@ -178,12 +198,12 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
     if hallucination or types:
         raise UsageError(f"{'--hallucination' if hallucination else '--types'} is for --task qa")
     from ..evaluation import evaluate as run_eval
-    from ..generation import SamplingConfig
 
     gen = load_generator(model, checkpoint)
+    sampling = sampling_config(gen, steps, guidance)
     rewards = [] if "none" in rewards else list(rewards)
     report = {"model": model or checkpoint,
-              **run_eval(gen, split, num, batch, frames, SamplingConfig(steps, guidance), rewards, seed, quiet, prompt_style)}
+              **run_eval(gen, split, num, batch, frames, sampling, rewards, seed, quiet, prompt_style)}
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
     click.echo(

@@ -123,8 +123,10 @@ class FlowVideoModel(nn.Module):
         st = self.cfg.streaming
         return self.dit.new_cache(self.latent_hw, st.local_frames, st.sink_frames)
 
-    def streaming_sigmas(self) -> list[float]:
-        return fm.sigmas_from_timesteps(list(self.cfg.streaming.timesteps), self.cfg.shift).tolist()
+    def streaming_sigmas(self, timesteps: list[float] | None = None) -> list[float]:
+        """Shifted noise levels of the few-step schedule (the model's own, or ``timesteps``), ending at 0."""
+        steps = self.cfg.streaming.timesteps if timesteps is None else timesteps
+        return fm.sigmas_from_timesteps(list(steps), self.cfg.shift).tolist()
 
     def predict_x0_streaming(self, xt: torch.Tensor, sigma: float, text, cache: KVCache) -> torch.Tensor:
         """x0-prediction for one chunk against the cache (reads it, does not write it)."""
@@ -151,16 +153,17 @@ class FlowVideoModel(nn.Module):
                 cache.writing = False
 
     @torch.no_grad()
-    def stream(self, prompts: list[str], frames: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None):
+    def stream(self, prompts: list[str], frames: int, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None, timesteps: list[float] | None = None):
         """Generate chunk by chunk; yields each finished chunk's latents (B, chunk, C, h, w).
 
         Each chunk runs the few-step schedule (predict x0, re-noise to the next level with
         fresh noise), then is written into the rolling KV cache for the chunks after it (the
-        last chunk is not: nothing reads it).
+        last chunk is not: nothing reads it). ``timesteps`` replaces the trained schedule.
         """
         text = self.encode_text(prompts)
         cache = self.new_cache()
-        sigmas = self.streaming_sigmas()
+        sigmas = self.streaming_sigmas(timesteps)
         chunk = self.cfg.dit.chunk_frames
         noise = noise if noise is not None else torch.randn(self.latent_shape(len(prompts), frames), generator=generator)
         noise = noise.to(self.device)

@@ -1,0 +1,73 @@
+"""A streaming student's denoising steps per chunk: `--steps` for students, what eval records, how compare pairs."""
+
+import json
+
+import pytest
+import torch
+
+from genrl.generation import SamplingConfig, generate, nfe_per_frame, student_timesteps
+from genrl.models.registry import load_model
+
+CAPTION = "a large red circle moving left slowly on a dark background"
+
+
+def test_student_timesteps_are_evenly_spaced_and_four_is_the_trained_schedule():
+    assert student_timesteps(4) == [1000.0, 750.0, 500.0, 250.0]
+    assert student_timesteps(1) == [1000.0]
+    assert student_timesteps(8)[1] == 875.0 and len(student_timesteps(8)) == 8
+    with pytest.raises(ValueError):
+        student_timesteps(0)
+    student = load_model("shapes-student-dmd")
+    assert [float(t) for t in student.cfg.streaming.timesteps] == student_timesteps(4)
+    # the trained schedule asked for by number gives the same pixels as asking for nothing
+    a = generate(student, [CAPTION], 6, SamplingConfig(), seed=5).videos
+    b = generate(student, [CAPTION], 6, SamplingConfig(student_steps=4), seed=5).videos
+    assert torch.equal(a, b)
+
+
+def test_student_steps_run_that_many_predictions_per_chunk_at_the_shifted_levels(monkeypatch):
+    student = load_model("shapes-student-dmd")
+    seen: list[float] = []
+    real = type(student).predict_x0_streaming
+
+    def spy(self, xt, sigma, text, cache):
+        seen.append(round(float(sigma), 6))
+        return real(self, xt, sigma, text, cache)
+
+    monkeypatch.setattr(type(student), "predict_x0_streaming", spy)
+    frames = student.pixel_frames(2 * student.cfg.dit.chunk_frames)  # two chunks
+    out = generate(student, [CAPTION], frames, SamplingConfig(student_steps=2), seed=0)
+    k = student.cfg.shift
+    by_hand = [1.0, round(k * 0.5 / (1 + (k - 1) * 0.5), 6)]  # t = 1000, 500 after the time shift
+    assert seen == by_hand * 2
+    assert out.nfe_per_frame == 3.0 and nfe_per_frame(student, SamplingConfig()) == 5.0
+
+
+def test_sample_and_eval_take_steps_for_a_student_and_refuse_guidance(run_cli, tmp_path):
+    code, out, err = run_cli("sample", "--model", "shapes-student-dmd", "--prompt", CAPTION, "--frames", "6",
+                             "--steps", "2", "--out", str(tmp_path / "x.gif"))
+    assert code == 0 and "3 NFE/frame" in out, err
+    code, _, err = run_cli("sample", "--model", "shapes-student-dmd", "--prompt", CAPTION, "--guidance", "3",
+                           "--out", str(tmp_path / "y.gif"))
+    assert code == 2 and "--guidance is for teachers" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("eval", "--model", "shapes-student-dmd", "--num", "2", "--frames", "6", "--steps", "2",
+                             "--reward", "none", "--out", str(tmp_path / "s.json"), "--quiet")
+    assert code == 0 and "nfe/frame=3" in out, err
+    rec = json.loads((tmp_path / "s.json").read_text())
+    assert rec["steps"] == 2 and rec["timesteps"] == [1000.0, 500.0] and rec["guidance"] is None
+    code, _, err = run_cli("eval", "--task", "qa", "--model", "shapes-vlm", "--steps", "3")
+    assert code == 2 and "--steps is for --task video" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_student_pairs_with_its_teacher_though_their_sampling_differs(run_cli, tmp_path):
+    """compare pairs on prompts and sampling seed; steps and guidance are part of what is compared."""
+    for name, model in (("t", "shapes-teacher"), ("s", "shapes-student-dmd")):
+        code, _, err = run_cli("eval", "--model", model, "--num", "2", "--frames", "3", "--steps", "2",
+                               "--reward", "none", "--out", str(tmp_path / f"{name}.json"), "--quiet")
+        assert code == 0, err
+    t, s = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ts")
+    assert (t["steps"], t["guidance"]) == (2, 4.0) and (s["steps"], s["guidance"]) == (2, None)
+    assert t["per_video"]["jerk"] == [None, None]  # 3 frames: too short for the probe to read motion
+    code, out, err = run_cli("compare", str(tmp_path / "t.json"), "--vs", str(tmp_path / "s.json"))
+    assert code == 0 and "over 2 paired videos" in out, err
+    assert "prompt_accuracy" in out and "motion_jerk" not in out  # no pair has a jerk: no row, no crash
