@@ -196,6 +196,12 @@ def test_bench_stream_reports_the_stable_keys(run_cli, tmp_path, assets):
     assert r["stream.nfe_ratio"] == 6 / 5  # 3 CFG steps (6 evaluations) vs 4 steps + the cache refresh
     raw = r["raw"]
     assert abs(r["stream.fps_ratio"] - raw["frames_per_second"]["student"] / raw["frames_per_second"]["teacher"]) < 1e-9
+    code, _, err = run_cli("bench", "stream", "--student", str(student), "--teacher", teacher, "--num", "2",
+                           "--rounds", "1", "--chunks", "2", "--teacher-steps", "3", "--student-steps", "2",
+                           "--json", str(out), "--quiet")
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    assert r["stream.nfe_ratio"] == 6 / 3 and r["raw"]["student_timesteps"] == [1000.0, 500.0]  # 2 steps + refresh
 
 
 def test_ode_init_with_teacher_forcing_on_real_clips_adds_its_loss(run_cli, tmp_path, assets):

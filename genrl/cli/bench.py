@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from .distill import DistillConfig, RECIPE as DISTILL
-from .options import config_command, output_file, quiet_option
+from .options import output_file, quiet_option
 from .qa import GRPOConfig
 
 json_option = click.option("--json", "json_path", type=output_file((".json",)), default=None,
@@ -87,11 +87,12 @@ def _write(report: dict, json_path) -> None:
 
 # --------------------------------------------------------------------- stream
 def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, chunks: list[int], steps: int,
-                  guidance: float, quiet: bool, frames: int = 0) -> dict:
-    """Student vs teacher on the same prompts and length, and the per-chunk latency of one long stream."""
+                  guidance: float, quiet: bool, frames: int = 0, student_steps: int | None = None) -> dict:
+    """Student vs teacher on the same prompts and length, and the per-chunk latency of one long stream.
+    ``student_steps``: the student's denoising steps per chunk (None: the schedule it was trained with)."""
     import torch
 
-    from ..generation import SamplingConfig, generate
+    from ..generation import SamplingConfig, generate, nfe_per_frame, streaming_timesteps
     from ..models.registry import load_model
     from ..worlds.shapes import ShapesWorld, WorldConfig
 
@@ -100,7 +101,8 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
         raise click.UsageError(f"{student_name} is not a streaming student")
     world = ShapesWorld(WorldConfig())
     prompts, frames = world.prompts("test", range(num)), frames or world.cfg.frames
-    sampling = SamplingConfig(steps, guidance)
+    sampling = SamplingConfig(steps, guidance, student_steps)
+    timesteps = streaming_timesteps(student, sampling)
     first: dict[str, float] = {}
 
     def run(model, name, decode):
@@ -114,7 +116,7 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
             if decode:
                 generate(model, prompts, frames, sampling, seed=0, on_chunk=mark)
             elif model.cfg.streaming.enabled:
-                for _ in model.stream(prompts, frames, torch.Generator().manual_seed(0)):
+                for _ in model.stream(prompts, frames, torch.Generator().manual_seed(0), timesteps=timesteps):
                     mark(0, None)
             else:
                 model.sample(prompts, frames, steps, guidance, torch.Generator().manual_seed(0))
@@ -136,9 +138,8 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
     times = alternate(fns, rounds, "stream", quiet)
     videos_frames = num * frames
     fps = {n: videos_frames / med(t) for n, t in times.items()}
-    nfe_student = float(len(student.cfg.streaming.timesteps) + 1)
-    nfe_teacher = float(steps * (2 if guidance != 1.0 else 1))
-    chunk_lat = chunk_latencies(student, max(chunks), chunks, rounds, quiet)
+    nfe_student, nfe_teacher = nfe_per_frame(student, sampling), nfe_per_frame(teacher, sampling)
+    chunk_lat = chunk_latencies(student, max(chunks), chunks, rounds, quiet, timesteps)
     c2, cmax = f"chunk{min(chunks)}", f"chunk{max(chunks)}"
     return {
         "stream.fps_ratio": fps["student"] / fps["teacher"],
@@ -154,11 +155,12 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
                 "chunk_seconds": {kind: {str(k): med(v) for k, v in d.items()} for kind, d in chunk_lat.items()},
                 "decode_chunk_seconds": med(chunk_lat["decode"][min(chunks)]),
                 "videos": num, "frames": frames, "student": student_name, "teacher": teacher_name,
-                "teacher_steps": steps, "teacher_guidance": guidance},
+                "teacher_steps": steps, "teacher_guidance": guidance, "student_timesteps": timesteps},
     }
 
 
-def chunk_latencies(student, n_chunks: int, at: list[int], rounds: int, quiet: bool) -> dict[str, dict[int, list[float]]]:
+def chunk_latencies(student, n_chunks: int, at: list[int], rounds: int, quiet: bool,
+                    timesteps: list[float] | None = None) -> dict[str, dict[int, list[float]]]:
     """Seconds to make chunk k (its denoising steps + the cache refresh) of one stream of ``n_chunks``
     chunks with the rolling KV cache, against recomputing every earlier frame at each step without one
     (block-causal forward over the whole history); and the decode of one chunk, apart."""
@@ -167,7 +169,7 @@ def chunk_latencies(student, n_chunks: int, at: list[int], rounds: int, quiet: b
     from .. import schedulers as fm
 
     chunk = student.cfg.dit.chunk_frames
-    sigmas = student.streaming_sigmas()
+    sigmas = student.streaming_sigmas(timesteps)
     out = {"cache": {k: [] for k in at}, "nocache": {k: [] for k in at}, "decode": {k: [] for k in at}}
     prompts = ["a small red square moving left slowly on a dark background"]
     with torch.no_grad():
@@ -222,10 +224,12 @@ def _no_cache_chunk(student, history: list, text, sigmas: list[float], g) -> Non
 @click.option("--chunks", default="2,8,32,64", callback=int_list, help="Chunks of one long stream whose latency is reported.")
 @click.option("--teacher-steps", type=click.IntRange(1, 1000), default=50, help="Teacher Euler steps.")
 @click.option("--guidance", type=click.FloatRange(1, 50), default=4.0, help="Teacher CFG scale.")
+@click.option("--student-steps", type=click.IntRange(1, 1000), default=None,
+              help="Student denoising steps per chunk, N evenly spaced timesteps (default: its trained schedule).")
 @click.option("--frames", type=click.IntRange(0, 4096), default=0, help="Frames of each video, the same for both (0 = the world's 9).")
 @json_option
 @quiet_option
-def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance, frames, json_path, quiet):
+def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance, student_steps, frames, json_path, quiet):
     """Streaming student vs the 50-step CFG teacher, and constant per-chunk cost of a long stream.
 
     Counted: generating the videos from noise, text encoding and decoding included
@@ -237,9 +241,10 @@ def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance,
     \b
     Example:
       genrl bench stream --student shapes-student-dmd --teacher shapes-teacher --json stream.json
+      genrl bench stream --student-steps 8      # the student at 8 steps per chunk instead of its trained 4
     """
     at = chunks
-    r = stream_report(student, teacher, num, rounds, at, teacher_steps, guidance, quiet, frames)
+    r = stream_report(student, teacher, num, rounds, at, teacher_steps, guidance, quiet, frames, student_steps)
     raw, lo, hi = r["raw"], min(at), max(at)
     click.echo("\n".join([
         "| what | student | teacher | student / teacher |", "|---|---|---|---|",
@@ -247,7 +252,7 @@ def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance,
         f"| frames/s, denoising only | {raw['frames_per_second']['student_nodecode']:.1f} | {raw['frames_per_second']['teacher_nodecode']:.2f} | {r['stream.fps_ratio_nodecode']:.1f}x |",
         f"| time to first frame (s) | {raw['first_frame_seconds']['student']:.3f} | {raw['first_frame_seconds']['teacher']:.3f} | {r['stream.first_frame_latency_ratio']:.1f}x sooner |",
         f"| NFE per frame | {raw['nfe_per_frame']['student']:g} | {raw['nfe_per_frame']['teacher']:g} | {r['stream.nfe_ratio']:.0f}x fewer |",
-        "", f"| chunk | " + " | ".join(str(k) for k in at) + f" | chunk {hi} / chunk {lo} |", "|---" * (len(at) + 2) + "|",
+        "", "| chunk | " + " | ".join(str(k) for k in at) + f" | chunk {hi} / chunk {lo} |", "|---" * (len(at) + 2) + "|",
         "| rolling KV cache (ms) | " + " | ".join(f"{raw['chunk_seconds']['cache'][str(k)] * 1e3:.1f}" for k in at)
         + f" | {r[f'stream.chunk{hi}_over_chunk{lo}']:.2f} |",
         "| no cache, history recomputed (ms) | " + " | ".join(f"{raw['chunk_seconds']['nocache'][str(k)] * 1e3:.1f}" for k in at)
