@@ -27,6 +27,9 @@ class SamplingConfig:
     student_steps: int | None = None
     """A streaming student's denoising steps per chunk: None keeps the schedule it was trained with;
     N runs N evenly spaced timesteps from 1000 down (N = 4 is [1000, 750, 500, 250])."""
+    first_chunk_steps: int | None = None
+    """The first chunk's steps, if other than the rest's: it has no cache to lean on, and a long stream
+    pays for it once (N evenly spaced timesteps, as ``student_steps``)."""
 
 
 def student_timesteps(n: int) -> list[float]:
@@ -38,10 +41,18 @@ def student_timesteps(n: int) -> list[float]:
 
 
 def streaming_timesteps(model: VideoModel, sampling: SamplingConfig) -> list[float]:
-    """The timesteps a streaming student runs for each chunk under ``sampling``."""
+    """The timesteps a streaming student runs for each chunk under ``sampling`` (the first: see
+    :func:`first_chunk_timesteps`)."""
     if sampling.student_steps is None:
         return [float(t) for t in model.cfg.streaming.timesteps]
     return student_timesteps(sampling.student_steps)
+
+
+def first_chunk_timesteps(model: VideoModel, sampling: SamplingConfig) -> list[float]:
+    """The timesteps of a streaming student's first chunk under ``sampling``."""
+    if sampling.first_chunk_steps is None:
+        return streaming_timesteps(model, sampling)
+    return student_timesteps(sampling.first_chunk_steps)
 
 
 @dataclass
@@ -59,7 +70,8 @@ def is_streaming(model: VideoModel) -> bool:
 
 def nfe_per_frame(model: VideoModel, sampling: SamplingConfig) -> float:
     """Teacher: steps x (2 with CFG). Student: its few steps + the cache refresh pass (a long stream's
-    rate; a video's last chunk skips its refresh, which no later chunk would read)."""
+    rate; a video's last chunk skips its refresh, which no later chunk would read, and a first chunk with
+    more steps is paid once)."""
     if is_streaming(model):
         return float(len(streaming_timesteps(model, sampling)) + 1)
     return float(sampling.steps * (2 if sampling.guidance != 1.0 else 1))
@@ -73,10 +85,12 @@ def generate(model: VideoModel, prompts: list[str], frames: int, sampling: Sampl
     start = time.perf_counter()
     prompts = model.prepare_prompts(prompts, seed + 104_729)  # open attributes: their own stream
     latent_frames = model.latent_frames(frames)
-    timesteps = streaming_timesteps(model, sampling) if is_streaming(model) else None
-    if is_streaming(model) and model.chunk_decodable:
+    streaming = is_streaming(model)
+    schedule = ({"timesteps": streaming_timesteps(model, sampling), "first_timesteps": first_chunk_timesteps(model, sampling)}
+                if streaming else {})
+    if streaming and model.chunk_decodable:
         chunks, done = [], 0
-        for lat in model.stream(prompts, latent_frames, g, timesteps=timesteps):
+        for lat in model.stream(prompts, latent_frames, g, **schedule):
             pixels = model.decode(lat)
             if on_chunk is not None:
                 on_chunk(done, pixels)
@@ -85,7 +99,7 @@ def generate(model: VideoModel, prompts: list[str], frames: int, sampling: Sampl
         videos = torch.cat(chunks, dim=1)[:, :frames]
     else:  # a teacher, or a student whose VAE decodes the whole latent video at once
         if is_streaming(model):
-            latents = torch.cat(list(model.stream(prompts, latent_frames, g, timesteps=timesteps)), dim=1)
+            latents = torch.cat(list(model.stream(prompts, latent_frames, g, **schedule)), dim=1)
         else:
             latents = model.sample(prompts, latent_frames, sampling.steps, sampling.guidance, g)
         videos = model.decode(latents)[:, :frames]

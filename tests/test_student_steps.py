@@ -43,6 +43,26 @@ def test_student_steps_run_that_many_predictions_per_chunk_at_the_shifted_levels
     assert out.nfe_per_frame == 3.0 and nfe_per_frame(student, SamplingConfig()) == 5.0
 
 
+def test_first_chunk_steps_change_the_first_chunk_alone(monkeypatch):
+    student = load_model("shapes-student-dmd")
+    seen: list[float] = []
+    real = type(student).predict_x0_streaming
+
+    def spy(self, xt, sigma, text, cache):
+        seen.append(round(float(sigma), 6))
+        return real(self, xt, sigma, text, cache)
+
+    frames = student.pixel_frames(2 * student.cfg.dit.chunk_frames)
+    same = generate(student, [CAPTION], frames, SamplingConfig(first_chunk_steps=4), seed=2).videos
+    assert torch.equal(same, generate(student, [CAPTION], frames, SamplingConfig(), seed=2).videos)
+    monkeypatch.setattr(type(student), "predict_x0_streaming", spy)
+    out = generate(student, [CAPTION], frames, SamplingConfig(first_chunk_steps=8), seed=2)
+    trained = [round(s, 6) for s in student.streaming_sigmas()[:-1]]
+    assert len(seen) == 8 + 4 and seen[8:] == trained  # the second chunk runs the trained 4
+    assert seen[:8:2] == trained  # 8 evenly spaced steps contain the trained 4 at every other step
+    assert out.nfe_per_frame == 5.0  # a long stream's rate: the first chunk is paid once
+
+
 def test_sample_and_eval_take_steps_for_a_student_and_refuse_guidance(run_cli, tmp_path):
     code, out, err = run_cli("sample", "--model", "shapes-student-dmd", "--prompt", CAPTION, "--frames", "6",
                              "--steps", "2", "--out", str(tmp_path / "x.gif"))
@@ -55,6 +75,14 @@ def test_sample_and_eval_take_steps_for_a_student_and_refuse_guidance(run_cli, t
     assert code == 0 and "nfe/frame=3" in out, err
     rec = json.loads((tmp_path / "s.json").read_text())
     assert rec["steps"] == 2 and rec["timesteps"] == [1000.0, 500.0] and rec["guidance"] is None
+    code, out, err = run_cli("eval", "--model", "shapes-student-dmd", "--num", "2", "--frames", "6", "--first-steps", "8",
+                             "--reward", "none", "--out", str(tmp_path / "f.json"), "--quiet")
+    assert code == 0, err
+    rec = json.loads((tmp_path / "f.json").read_text())
+    assert rec["timesteps"] == [1000.0, 750.0, 500.0, 250.0] and len(rec["first_chunk_timesteps"]) == 8
+    code, _, err = run_cli("sample", "--model", "shapes-teacher", "--prompt", CAPTION, "--first-steps", "8",
+                           "--out", str(tmp_path / "z.gif"))
+    assert code == 2 and "--first-steps is for streaming students" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("eval", "--task", "qa", "--model", "shapes-vlm", "--steps", "3")
     assert code == 2 and "--steps is for --task video" in err and len(err.strip().splitlines()) == 1
 

@@ -154,21 +154,24 @@ class FlowVideoModel(nn.Module):
 
     @torch.no_grad()
     def stream(self, prompts: list[str], frames: int, generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None, timesteps: list[float] | None = None):
+               noise: torch.Tensor | None = None, timesteps: list[float] | None = None,
+               first_timesteps: list[float] | None = None):
         """Generate chunk by chunk; yields each finished chunk's latents (B, chunk, C, h, w).
 
         Each chunk runs the few-step schedule (predict x0, re-noise to the next level with
         fresh noise), then is written into the rolling KV cache for the chunks after it (the
-        last chunk is not: nothing reads it). ``timesteps`` replaces the trained schedule.
+        last chunk is not: nothing reads it). ``timesteps`` replaces the trained schedule;
+        ``first_timesteps`` replaces it for the first chunk alone.
         """
         text = self.encode_text(prompts)
         cache = self.new_cache()
-        sigmas = self.streaming_sigmas(timesteps)
+        rest = self.streaming_sigmas(timesteps)
+        first = rest if first_timesteps is None else self.streaming_sigmas(first_timesteps)
         chunk = self.cfg.dit.chunk_frames
         noise = noise if noise is not None else torch.randn(self.latent_shape(len(prompts), frames), generator=generator)
         noise = noise.to(self.device)
         for start in range(0, frames, chunk):
-            x = noise[:, start : start + chunk]
+            x, sigmas = noise[:, start : start + chunk], first if start == 0 else rest
             for i, s in enumerate(sigmas[:-1]):
                 x0 = self.predict_x0_streaming(x, s, text, cache)
                 if i + 1 < len(sigmas) - 1:
