@@ -25,8 +25,8 @@ def test_student_timesteps_are_evenly_spaced_and_four_is_the_trained_schedule():
     assert torch.equal(a, b)
 
 
-def test_student_steps_run_that_many_predictions_per_chunk_at_the_shifted_levels(monkeypatch):
-    student = load_model("shapes-student-dmd")
+def _sigmas_seen(student, monkeypatch) -> list[float]:
+    """The noise level of every x0-prediction the student makes from now on (rounded), in order."""
     seen: list[float] = []
     real = type(student).predict_x0_streaming
 
@@ -35,6 +35,12 @@ def test_student_steps_run_that_many_predictions_per_chunk_at_the_shifted_levels
         return real(self, xt, sigma, text, cache)
 
     monkeypatch.setattr(type(student), "predict_x0_streaming", spy)
+    return seen
+
+
+def test_student_steps_run_that_many_predictions_per_chunk_at_the_shifted_levels(monkeypatch):
+    student = load_model("shapes-student-dmd")
+    seen = _sigmas_seen(student, monkeypatch)
     frames = student.pixel_frames(2 * student.cfg.dit.chunk_frames)  # two chunks
     out = generate(student, [CAPTION], frames, SamplingConfig(student_steps=2), seed=0)
     k = student.cfg.shift
@@ -45,17 +51,10 @@ def test_student_steps_run_that_many_predictions_per_chunk_at_the_shifted_levels
 
 def test_first_chunk_steps_change_the_first_chunk_alone(monkeypatch):
     student = load_model("shapes-student-dmd")
-    seen: list[float] = []
-    real = type(student).predict_x0_streaming
-
-    def spy(self, xt, sigma, text, cache):
-        seen.append(round(float(sigma), 6))
-        return real(self, xt, sigma, text, cache)
-
     frames = student.pixel_frames(2 * student.cfg.dit.chunk_frames)
     same = generate(student, [CAPTION], frames, SamplingConfig(first_chunk_steps=4), seed=2).videos
     assert torch.equal(same, generate(student, [CAPTION], frames, SamplingConfig(), seed=2).videos)
-    monkeypatch.setattr(type(student), "predict_x0_streaming", spy)
+    seen = _sigmas_seen(student, monkeypatch)
     out = generate(student, [CAPTION], frames, SamplingConfig(first_chunk_steps=8), seed=2)
     trained = [round(s, 6) for s in student.streaming_sigmas()[:-1]]
     assert len(seen) == 8 + 4 and seen[8:] == trained  # the second chunk runs the trained 4
