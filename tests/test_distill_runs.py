@@ -202,6 +202,12 @@ def test_bench_stream_reports_the_stable_keys(run_cli, tmp_path, assets):
     assert code == 0, err
     r = json.loads(out.read_text())
     assert r["stream.nfe_ratio"] == 6 / 3 and r["raw"]["student_timesteps"] == [1000.0, 500.0]  # 2 steps + refresh
+    code, _, err = run_cli("bench", "stream", "--student", str(student), "--teacher", teacher, "--num", "2",
+                           "--rounds", "1", "--chunks", "2", "--teacher-steps", "3", "--first-steps", "3",
+                           "--json", str(out), "--quiet")
+    assert code == 0, err
+    raw = json.loads(out.read_text())["raw"]
+    assert raw["student_first_chunk_timesteps"] == [1000.0, 2000 / 3, 1000 / 3] and len(raw["student_timesteps"]) == 4
 
 
 def test_ode_init_with_teacher_forcing_on_real_clips_adds_its_loss(run_cli, tmp_path, assets):

@@ -87,12 +87,14 @@ def _write(report: dict, json_path) -> None:
 
 # --------------------------------------------------------------------- stream
 def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, chunks: list[int], steps: int,
-                  guidance: float, quiet: bool, frames: int = 0, student_steps: int | None = None) -> dict:
+                  guidance: float, quiet: bool, frames: int = 0, student_steps: int | None = None,
+                  first_steps: int | None = None) -> dict:
     """Student vs teacher on the same prompts and length, and the per-chunk latency of one long stream.
-    ``student_steps``: the student's denoising steps per chunk (None: the schedule it was trained with)."""
+    ``student_steps``: the student's denoising steps per chunk (None: the schedule it was trained with);
+    ``first_steps``: its first chunk's, if other."""
     import torch
 
-    from ..generation import SamplingConfig, generate, nfe_per_frame, streaming_timesteps
+    from ..generation import SamplingConfig, first_chunk_timesteps, generate, nfe_per_frame, streaming_timesteps
     from ..models.registry import load_model
     from ..worlds.shapes import ShapesWorld, WorldConfig
 
@@ -101,8 +103,8 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
         raise click.UsageError(f"{student_name} is not a streaming student")
     world = ShapesWorld(WorldConfig())
     prompts, frames = world.prompts("test", range(num)), frames or world.cfg.frames
-    sampling = SamplingConfig(steps, guidance, student_steps)
-    timesteps = streaming_timesteps(student, sampling)
+    sampling = SamplingConfig(steps, guidance, student_steps, first_steps)
+    timesteps, first_timesteps = streaming_timesteps(student, sampling), first_chunk_timesteps(student, sampling)
     first: dict[str, float] = {}
 
     def run(model, name, decode):
@@ -116,7 +118,8 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
             if decode:
                 generate(model, prompts, frames, sampling, seed=0, on_chunk=mark)
             elif model.cfg.streaming.enabled:
-                for _ in model.stream(prompts, frames, torch.Generator().manual_seed(0), timesteps=timesteps):
+                for _ in model.stream(prompts, frames, torch.Generator().manual_seed(0), timesteps=timesteps,
+                                      first_timesteps=first_timesteps):
                     mark(0, None)
             else:
                 model.sample(prompts, frames, steps, guidance, torch.Generator().manual_seed(0))
@@ -155,7 +158,8 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
                 "chunk_seconds": {kind: {str(k): med(v) for k, v in d.items()} for kind, d in chunk_lat.items()},
                 "decode_chunk_seconds": med(chunk_lat["decode"][min(chunks)]),
                 "videos": num, "frames": frames, "student": student_name, "teacher": teacher_name,
-                "teacher_steps": steps, "teacher_guidance": guidance, "student_timesteps": timesteps},
+                "teacher_steps": steps, "teacher_guidance": guidance, "student_timesteps": timesteps,
+                "student_first_chunk_timesteps": first_timesteps},
     }
 
 
@@ -226,10 +230,13 @@ def _no_cache_chunk(student, history: list, text, sigmas: list[float], g) -> Non
 @click.option("--guidance", type=click.FloatRange(1, 50), default=4.0, help="Teacher CFG scale.")
 @click.option("--student-steps", type=click.IntRange(1, 1000), default=None,
               help="Student denoising steps per chunk, N evenly spaced timesteps (default: its trained schedule).")
+@click.option("--first-steps", type=click.IntRange(1, 1000), default=None,
+              help="Student steps for its first chunk alone (default: as --student-steps); time to first frame pays for it.")
 @click.option("--frames", type=click.IntRange(0, 4096), default=0, help="Frames of each video, the same for both (0 = the world's 9).")
 @json_option
 @quiet_option
-def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance, student_steps, frames, json_path, quiet):
+def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance, student_steps, first_steps, frames,
+                 json_path, quiet):
     """Streaming student vs the 50-step CFG teacher, and constant per-chunk cost of a long stream.
 
     Counted: generating the videos from noise, text encoding and decoding included
@@ -242,9 +249,10 @@ def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance,
     Example:
       genrl bench stream --student shapes-student-dmd --teacher shapes-teacher --json stream.json
       genrl bench stream --student-steps 8      # the student at 8 steps per chunk instead of its trained 4
+      genrl bench stream --first-steps 8        # its first chunk alone at 8 steps
     """
     at = chunks
-    r = stream_report(student, teacher, num, rounds, at, teacher_steps, guidance, quiet, frames, student_steps)
+    r = stream_report(student, teacher, num, rounds, at, teacher_steps, guidance, quiet, frames, student_steps, first_steps)
     raw, lo, hi = r["raw"], min(at), max(at)
     click.echo("\n".join([
         "| what | student | teacher | student / teacher |", "|---|---|---|---|",
