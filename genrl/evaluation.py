@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .generation import SamplingConfig, first_chunk_timesteps, generate, is_streaming, streaming_timesteps
+from .generation import SamplingConfig, generate, is_streaming, stream_schedule
 from .models.video_model import VideoModel
 from .progress import progress_bar
 from .errors import UsageError
@@ -161,7 +161,8 @@ def sampling_record(gen: VideoModel, sampling: SamplingConfig) -> dict:
     """The sampling settings a report was made with, as the model ran them: a streaming student's
     per-chunk timesteps (it samples without CFG: guidance None), or a teacher's Euler steps and CFG."""
     if is_streaming(gen):
-        timesteps, first = streaming_timesteps(gen, sampling), first_chunk_timesteps(gen, sampling)
+        sched = stream_schedule(gen, sampling)
+        timesteps, first = sched["timesteps"], sched["first_timesteps"]
         return {"steps": len(timesteps), "timesteps": timesteps, "guidance": None,
                 **({"first_chunk_timesteps": first} if first != timesteps else {})}
     return {"steps": sampling.steps, "guidance": sampling.guidance}

@@ -55,6 +55,11 @@ def first_chunk_timesteps(model: VideoModel, sampling: SamplingConfig) -> list[f
     return student_timesteps(sampling.first_chunk_steps)
 
 
+def stream_schedule(model: VideoModel, sampling: SamplingConfig) -> dict[str, list[float]]:
+    """``model.stream``'s schedule arguments under ``sampling``: every chunk's timesteps and the first's."""
+    return {"timesteps": streaming_timesteps(model, sampling), "first_timesteps": first_chunk_timesteps(model, sampling)}
+
+
 @dataclass
 class Generated:
     videos: torch.Tensor
@@ -86,8 +91,7 @@ def generate(model: VideoModel, prompts: list[str], frames: int, sampling: Sampl
     prompts = model.prepare_prompts(prompts, seed + 104_729)  # open attributes: their own stream
     latent_frames = model.latent_frames(frames)
     streaming = is_streaming(model)
-    schedule = ({"timesteps": streaming_timesteps(model, sampling), "first_timesteps": first_chunk_timesteps(model, sampling)}
-                if streaming else {})
+    schedule = stream_schedule(model, sampling) if streaming else {}
     if streaming and model.chunk_decodable:
         chunks, done = [], 0
         for lat in model.stream(prompts, latent_frames, g, **schedule):
@@ -98,7 +102,7 @@ def generate(model: VideoModel, prompts: list[str], frames: int, sampling: Sampl
             done += pixels.shape[1]
         videos = torch.cat(chunks, dim=1)[:, :frames]
     else:  # a teacher, or a student whose VAE decodes the whole latent video at once
-        if is_streaming(model):
+        if streaming:
             latents = torch.cat(list(model.stream(prompts, latent_frames, g, **schedule)), dim=1)
         else:
             latents = model.sample(prompts, latent_frames, sampling.steps, sampling.guidance, g)

@@ -94,7 +94,7 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
     ``first_steps``: its first chunk's, if other."""
     import torch
 
-    from ..generation import SamplingConfig, first_chunk_timesteps, generate, nfe_per_frame, streaming_timesteps
+    from ..generation import SamplingConfig, generate, nfe_per_frame, stream_schedule
     from ..models.registry import load_model
     from ..worlds.shapes import ShapesWorld, WorldConfig
 
@@ -104,7 +104,7 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
     world = ShapesWorld(WorldConfig())
     prompts, frames = world.prompts("test", range(num)), frames or world.cfg.frames
     sampling = SamplingConfig(steps, guidance, student_steps, first_steps)
-    timesteps, first_timesteps = streaming_timesteps(student, sampling), first_chunk_timesteps(student, sampling)
+    schedule = stream_schedule(student, sampling)
     first: dict[str, float] = {}
 
     def run(model, name, decode):
@@ -118,8 +118,7 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
             if decode:
                 generate(model, prompts, frames, sampling, seed=0, on_chunk=mark)
             elif model.cfg.streaming.enabled:
-                for _ in model.stream(prompts, frames, torch.Generator().manual_seed(0), timesteps=timesteps,
-                                      first_timesteps=first_timesteps):
+                for _ in model.stream(prompts, frames, torch.Generator().manual_seed(0), **schedule):
                     mark(0, None)
             else:
                 model.sample(prompts, frames, steps, guidance, torch.Generator().manual_seed(0))
@@ -142,7 +141,7 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
     videos_frames = num * frames
     fps = {n: videos_frames / med(t) for n, t in times.items()}
     nfe_student, nfe_teacher = nfe_per_frame(student, sampling), nfe_per_frame(teacher, sampling)
-    chunk_lat = chunk_latencies(student, max(chunks), chunks, rounds, quiet, timesteps)
+    chunk_lat = chunk_latencies(student, max(chunks), chunks, rounds, quiet, schedule["timesteps"])
     c2, cmax = f"chunk{min(chunks)}", f"chunk{max(chunks)}"
     return {
         "stream.fps_ratio": fps["student"] / fps["teacher"],
@@ -158,8 +157,8 @@ def stream_report(student_name: str, teacher_name: str, num: int, rounds: int, c
                 "chunk_seconds": {kind: {str(k): med(v) for k, v in d.items()} for kind, d in chunk_lat.items()},
                 "decode_chunk_seconds": med(chunk_lat["decode"][min(chunks)]),
                 "videos": num, "frames": frames, "student": student_name, "teacher": teacher_name,
-                "teacher_steps": steps, "teacher_guidance": guidance, "student_timesteps": timesteps,
-                "student_first_chunk_timesteps": first_timesteps},
+                "teacher_steps": steps, "teacher_guidance": guidance, "student_timesteps": schedule["timesteps"],
+                "student_first_chunk_timesteps": schedule["first_timesteps"]},
     }
 
 
