@@ -30,6 +30,9 @@ class SamplingConfig:
     first_chunk_steps: int | None = None
     """The first chunk's steps, if other than the rest's: it has no cache to lean on, and a long stream
     pays for it once (N evenly spaced timesteps, as ``student_steps``)."""
+    student_schedule: list[float] | None = None
+    """A streaming student's timesteps per chunk given one by one (e.g. [1000, 625, 375, 125]), instead of
+    ``student_steps``; :func:`parse_timesteps` checks them."""
 
 
 def student_timesteps(n: int) -> list[float]:
@@ -40,9 +43,29 @@ def student_timesteps(n: int) -> list[float]:
     return [1000.0 * (n - i) / n for i in range(n)]
 
 
+def parse_timesteps(text: str) -> list[float]:
+    """``"1000,625,375,125"`` -> [1000.0, 625.0, 375.0, 125.0]: a few-step schedule starts at 1000 (a chunk
+    starts from pure noise) and falls strictly, every timestep in (0, 1000]. ValueError names what is wrong."""
+    try:
+        steps = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of numbers (e.g. 1000,625,375,125)") from None
+    if not steps:
+        raise ValueError("no timesteps given (e.g. 1000,625,375,125)")
+    if steps[0] != 1000:
+        raise ValueError(f"the first timestep must be 1000 (a chunk starts from pure noise), got {steps[0]:g}")
+    if any(b >= a for a, b in zip(steps, steps[1:])) or steps[-1] <= 0:
+        raise ValueError(f"timesteps must fall strictly from 1000 and stay above 0, got {text}")
+    return steps
+
+
 def streaming_timesteps(model: VideoModel, sampling: SamplingConfig) -> list[float]:
     """The timesteps a streaming student runs for each chunk under ``sampling`` (the first: see
     :func:`first_chunk_timesteps`)."""
+    if sampling.student_schedule is not None:
+        if sampling.student_steps is not None:
+            raise ValueError("give a student's steps or its timesteps, not both")
+        return [float(t) for t in sampling.student_schedule]
     if sampling.student_steps is None:
         return [float(t) for t in model.cfg.streaming.timesteps]
     return student_timesteps(sampling.student_steps)

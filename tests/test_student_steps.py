@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from genrl.generation import SamplingConfig, generate, nfe_per_frame, student_timesteps
+from genrl.generation import SamplingConfig, generate, nfe_per_frame, parse_timesteps, student_timesteps
 from genrl.models.registry import load_model
 
 CAPTION = "a large red circle moving left slowly on a dark background"
@@ -60,6 +60,40 @@ def test_first_chunk_steps_change_the_first_chunk_alone(monkeypatch):
     assert len(seen) == 8 + 4 and seen[8:] == trained  # the second chunk runs the trained 4
     assert seen[:8:2] == trained  # 8 evenly spaced steps contain the trained 4 at every other step
     assert out.nfe_per_frame == 5.0  # a long stream's rate: the first chunk is paid once
+
+
+def test_a_schedule_given_one_by_one_runs_those_levels(monkeypatch):
+    assert parse_timesteps("1000, 625,375,125") == [1000.0, 625.0, 375.0, 125.0]
+    for bad, why in (("900,500", "must be 1000"), ("1000,500,600", "fall strictly"), ("1000,500,0", "above 0"),
+                     ("1000,x", "comma-separated"), (" , ", "no timesteps")):
+        with pytest.raises(ValueError, match=why):
+            parse_timesteps(bad)
+    student = load_model("shapes-student-dmd")
+    frames = student.pixel_frames(2 * student.cfg.dit.chunk_frames)
+    trained = generate(student, [CAPTION], frames, SamplingConfig(), seed=3).videos
+    same = SamplingConfig(student_schedule=[1000.0, 750.0, 500.0, 250.0])
+    assert torch.equal(trained, generate(student, [CAPTION], frames, same, seed=3).videos)
+    seen = _sigmas_seen(student, monkeypatch)
+    out = generate(student, [CAPTION], frames, SamplingConfig(student_schedule=[1000.0, 625.0, 375.0, 125.0]), seed=3)
+    k = student.cfg.shift
+    by_hand = [round(k * s / (1 + (k - 1) * s), 6) for s in (1.0, 0.625, 0.375, 0.125)]  # 1, 0.8333, 0.6429, 0.3
+    assert seen == by_hand * 2 and abs(by_hand[-1] - 0.3) < 1e-6
+    assert out.nfe_per_frame == 5.0 and not torch.equal(out.videos, trained)
+    with pytest.raises(ValueError, match="not both"):
+        generate(student, [CAPTION], frames, SamplingConfig(student_steps=2, student_schedule=[1000.0]), seed=3)
+
+
+def test_timesteps_on_the_command_line(run_cli, tmp_path):
+    code, out, err = run_cli("eval", "--model", "shapes-student-dmd", "--num", "2", "--frames", "6", "--timesteps",
+                             "1000,500", "--reward", "none", "--out", str(tmp_path / "t.json"), "--quiet")
+    assert code == 0 and "nfe/frame=3" in out, err
+    rec = json.loads((tmp_path / "t.json").read_text())
+    assert rec["steps"] == 2 and rec["timesteps"] == [1000.0, 500.0]
+    for args, why in ((["--model", "shapes-student-dmd", "--timesteps", "1000,500", "--steps", "3"], "not both"),
+                      (["--model", "shapes-student-dmd", "--timesteps", "800,500"], "must be 1000"),
+                      (["--model", "shapes-teacher", "--timesteps", "1000,500"], "for streaming students")):
+        code, _, err = run_cli("sample", *args, "--prompt", CAPTION, "--out", str(tmp_path / "x.gif"))
+        assert code == 2 and why in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_sample_and_eval_take_steps_for_a_student_and_refuse_guidance(run_cli, tmp_path):

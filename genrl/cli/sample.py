@@ -25,25 +25,38 @@ def sampling_options(fn):
                       help="Denoising steps: a teacher's Euler steps (default 50), or a streaming student's steps "
                            "per chunk, N evenly spaced timesteps from 1000 down (default: the schedule it was "
                            "trained with, e.g. 4 = [1000, 750, 500, 250]).")(fn)
+    fn = click.option("--timesteps", default=None, metavar="T1,T2,...",
+                      help="A streaming student's timesteps per chunk one by one, from 1000 down (e.g. "
+                           "1000,625,375,125), instead of --steps' even spacing.")(fn)
     fn = click.option("--first-steps", type=click.IntRange(1, 1000), default=None,
                       help="A streaming student's steps for its first chunk alone, the one with no cache to lean "
                            "on (a long stream pays for it once; default: as --steps).")(fn)
     return click.option("--frames", type=click.IntRange(1, 4096), default=None, help="Frames to generate (default: training length).")(fn)
 
 
-def sampling_config(gen, steps: int | None, guidance: float | None, first_steps: int | None = None):
-    """The SamplingConfig --steps, --first-steps and --guidance ask for, as ``gen`` reads them (see
-    `sampling_options`)."""
-    from ..generation import SamplingConfig, is_streaming
+def sampling_config(gen, steps: int | None, guidance: float | None, first_steps: int | None = None,
+                    timesteps: str | None = None):
+    """The SamplingConfig --steps, --timesteps, --first-steps and --guidance ask for, as ``gen`` reads them
+    (see `sampling_options`)."""
+    from ..generation import SamplingConfig, is_streaming, parse_timesteps
 
     if is_streaming(gen):
         if guidance is not None:
             raise UsageError("--guidance is for teachers: a streaming student samples without CFG (its teacher's "
                              "guidance is distilled in); --steps sets its denoising steps per chunk")
-        return SamplingConfig(student_steps=steps, first_chunk_steps=first_steps)
-    if first_steps is not None:
-        raise UsageError("--first-steps is for streaming students (a teacher makes the whole video at once); "
-                         "--steps sets a teacher's Euler steps")
+        schedule = None
+        if timesteps is not None:
+            if steps is not None:
+                raise UsageError("give --steps (N evenly spaced timesteps) or --timesteps (each one), not both")
+            try:
+                schedule = parse_timesteps(timesteps)
+            except ValueError as e:
+                raise UsageError(f"--timesteps: {e}") from None
+        return SamplingConfig(student_steps=steps, first_chunk_steps=first_steps, student_schedule=schedule)
+    for name, v in (("--first-steps", first_steps), ("--timesteps", timesteps)):
+        if v is not None:
+            raise UsageError(f"{name} is for streaming students (a teacher makes the whole video at once); "
+                             "--steps sets a teacher's Euler steps")
     return SamplingConfig(50 if steps is None else steps, 4.0 if guidance is None else guidance)
 
 
@@ -82,7 +95,7 @@ def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str
               help="Also write every frame as PNG the moment its chunk is generated (streaming students).")
 @seed_option
 @quiet_option
-def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, first_steps, out, scale, height, width, frames_dir, seed, quiet):
+def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, first_steps, timesteps, out, scale, height, width, frames_dir, seed, quiet):
     """Generate videos from text prompts.
 
     \b
@@ -105,7 +118,7 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, fir
     frames = frames or (gen.pixel_frames(21) if not gen.chunk_decodable else WorldConfig().frames)
     torch.manual_seed(seed)
     on_chunk = _png_writer(Path(frames_dir), scale) if frames_dir else None
-    result = generate(gen, prompts, frames, sampling_config(gen, steps, guidance, first_steps), seed, on_chunk)
+    result = generate(gen, prompts, frames, sampling_config(gen, steps, guidance, first_steps, timesteps), seed, on_chunk)
     if len(prompts) == 1:
         write_video(out, upscale(result.videos[0], scale), fps=6)
     else:
@@ -173,7 +186,7 @@ def _png_writer(folder: Path, scale: int):
                                            "seven; 'progress' is opt-in).")
 @seed_option
 @quiet_option
-def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance, first_steps, prompt_style, out, rewards, hallucination,
+def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance, first_steps, timesteps, prompt_style, out, rewards, hallucination,
              types, seed, quiet):
     """Measure a video generator (or, with --task qa, a video-language model) on held-out prompts.
 
@@ -193,8 +206,8 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
       genrl eval --task qa --checkpoint runs/progress --num 512 --types progress
       genrl eval --task stream --checkpoint runs/sft_stream --num 512 --out stream.json
     """
-    given = [name for name, v in (("--steps", steps), ("--first-steps", first_steps), ("--guidance", guidance),
-                                  ("--frames", frames)) if v is not None]
+    given = [name for name, v in (("--steps", steps), ("--first-steps", first_steps), ("--timesteps", timesteps),
+                                  ("--guidance", guidance), ("--frames", frames)) if v is not None]
     if task != "video" and given:
         raise UsageError(f"{given[0]} is for --task video (generators); --task {task} asks a video-language model questions")
     if task == "qa":
@@ -208,7 +221,7 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
     from ..evaluation import evaluate as run_eval
 
     gen = load_generator(model, checkpoint)
-    sampling = sampling_config(gen, steps, guidance, first_steps)
+    sampling = sampling_config(gen, steps, guidance, first_steps, timesteps)
     rewards = [] if "none" in rewards else list(rewards)
     report = {"model": model or checkpoint,
               **run_eval(gen, split, num, batch, frames, sampling, rewards, seed, quiet, prompt_style)}
