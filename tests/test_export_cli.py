@@ -51,3 +51,24 @@ def test_mismatched_models_and_bad_out_are_one_line_exit_2(run_cli, tmp_path):
     assert not (tmp_path / "x.safetensors").exists()
     code, _, err = run_cli("export", a, "--out", str(tmp_path / "x.pt"))
     assert code == 2 and ".safetensors" in err and len(err.strip().splitlines()) == 1
+
+
+def test_timesteps_written_into_a_student_are_its_new_default(run_cli, tmp_path):
+    from genrl.generation import SamplingConfig, generate
+
+    out = tmp_path / "d.safetensors"
+    code, _, err = run_cli("export", "shapes-student-dmd", "--out", str(out), "--timesteps", "1000,625,375,125")
+    assert code == 0, err
+    exported, shipped = load_model(str(out)), load_model("shapes-student-dmd")
+    assert list(exported.cfg.streaming.timesteps) == [1000.0, 625.0, 375.0, 125.0]
+    assert list(shipped.cfg.streaming.timesteps) == [1000.0, 750.0, 500.0, 250.0]
+    caption = "a large red circle moving left slowly on a dark background"
+    asked = SamplingConfig(student_schedule=[1000.0, 625.0, 375.0, 125.0])
+    a = generate(exported, [caption], 6, SamplingConfig(), seed=4).videos
+    assert torch.equal(a, generate(shipped, [caption], 6, asked, seed=4).videos)
+    assert not torch.equal(a, generate(shipped, [caption], 6, SamplingConfig(), seed=4).videos)
+    code, _, err = run_cli("export", "shapes-teacher", "--out", str(tmp_path / "t.safetensors"), "--timesteps", "1000,500")
+    assert code == 2 and "for streaming students" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("export", "shapes-student-dmd", "--out", str(tmp_path / "e.safetensors"), "--timesteps", "500")
+    assert code == 2 and "must be 1000" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t.safetensors").exists() and not (tmp_path / "e.safetensors").exists()
