@@ -162,10 +162,13 @@ def _png_writer(folder: Path, scale: int):
 
 @click.command(name="eval")
 @model_options
-@click.option("--task", type=click.Choice(("video", "qa", "stream")), default="video", show_default=True,
+@click.option("--task", type=click.Choice(("video", "qa", "stream", "causal")), default="video", show_default=True,
               help="'video': text-to-video generators against the attribute probe; 'qa': a video-language model "
                    "answering held-out shapes questions (accuracy overall and per question type); 'stream': the same "
-                   "model asked after every chunk of a clip as it plays (accuracy by frames seen, latency per answer).")
+                   "model asked after every chunk of a clip as it plays (accuracy by frames seen, latency per answer); "
+                   "'causal': how much of each chunk of a bidirectional teacher's videos the noise of that chunk and "
+                   "the earlier ones fixes, i.e. what a streaming student can learn from its ODE pairs (--num "
+                   "prompts x 2 noises x 4 draws of the later noise per chunk).")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="World split whose prompts are used.")
 @click.option("--num", type=click.IntRange(1, 100_000), default=128, show_default=True, help="Videos to generate and score.")
 @click.option("--batch", type=click.IntRange(1, 1024), default=32, show_default=True, help="Videos generated at once.")
@@ -205,9 +208,17 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
       genrl eval --task qa --model shapes-vlm --num 512 --hallucination 1.0
       genrl eval --task qa --checkpoint runs/progress --num 512 --types progress
       genrl eval --task stream --checkpoint runs/sft_stream --num 512 --out stream.json
+      genrl eval --task causal --model shapes-teacher --split val --num 32 --steps 30
     """
     given = [name for name, v in (("--steps", steps), ("--first-steps", first_steps), ("--timesteps", timesteps),
                                   ("--guidance", guidance), ("--frames", frames)) if v is not None]
+    if task == "causal":
+        wrong = [n for n, bad in (("--hallucination", hallucination), ("--types", types), ("--prompts", prompt_style != "full"),
+                                  ("--first-steps", first_steps is not None), ("--timesteps", timesteps is not None)) if bad]
+        if wrong:
+            raise UsageError(f"{wrong[0]} is not an option of --task causal (it takes a teacher's --steps, --guidance "
+                             f"and --frames)")
+        return _evaluate_causal(model, checkpoint, split, num, batch, frames, steps, guidance, out, seed, quiet)
     if task != "video" and given:
         raise UsageError(f"{given[0]} is for --task video (generators); --task {task} asks a video-language model questions")
     if task == "qa":
@@ -244,6 +255,33 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
         diffs = " ".join(f"; {n} - {first} {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
                          for n, d in report["reward_probe_auc_vs_first"].items() if d is not None)
         click.echo(f"reward probe AUC: {line}{diffs} (paired over videos, 95% bootstrap interval)")
+
+
+def _evaluate_causal(model, checkpoint, split, num, batch, frames, steps, guidance, out, seed, quiet):
+    from ..causality import causal_report
+    from ..generation import is_streaming
+
+    teacher = load_generator(model, checkpoint)
+    if is_streaming(teacher):
+        raise UsageError(f"{model or checkpoint} is a streaming student; --task causal measures a bidirectional "
+                         f"teacher (e.g. --model shapes-teacher)")
+    try:
+        report = causal_report(teacher, split, num, frames, 50 if steps is None else steps,
+                               4.0 if guidance is None else guidance, batch=batch, seed=seed, quiet=quiet)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    report = {"model": model or checkpoint, **report}
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(f"{report['model']}, {num} {split} prompts x {report['bases']} noises x {report['draws']} draws of the "
+               f"later chunks' noise ({report['chunk_frames']}-frame chunks):")
+    for row in report["chunks"]:
+        line = (f"chunk {row['chunk']}: {row['share_unfixed']:.3f} of its variance is left open by the noise of "
+                f"chunks <= {row['chunk']}")
+        if "probe_single" in row:
+            line += (f"; probe on its frames: single draws {row['probe_single']:.3f}, mean of the draws (a causal "
+                     f"regression's target) {row['probe_mean_of_draws']:.3f}")
+        click.echo(line)
 
 
 def _policy_and_questions(model, checkpoint, types: str, config):
