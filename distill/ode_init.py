@@ -55,6 +55,11 @@ class ODEInitConfig:
     in the cache (teacher forcing). The teacher's weights know nothing of causal generation, and
     ODE pairs alone taught it motion slowly: a chunk's teacher target depends on noise the student
     never sees, so early on the regression averages motion away. Real clips show it directly."""
+    coupled_weight: float = check(0.0, ">=0")
+    """Weight of a first-chunk regression loss on *coupled* pairs, whose later chunks' noise is a fixed
+    orthogonal rotation of the first chunk's (:func:`coupled_noise`), so the teacher's first chunk is a function
+    of the noise the student sees there. On independent noise most of it is decided by the later chunks' noise
+    (`genrl eval --task causal`) and the regression learns their blurry mean."""
 
 
 @torch.no_grad()
@@ -75,21 +80,39 @@ def teacher_trajectories(teacher: FlowVideoModel, prompts: list[str], noise: tor
     return torch.stack([states[s] for s in levels], dim=1), x
 
 
+def coupled_noise(first: torch.Tensor, frames: int, chunk: int, seed: int) -> torch.Tensor:
+    """Noise for ``frames`` latent frames whose later chunks are fixed orthogonal rotations of ``first``
+    (B, chunk, C, h, w), one rotation per chunk drawn from ``seed``: each chunk is still standard normal, and the
+    whole is a function of the first chunk's noise."""
+    g = torch.Generator().manual_seed(seed)
+    flat, parts = first.flatten(1), [first]
+    for start in range(chunk, frames, chunk):
+        q, r = torch.linalg.qr(torch.randn(flat.shape[1], flat.shape[1], generator=g))
+        rot = q * torch.sign(torch.diagonal(r))  # Haar-distributed orthogonal matrix
+        n = min(chunk, frames - start)
+        parts.append((flat @ rot.T).view_as(first)[:, :n])
+    return torch.cat(parts, dim=1)
+
+
 def ode_pairs(path: Path, teacher: FlowVideoModel, student: FlowVideoModel, world, cfg: ODEInitConfig, seed: int,
-              quiet: bool = False) -> dict:
+              quiet: bool = False, coupled: bool = False) -> dict:
     """The run's teacher ODE pairs: loaded from ``path``, or made (``cfg.num_pairs`` train prompts) and stored there.
 
-    Returns {"prompts", "states" (N, levels, F, C, h, w), "finals" (N, F, C, h, w)}.
+    Returns {"prompts", "states" (N, levels, F, C, h, w), "finals" (N, F, C, h, w)}. ``coupled``: the later
+    chunks' noise is a rotation of the first chunk's (:func:`coupled_noise`; other prompts and noise).
     """
     if path.exists():
         return torch.load(path)
-    g = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(seed + 1 + (7_777 if coupled else 0))
     levels, frames = student.streaming_sigmas()[:-1], student.latent_frames(world.cfg.frames)
     prompts = world.random_prompts("train", cfg.num_pairs, g)
     noise = torch.randn(student.latent_shape(len(prompts), frames), generator=g)
+    if coupled:
+        chunk = student.cfg.dit.chunk_frames
+        noise = coupled_noise(noise[:, :chunk], frames, chunk, seed + 4_242)
     states, finals = [], []
     batches = range(0, len(prompts), 32)
-    for lo in track(batches, len(batches), "teacher ODE pairs", quiet):
+    for lo in track(batches, len(batches), "teacher ODE pairs" + (" (coupled)" if coupled else ""), quiet):
         s, f = teacher_trajectories(teacher, prompts[lo : lo + 32], noise[lo : lo + 32].to(teacher.device),
                                     levels, cfg.teacher_steps, cfg.guidance)
         states.append(s.cpu())
@@ -124,6 +147,19 @@ def ode_regression_loss(student: FlowVideoModel, teacher: FlowVideoModel, pairs:
     return torch.stack(losses).mean()
 
 
+def first_chunk_loss(student: FlowVideoModel, teacher: FlowVideoModel, pairs: dict, levels: list[float],
+                     batch_size: int, g: torch.Generator) -> torch.Tensor:
+    """MSE of the student's first-chunk x0-prediction (empty cache) from a teacher ODE state at a random one of its
+    levels onto the teacher's final first chunk."""
+    idx = torch.randint(len(pairs["prompts"]), (batch_size,), generator=g)
+    chunk, dev = student.cfg.dit.chunk_frames, student.device
+    states, target = pairs["states"][idx, :, :chunk].to(dev), pairs["finals"][idx, :chunk].to(dev)
+    with torch.no_grad():
+        text = teacher.encode_text([pairs["prompts"][i] for i in idx.tolist()])
+    k = int(torch.randint(len(levels), (1,), generator=g))
+    return F.mse_loss(student.predict_x0_streaming(states[:, k], levels[k], text, student.new_cache()), target)
+
+
 class ODEInitMethod(StudentOutputs, Method):
     name = "ode_init"
 
@@ -139,6 +175,8 @@ class ODEInitMethod(StudentOutputs, Method):
         self.frames = student.latent_frames(world.cfg.frames)
         self.levels = student.streaming_sigmas()[:-1]
         self.pairs = ode_pairs(run_dir / "ode_pairs.pt", teacher, student, world, cfg, seed, quiet)
+        self.coupled = (ode_pairs(run_dir / "ode_pairs_coupled.pt", teacher, student, world, cfg, seed, quiet, coupled=True)
+                        if cfg.coupled_weight else None)
 
     def regression_loss(self) -> torch.Tensor:
         return ode_regression_loss(self.student, self.teacher, self.pairs, self.levels, self.cfg.batch_size,
@@ -167,13 +205,18 @@ class ODEInitMethod(StudentOutputs, Method):
         metrics: dict[str, float] = {}
 
         def loss(_: int) -> torch.Tensor:
-            ode = self.regression_loss()
+            total = ode = self.regression_loss()
             metrics["ode_loss"] = float(ode.detach())
-            if not self.cfg.real_weight:
-                return ode
-            real = self.teacher_forcing_loss()
-            metrics["real_loss"] = float(real.detach())
-            return ode + self.cfg.real_weight * real
+            if self.cfg.real_weight:
+                real = self.teacher_forcing_loss()
+                metrics["real_loss"] = float(real.detach())
+                total = total + self.cfg.real_weight * real
+            if self.coupled is not None:
+                first = first_chunk_loss(self.student, self.teacher, self.coupled, self.levels, self.cfg.batch_size,
+                                         self.data.generator)
+                metrics["coupled_loss"] = float(first.detach())
+                total = total + self.cfg.coupled_weight * first
+            return total
 
         out = ctx.optimize(self.opt, self.student.dit.parameters(), loss, self.sched)
         self.ema.update(self.student)

@@ -221,6 +221,41 @@ def test_ode_init_with_teacher_forcing_on_real_clips_adds_its_loss(run_cli, tmp_
         assert r["real_loss"] > 0 and abs(r["loss"] - (r["ode_loss"] + 0.5 * r["real_loss"])) < 1e-5
 
 
+def test_ode_init_coupled_pairs_add_a_first_chunk_loss(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    run = tmp_path / "c"
+    _distill(run_cli, run, teacher, "method=ode_init", "train.steps=2", "ode.coupled_weight=0.5", "train.grad_clip=0")
+    steps = [r for r in (json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["coupled_loss"] > 0 and abs(r["loss"] - (r["ode_loss"] + 0.5 * r["coupled_loss"])) < 1e-5
+    plain, coupled = torch.load(run / "ode_pairs.pt"), torch.load(run / "ode_pairs_coupled.pt")
+    assert plain["states"].shape == coupled["states"].shape and not torch.equal(plain["states"], coupled["states"])
+    # the coupled pairs' noise (their first level, sigma 1) is a function of the first chunk's
+    from distill.ode_init import coupled_noise
+
+    noise, chunk = coupled["states"][:, 0], 3
+    assert torch.allclose(noise, coupled_noise(noise[:, :chunk], noise.shape[1], chunk, 0 + 4_242), atol=1e-5)
+
+
+def test_coupled_noise_rotates_the_first_chunk_into_the_later_ones():
+    from distill.ode_init import coupled_noise
+
+    first = torch.randn(2000, 3, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    n = coupled_noise(first, 8, 3, seed=5)
+    assert n.shape == (2000, 8, 2, 2, 2) and torch.equal(n[:, :3], first)
+    full = [n[:, 3:6].flatten(1), n[:, 6:9].flatten(1)]
+    assert torch.allclose(full[0].norm(dim=1), first.flatten(1).norm(dim=1), atol=1e-4)  # a rotation keeps norms
+    for later in (n[:, 3:6], n[:, 6:8]):  # each chunk still standard normal, and not a copy of the first
+        assert abs(float(later.mean())) < 0.03 and abs(float(later.std()) - 1) < 0.03
+        assert not torch.allclose(later, first[:, : later.shape[1]])
+    # a fixed linear map of the first chunk: least squares recovers it exactly, and it is orthogonal
+    rot = torch.linalg.lstsq(first.flatten(1), full[0]).solution
+    assert torch.allclose(first.flatten(1) @ rot, full[0], atol=1e-4)
+    assert torch.allclose(rot @ rot.T, torch.eye(rot.shape[0]), atol=1e-4) and not torch.allclose(rot, torch.eye(24), atol=0.1)
+    assert torch.equal(coupled_noise(first, 8, 3, seed=5), n) and not torch.equal(coupled_noise(first, 8, 3, seed=6), n)
+
+
 def test_bench_lists_are_checked_in_one_line(run_cli):
     for args in (("stream", "--chunks", "2,x"), ("grpo", "--frames", "0,8")):
         code, _, err = run_cli("bench", *args)
