@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "shapes-autoencoder": "shapes-autoencoder.safetensors",
     "shapes-teacher": "shapes-teacher.safetensors",
     "shapes-student-ode": "shapes-student-ode.safetensors",
+    "shapes-student-ode-base": "shapes-student-ode-base.safetensors",  # where the shipped DMD/Stream-R1 students start
     "shapes-student-dmd": "shapes-student-dmd.safetensors",
     "shapes-student-stream-r1": "shapes-student-stream-r1.safetensors",
     "shapes-vlm-sft": "shapes-vlm-sft.safetensors",
