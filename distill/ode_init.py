@@ -130,7 +130,7 @@ def ode_regression_loss(student: FlowVideoModel, teacher: FlowVideoModel, pairs:
     """MSE of the student's streaming x0-prediction from a teacher ODE state onto the teacher's final output.
 
     Chunk by chunk, each at a random one of the student's levels, against a cache of the teacher's clean
-    earlier chunks (the condition streaming meets).
+    earlier chunks (the condition streaming meets; the last chunk is not cached: nothing reads it).
     """
     idx = torch.randint(len(pairs["prompts"]), (batch_size,), generator=g)
     prompts = [pairs["prompts"][i] for i in idx.tolist()]
@@ -143,21 +143,14 @@ def ode_regression_loss(student: FlowVideoModel, teacher: FlowVideoModel, pairs:
         k = int(torch.randint(len(levels), (1,), generator=g))
         pred = student.predict_x0_streaming(states[:, k, start : start + chunk], levels[k], text, cache)
         losses.append(F.mse_loss(pred, target[:, start : start + chunk]))
-        student.write_cache(target[:, start : start + chunk], text, cache, g)
+        if start + chunk < target.shape[1]:
+            student.write_cache(target[:, start : start + chunk], text, cache, g)
     return torch.stack(losses).mean()
 
 
-def first_chunk_loss(student: FlowVideoModel, teacher: FlowVideoModel, pairs: dict, levels: list[float],
-                     batch_size: int, g: torch.Generator) -> torch.Tensor:
-    """MSE of the student's first-chunk x0-prediction (empty cache) from a teacher ODE state at a random one of its
-    levels onto the teacher's final first chunk."""
-    idx = torch.randint(len(pairs["prompts"]), (batch_size,), generator=g)
-    chunk, dev = student.cfg.dit.chunk_frames, student.device
-    states, target = pairs["states"][idx, :, :chunk].to(dev), pairs["finals"][idx, :chunk].to(dev)
-    with torch.no_grad():
-        text = teacher.encode_text([pairs["prompts"][i] for i in idx.tolist()])
-    k = int(torch.randint(len(levels), (1,), generator=g))
-    return F.mse_loss(student.predict_x0_streaming(states[:, k], levels[k], text, student.new_cache()), target)
+def first_chunks(pairs: dict, frames: int) -> dict:
+    """``pairs`` cut to their first ``frames`` latent frames (views, no copy)."""
+    return {"prompts": pairs["prompts"], "states": pairs["states"][:, :, :frames], "finals": pairs["finals"][:, :frames]}
 
 
 class ODEInitMethod(StudentOutputs, Method):
@@ -175,8 +168,9 @@ class ODEInitMethod(StudentOutputs, Method):
         self.frames = student.latent_frames(world.cfg.frames)
         self.levels = student.streaming_sigmas()[:-1]
         self.pairs = ode_pairs(run_dir / "ode_pairs.pt", teacher, student, world, cfg, seed, quiet)
-        self.coupled = (ode_pairs(run_dir / "ode_pairs_coupled.pt", teacher, student, world, cfg, seed, quiet, coupled=True)
-                        if cfg.coupled_weight else None)
+        self.coupled = (first_chunks(ode_pairs(run_dir / "ode_pairs_coupled.pt", teacher, student, world, cfg, seed,
+                                               quiet, coupled=True), student.cfg.dit.chunk_frames)
+                        if cfg.coupled_weight else None)  # only their first chunk is regressed
 
     def regression_loss(self) -> torch.Tensor:
         return ode_regression_loss(self.student, self.teacher, self.pairs, self.levels, self.cfg.batch_size,
@@ -198,7 +192,8 @@ class ODEInitMethod(StudentOutputs, Method):
             eps = torch.randn(clean.shape, generator=g).to(clean.device)
             v = self.student.velocity(fm.add_noise(clean, eps, sigma), sigma, text, cache=cache)
             losses.append(F.mse_loss(v, fm.velocity_target(clean, eps)))
-            self.student.write_cache(clean, text, cache, g)
+            if start + chunk < self.frames:  # the last chunk is not cached: nothing reads it
+                self.student.write_cache(clean, text, cache, g)
         return torch.stack(losses).mean()
 
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
@@ -212,8 +207,8 @@ class ODEInitMethod(StudentOutputs, Method):
                 metrics["real_loss"] = float(real.detach())
                 total = total + self.cfg.real_weight * real
             if self.coupled is not None:
-                first = first_chunk_loss(self.student, self.teacher, self.coupled, self.levels, self.cfg.batch_size,
-                                         self.data.generator)
+                first = ode_regression_loss(self.student, self.teacher, self.coupled, self.levels, self.cfg.batch_size,
+                                            self.data.generator)
                 metrics["coupled_loss"] = float(first.detach())
                 total = total + self.cfg.coupled_weight * first
             return total

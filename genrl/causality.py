@@ -52,10 +52,9 @@ def causal_report(teacher: VideoModel, split: str = "val", num: int = 32, frames
     prompts, named = eval_prompts(world, split, list(range(num)), "full", torch.Generator().manual_seed(seed))
     prompts = teacher.prepare_prompts(prompts, seed + 104_729)
     g = torch.Generator().manual_seed(seed * 7919 + 11)
-    per_chunk = []
+    per_chunk, shape = [], teacher.latent_shape(1, frames)[1:]
     with progress_bar(num * bases * draws * (n_chunks - 1), "causal", quiet) as advance:
         for c in range(n_chunks - 1):
-            shape = teacher.latent_shape(1, frames)[1:]
             noise = torch.randn((num, bases, 1, *shape), generator=g).repeat(1, 1, draws, *[1] * len(shape))
             cut = (c + 1) * chunk
             noise[:, :, :, cut:] = torch.randn(noise[:, :, :, cut:].shape, generator=g)  # later chunks: fresh

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import output_file
+from .options import output_file, timesteps_option
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -14,9 +14,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 @click.option("--out", "out", required=True, type=output_file((".safetensors",)), help="The .safetensors file to write.")
 @click.option("--dtype", "dtype_name", type=click.Choice(DTYPES), default="float32",
               help="Floating-point type of the written weights (the shipped shapes models are float16).")
-@click.option("--timesteps", default=None, metavar="T1,T2,...",
-              help="A streaming student's default timesteps per chunk, written into the file (e.g. 1000,625,375,125; "
-                   "default: the ones it has).")
+@timesteps_option("A streaming student's default timesteps per chunk, written into the file (e.g. 1000,625,375,125; "
+                  "default: the ones it has).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def export(models, out, dtype_name, timesteps, quiet):
     """Write MODELS (built-in names, .safetensors files, run folders or checkpoints) as one weights file.
@@ -35,7 +34,7 @@ def export(models, out, dtype_name, timesteps, quiet):
     import torch
 
     from ..errors import UsageError
-    from ..generation import is_streaming, parse_timesteps
+    from ..generation import is_streaming
     from ..models.registry import average_models, model_metadata, save_weights
 
     model = average_models(list(models))
@@ -43,10 +42,7 @@ def export(models, out, dtype_name, timesteps, quiet):
     if timesteps is not None:
         if not is_streaming(model):
             raise UsageError(f"--timesteps is for streaming students; {models[0]} makes the whole video at once")
-        try:
-            model.cfg.streaming.timesteps = parse_timesteps(timesteps)
-        except ValueError as e:
-            raise UsageError(f"--timesteps: {e}") from None
+        model.cfg.streaming.timesteps = timesteps
     save_weights(model, out, meta["genrl_kind"], model.cfg, dtype=getattr(torch, dtype_name))
     if not quiet:
         what = "the average of " + ", ".join(models) if len(models) > 1 else models[0]

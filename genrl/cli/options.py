@@ -14,6 +14,23 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True, hel
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars; only the final summary line.")
 
 
+def timesteps_option(help: str):
+    """``--timesteps T1,T2,...``: a streaming student's per-chunk timesteps, parsed and checked
+    (:func:`genrl.generation.parse_timesteps`) into a list, or None when not given."""
+
+    def parse(ctx, param, value: str | None) -> list[float] | None:
+        from ..generation import parse_timesteps
+
+        if value is None:
+            return None
+        try:
+            return parse_timesteps(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return click.option("--timesteps", default=None, metavar="T1,T2,...", callback=parse, help=help)
+
+
 def writable_problem(folder: Path) -> str | None:
     """Why files cannot be written in ``folder`` (created if need be), or None. Leaves no trace:
     folders it had to create for the probe are removed again. Safe when several processes of one

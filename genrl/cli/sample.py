@@ -9,7 +9,7 @@ import click
 
 from ..errors import UsageError
 from ..worlds.shapes import SPLITS
-from .options import OutputFolder, output_file, quiet_option, seed_option
+from .options import OutputFolder, output_file, quiet_option, seed_option, timesteps_option
 
 
 def model_options(fn):
@@ -25,9 +25,8 @@ def sampling_options(fn):
                       help="Denoising steps: a teacher's Euler steps (default 50), or a streaming student's steps "
                            "per chunk, N evenly spaced timesteps from 1000 down (default: the schedule it was "
                            "trained with, e.g. 4 = [1000, 750, 500, 250]).")(fn)
-    fn = click.option("--timesteps", default=None, metavar="T1,T2,...",
-                      help="A streaming student's timesteps per chunk one by one, from 1000 down (e.g. "
-                           "1000,625,375,125), instead of --steps' even spacing.")(fn)
+    fn = timesteps_option("A streaming student's timesteps per chunk one by one, from 1000 down (e.g. "
+                          "1000,625,375,125), instead of --steps' even spacing.")(fn)
     fn = click.option("--first-steps", type=click.IntRange(1, 1000), default=None,
                       help="A streaming student's steps for its first chunk alone, the one with no cache to lean "
                            "on (a long stream pays for it once; default: as --steps).")(fn)
@@ -35,24 +34,18 @@ def sampling_options(fn):
 
 
 def sampling_config(gen, steps: int | None, guidance: float | None, first_steps: int | None = None,
-                    timesteps: str | None = None):
+                    timesteps: list[float] | None = None):
     """The SamplingConfig --steps, --timesteps, --first-steps and --guidance ask for, as ``gen`` reads them
     (see `sampling_options`)."""
-    from ..generation import SamplingConfig, is_streaming, parse_timesteps
+    from ..generation import SamplingConfig, is_streaming
 
     if is_streaming(gen):
         if guidance is not None:
             raise UsageError("--guidance is for teachers: a streaming student samples without CFG (its teacher's "
                              "guidance is distilled in); --steps sets its denoising steps per chunk")
-        schedule = None
-        if timesteps is not None:
-            if steps is not None:
-                raise UsageError("give --steps (N evenly spaced timesteps) or --timesteps (each one), not both")
-            try:
-                schedule = parse_timesteps(timesteps)
-            except ValueError as e:
-                raise UsageError(f"--timesteps: {e}") from None
-        return SamplingConfig(student_steps=steps, first_chunk_steps=first_steps, student_schedule=schedule)
+        if timesteps is not None and steps is not None:
+            raise UsageError("give --steps (N evenly spaced timesteps) or --timesteps (each one), not both")
+        return SamplingConfig(student_steps=steps, first_chunk_steps=first_steps, student_schedule=timesteps)
     for name, v in (("--first-steps", first_steps), ("--timesteps", timesteps)):
         if v is not None:
             raise UsageError(f"{name} is for streaming students (a teacher makes the whole video at once); "
@@ -213,8 +206,8 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
     given = [name for name, v in (("--steps", steps), ("--first-steps", first_steps), ("--timesteps", timesteps),
                                   ("--guidance", guidance), ("--frames", frames)) if v is not None]
     if task == "causal":
-        wrong = [n for n, bad in (("--hallucination", hallucination), ("--types", types), ("--prompts", prompt_style != "full"),
-                                  ("--first-steps", first_steps is not None), ("--timesteps", timesteps is not None)) if bad]
+        wrong = [n for n, bad in (("--hallucination", hallucination), ("--types", types), ("--prompts", prompt_style != "full"))
+                 if bad] + [n for n in given if n in ("--first-steps", "--timesteps")]
         if wrong:
             raise UsageError(f"{wrong[0]} is not an option of --task causal (it takes a teacher's --steps, --guidance "
                              f"and --frames)")
