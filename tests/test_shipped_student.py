@@ -31,6 +31,17 @@ def test_every_student_name_has_its_weights():
     assert STUDENTS and all((ASSETS / BUILTIN[n]).exists() for n in STUDENTS)
 
 
+def test_default_steps_per_chunk_are_the_ones_the_readme_measures():
+    """The distilled students sample their 4 trained levels; the ODE student 16 evenly spaced ones (README
+    "Results": 0.89 on test at 16 steps, 0.77 at 4), which include its 4 trained levels."""
+    from genrl.generation import student_timesteps
+
+    want = {n: [1000.0, 750.0, 500.0, 250.0] for n in STUDENTS}
+    want["shapes-student-ode"] = student_timesteps(16)
+    got = {n: [float(t) for t in load_model(n).cfg.streaming.timesteps] for n in STUDENTS}
+    assert got == want and set(want["shapes-student-dmd"]) <= set(want["shapes-student-ode"])
+
+
 @pytest.mark.parametrize("name", STUDENTS)
 def test_last_quarter_of_a_4x_long_video_is_neither_flat_nor_noise(name):
     student = load_model(name)

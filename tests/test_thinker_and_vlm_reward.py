@@ -169,9 +169,10 @@ def test_vlm_reward_calibrated_on_a_generator_puts_its_videos_at_z_zero():
     from genrl.worlds.shapes import ShapesWorld
     from rewards.vlm import vlm_reward as build
 
-    r = build("shapes-vlm", calibration=8, calibrate_on="shapes-student-ode")
+    # the generator configs/experiments/stream_r1_vlm_reward.yaml calibrates on (4 steps a chunk)
+    r = build("shapes-vlm", calibration=8, calibrate_on="shapes-student-ode-base")
     prompts = ShapesWorld().random_prompts("train", 8, torch.Generator().manual_seed(0))
-    videos = generate(load_model("shapes-student-ode", "video_model"), prompts, 9, SamplingConfig(), seed=0).videos
+    videos = generate(load_model("shapes-student-ode-base", "video_model"), prompts, 9, SamplingConfig(), seed=0).videos
     with torch.no_grad():
         z = r(videos, prompts).z
     for a in ("mq", "ta"):
