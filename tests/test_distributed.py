@@ -104,7 +104,7 @@ def _dp_step(rank: int, world: int, init: str, out: str, steps: int = 3) -> None
     if rank == 0:
         torch.save({"state": model.state_dict(), "losses": losses}, out)
     if world > 1:
-        dist.barrier()  # neither rank tears gloo down while the other is still in a collective (one CI run aborted so)
+        dist.barrier()  # both ranks reach teardown together (one CI run had a rank abort in gloo without this)
         dist.destroy_process_group()
 
 
