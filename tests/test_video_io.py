@@ -37,6 +37,10 @@ def test_webm_and_png_folder(tmp_path):
 
 
 def test_bad_files_name_the_file(tmp_path):
+    """Every reader (whole video, resized, chosen frames, info) fails with one VideoReadError naming the file;
+    read_resized and read_frames raised FileNotFoundError on a missing path before, and a traceback in genrl score."""
+    from genrl.io.video import read_frames, read_resized, video_info
+
     cases = {}
     cases["missing"] = tmp_path / "missing.mp4"
     (tmp_path / "empty.mp4").write_bytes(b"")
@@ -50,11 +54,19 @@ def test_bad_files_name_the_file(tmp_path):
     cases["unsupported"] = tmp_path / "notes.txt"
     (tmp_path / "nopng").mkdir()
     cases["no .png"] = tmp_path / "nopng"
+    (tmp_path / "badpng").mkdir()
+    (tmp_path / "badpng" / "000.png").write_text("not a png")
+    cases["bad .png"] = tmp_path / "badpng"
+    readers = {"read_video": read_video, "read_resized": lambda p: read_resized(p, (8, 8)),
+               "read_frames": lambda p: read_frames(p, [0]), "video_info": video_info}
     for what, path in cases.items():
-        with pytest.raises(VideoReadError) as e:
-            read_video(path)
-        assert str(path) in str(e.value), what
-        assert "\n" not in str(e.value)
+        for name, read in readers.items():
+            if name == "video_info" and what in ("cannot decode", "trunc", "bad .png"):
+                continue  # reads the header only; decoding errors surface when frames are read
+            with pytest.raises(VideoReadError) as e:
+                read(path)
+            assert str(path) in str(e.value), (what, name)
+            assert "\n" not in str(e.value)
 
 
 def _long_video(path, frames, size=256):

@@ -57,8 +57,8 @@ def _iter_frames(path: Path):
     import imageio.v3 as iio
 
     if path.is_dir():
-        for f in sorted(path.glob("*.png")):
-            yield _rgb(iio.imread(f))
+        for f in _png_files(path):
+            yield _rgb(_read_png(f))
         return
     _check_file(path)
     suffix = path.suffix.lower()
@@ -161,6 +161,8 @@ def read_frames(path: str | Path, indices: list[int]) -> torch.Tensor:
 
 
 def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoReadError(f"{path}: no such file or folder")
     if path.stat().st_size == 0:
         raise VideoReadError(f"{path}: file is empty")
     suffix = path.suffix.lower()
@@ -168,19 +170,24 @@ def _check_file(path: Path) -> None:
         raise VideoReadError(f"{path}: unsupported video type {suffix or '(none)'}; valid: {', '.join(VIDEO_SUFFIXES)}")
 
 
-def _read_png_folder(path: Path) -> list[np.ndarray]:
-    import imageio.v3 as iio
-
+def _png_files(path: Path) -> list[Path]:
     files = sorted(path.glob("*.png"))
     if not files:
         raise VideoReadError(f"{path}: folder holds no .png frames")
-    out = []
-    for f in files:
-        try:
-            out.append(iio.imread(f))
-        except Exception as e:  # noqa: BLE001 - any decoder error is a bad frame
-            raise VideoReadError(f"{f}: not a readable PNG frame ({_short(e)})") from None
-    return out
+    return files
+
+
+def _read_png(f: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    try:
+        return iio.imread(f)
+    except Exception as e:  # noqa: BLE001 - any decoder error is a bad frame
+        raise VideoReadError(f"{f}: not a readable PNG frame ({_short(e)})") from None
+
+
+def _read_png_folder(path: Path) -> list[np.ndarray]:
+    return [_read_png(f) for f in _png_files(path)]
 
 
 def _read_file(path: Path) -> list[np.ndarray]:
