@@ -2,7 +2,6 @@ import torch
 
 from distill.dmd import dmd_gradient, dmd_loss, sample_dmd_sigma
 from distill.rollout import self_forcing_rollout
-from genrl import schedulers as fm
 
 from tiny import tiny_video_model
 

@@ -21,7 +21,7 @@ def tiny_reward(tmp_path_factory):
 @pytest.fixture
 def videos(tmp_path):
     v, caps, _ = ShapesWorld().clips("val", range(2))
-    a = write_video(tmp_path / "a.gif", v[0])
+    write_video(tmp_path / "a.gif", v[0])
     # an mp4 the project did not make: written by imageio from numpy, at another size
     arr = (np.random.default_rng(0).random((8, 48, 64, 3)) * 255).astype(np.uint8)
     iio.imwrite(tmp_path / "b.mp4", arr, plugin="FFMPEG", fps=8)

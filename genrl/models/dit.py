@@ -327,15 +327,13 @@ class VideoDiT(nn.Module):
         ctx_angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
         return tuple(a[n_ctx * rows * cols :] for a in ctx_angles), ctx_angles
 
-    def forward_frames(self, x, t, text, text_mask, causal: bool = False, frame_offset: int = 0,
-                       total_frames: int | None = None) -> torch.Tensor:
-        """Frames ``frame_offset ..`` of a ``total_frames``-long video (the whole video by default): RoPE at
-        their global positions, the (block-causal) mask over the whole sequence. Sequence parallelism runs
-        each rank's slice through this, with attention cores that see every token."""
+    def forward_frames(self, x, t, text, text_mask, causal: bool = False, frame_offset: int = 0) -> torch.Tensor:
+        """Frames ``frame_offset ..`` of a video (the whole video by default): RoPE at their global positions,
+        the (block-causal) mask over the whole sequence. Sequence parallelism runs each rank's slice through
+        this, with attention cores that gather every token (so they, not this slice, see the whole length)."""
         B, Fr, C, H, W = x.shape
         p, hd = self.cfg.patch, self.cfg.dim // self.cfg.heads
         rows, cols = H // p, W // p
-        total = total_frames or Fr
         pos = token_positions(Fr, rows, cols, frame_offset=frame_offset, device=x.device)
         angles = rope_table(rope_angles(pos, hd, self.cfg.rope_theta))
         mask = BlockCausal(self.cfg.chunk_frames * rows * cols) if causal else None

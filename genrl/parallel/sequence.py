@@ -206,7 +206,7 @@ class SequenceParallelDiT:
             core.key_mask = real if pad else None
         x, text = _sum_grad(x, self.group), _sum_grad(text, self.group)
         out = dit.forward_frames(x[:, lo : lo + per], t[:, lo : lo + per], text, text_mask, causal,
-                                 frame_offset=lo, total_frames=per * P)
+                                 frame_offset=lo)
         full = _Gather.apply(out, self.group, 1)
         return full[:, :Fr]
 
