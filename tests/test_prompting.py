@@ -53,12 +53,15 @@ def test_sample_warns_about_unknown_words_in_one_line(run_cli, tmp_path):
     assert code == 0
     lines = [l for l in err.splitlines() if l.startswith("warning")]
     assert len(lines) == 1 and "'purple', 'fish'" in lines[0] and "known:" in lines[0] and "triangle" in lines[0]
-    assert "1 prompt(s) name only some attributes" in out
+    assert "1 prompt(s) leave attributes unnamed" in out
     prompts = tmp_path / "p.txt"  # a paraphrase naming all six is not partial; "a red square" is
     prompts.write_text("a big blue ball going left fast on a dark background\na red square\n")
     code, out, _ = run_cli("sample", "--model", "shapes-teacher", "--prompts", str(prompts), "--steps", "2",
                            "--out", str(tmp_path / "y.gif"))
-    assert code == 0 and "1 prompt(s) name only some attributes" in out
+    assert code == 0 and "1 prompt(s) leave attributes unnamed" in out
+    code, out, _ = run_cli("sample", "--model", "shapes-teacher", "--prompt", "", "--steps", "2",  # unconditional
+                           "--out", str(tmp_path / "z.gif"))
+    assert code == 0 and "1 prompt(s) leave attributes unnamed" in out
 
 
 def test_paraphrased_prompts_generate_exactly_what_full_captions_do():

@@ -134,7 +134,7 @@ def _warn_unknown_words(gen, prompts: list[str], quiet: bool) -> None:
         click.echo(unknown_words_line(unknown), err=True)
     partial = sum(len(p.named) < len(p.attributes) for p in parsed)
     if partial and not quiet:
-        click.echo(f"{partial} prompt(s) name only some attributes: the others are drawn from the world (per --seed)")
+        click.echo(f"{partial} prompt(s) leave attributes unnamed: those are drawn from the world (per --seed)")
 
 
 def _png_writer(folder: Path, scale: int):
