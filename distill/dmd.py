@@ -12,6 +12,9 @@ Departures from the papers: the student's text encoder is frozen and shared
 with the teacher (all three models read the same text features); the loss
 takes optional element weights W and per-rollout weights — the one hook
 Stream-R1 overrides (beta = 0 and W = 1 give back exactly this loss).
+
+Options from DMD2, off by default: the regression loss on teacher ODE pairs (``regression_weight``) and the GAN
+term against real clips (``gan_weight``, distill/gan.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from genrl.models.video_model import FlowVideoModel
 from genrl.train.ema import EMA
 from genrl.train.trainer import Method, Role, StepContext
 
+from .gan import FeatureClassifier, block_features, classifier_loss, feature_block, generator_gan_loss, noised
 from .ode_init import ode_pairs, ode_regression_loss
 from .rollout import self_forcing_rollout
 
@@ -112,6 +116,15 @@ class DMDConfig:
     regression_pairs: str = ""
     """ODE pairs for the regression loss: a file made by ODE init ({run}/ode_pairs.pt; it must match the
     student's levels and frames), or empty to make ode.num_pairs of them into this run's folder at the start."""
+    gan_weight: float = check(0.0, ">=0")
+    """Weight of DMD2's GAN term in the generator loss (non-saturating): a head on the critic's block features
+    tells real clips from the student's rollouts (distill/gan.py). Needs real clips (the shapes world).
+    0 = off, plain DMD."""
+    gan_classifier_weight: float = check(0.01, ">=0")
+    """Weight of the classifier loss in the critic's loss (DMD2: 1e-2; the head, which only this loss
+    trains, learns at Adam's pace whatever the weight)."""
+    gan_block: int = check(-1, ">=-1")
+    """Critic block whose output tokens the classifier reads; -1 = the middle one (DMD2 reads the bottleneck)."""
 
 
 class DMDMethod(StudentOutputs, Method):
@@ -130,11 +143,23 @@ class DMDMethod(StudentOutputs, Method):
         self.student.requires_grad_(False)
         self.student.dit.requires_grad_(True)
         self.opt, self.sched = adamw(self.student.dit.parameters(), optim)
-        self.critic_opt, self.critic_sched = adamw(self.critic.dit.parameters(), critic_optim)
         self.ema = EMA(self.student, cfg.ema_decay)
         self.data = GeneratorState(seed)
         self.frames = student.latent_frames(world.cfg.frames)
         self.null = None
+        self.gan_head = None
+        if cfg.gan_weight:
+            if not hasattr(world, "random_clips"):
+                raise UsageError("dmd.gan_weight needs real clips: the shapes world has them, a prompt file does not")
+            if cfg.gan_block >= len(self.critic.dit.blocks):
+                raise UsageError(f"dmd.gan_block={cfg.gan_block}: the critic has blocks 0..{len(self.critic.dit.blocks) - 1}")
+            with torch.no_grad():
+                text_dim = teacher.encode_text([""])[0].shape[-1]
+            self.gan_block = feature_block(self.critic.dit, cfg.gan_block)
+            self.gan_head = FeatureClassifier(_token_dim(self.critic.dit), text_dim)
+            self.gan_data = GeneratorState(seed + 9_173)  # its own draws: the DMD step's are unchanged
+        critic_params = list(self.critic.dit.parameters()) + (list(self.gan_head.parameters()) if self.gan_head else [])
+        self.critic_opt, self.critic_sched = adamw(critic_params, critic_optim)
 
     # -- the hook Stream-R1 overrides
     def loss_weights(self, x: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float]]:
@@ -164,7 +189,11 @@ class DMDMethod(StudentOutputs, Method):
         """The frames the teacher and critic judge: all of a training-length rollout, the last window of a longer one."""
         return x[:, -self.frames :]
 
-    def critic_loss(self) -> torch.Tensor:
+    def critic_params(self):
+        return self.critic.dit.parameters() if self.gan_head is None else [*self.critic.dit.parameters(),
+                                                                           *self.gan_head.parameters()]
+
+    def critic_loss(self, metrics: dict[str, float] | None = None) -> torch.Tensor:
         g = self.data.generator
         _, text, _, noise, exit_step = self._batch()
         with torch.no_grad():
@@ -173,8 +202,30 @@ class DMDMethod(StudentOutputs, Method):
         sigma = sample_dmd_sigma(x0.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g)
         eps = torch.randn(x0.shape, generator=g).to(x0.device)
         sigma = sigma.to(x0.device)
-        v = self.critic.velocity(fm.add_noise(x0, eps, sigma), sigma, text)
-        return F.mse_loss(v, fm.velocity_target(x0, eps))
+        if self.gan_head is None:
+            v = self.critic.velocity(fm.add_noise(x0, eps, sigma), sigma, text)
+            return F.mse_loss(v, fm.velocity_target(x0, eps))
+        with block_features(self.critic.dit, self.gan_block) as feats:
+            v = self.critic.velocity(fm.add_noise(x0, eps, sigma), sigma, text)
+            flow = F.mse_loss(v, fm.velocity_target(x0, eps))
+            d_fake = self.gan_head(feats[-1], text)
+            d_real = self._real_logits(x0.shape[0], feats)
+        cls = classifier_loss(d_real, d_fake)
+        metrics = {} if metrics is None else metrics
+        metrics.update(gan_classifier_loss=float(cls.detach()), gan_real_logit=float(d_real.detach().mean()),
+                       gan_fake_logit=float(d_fake.detach().mean()), critic_flow_loss=float(flow.detach()))
+        return flow + self.cfg.gan_classifier_weight * cls
+
+    def _real_logits(self, n: int, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The classifier on ``n`` real clips (their captions), noised at DMD's levels with the GAN's draws."""
+        g = self.gan_data.generator
+        video, prompts, _ = self.world.random_clips("train", n, g)
+        dev = self.student.device
+        with torch.no_grad():
+            real, text = self.student.encode(video.to(dev)), self.teacher.encode_text(prompts)
+        sigma = sample_dmd_sigma(n, self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g).to(dev)
+        self.critic.velocity(noised(real, sigma, g), sigma, text)
+        return self.gan_head(feats[-1], text)
 
     def real_score(self, xt: torch.Tensor, sigma: torch.Tensor, text, null) -> torch.Tensor:
         """The teacher's guided x0-prediction (no gradient is taken through it)."""
@@ -197,18 +248,39 @@ class DMDMethod(StudentOutputs, Method):
         metrics.update(extra)
         metrics["dmd_grad_norm"] = float(grad.flatten(1).norm(dim=1).mean())
         loss = dmd_loss(x, grad, weights, rollout_weights)
+        if self.gan_head is not None or self.cfg.regression_weight:
+            metrics["dmd_loss"] = float(loss.detach())
+        if self.gan_head is not None:
+            loss = loss + self.cfg.gan_weight * self._generator_gan(x, text, metrics)
         if self.cfg.regression_weight:
             reg = ode_regression_loss(self.student, self.teacher, self.pairs, self.student.streaming_sigmas()[:-1],
                                       self.cfg.batch_size, g)
-            metrics["dmd_loss"], metrics["regression_loss"] = float(loss.detach()), float(reg.detach())
+            metrics["regression_loss"] = float(reg.detach())
             loss = loss + self.cfg.regression_weight * reg
         return loss
 
+    def _generator_gan(self, x: torch.Tensor, text, metrics: dict[str, float]) -> torch.Tensor:
+        """The student's GAN term: its rollout noised (GAN's draws), read by the frozen critic and head."""
+        g = self.gan_data.generator
+        sigma = sample_dmd_sigma(x.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g).to(x.device)
+        frozen = [p for p in self.critic_params() if p.requires_grad]
+        for p in frozen:  # the gradient reaches the student's rollout only
+            p.requires_grad_(False)
+        try:
+            with block_features(self.critic.dit, self.gan_block) as feats:
+                self.critic.velocity(noised(x, sigma, g), sigma, text)
+                gan = generator_gan_loss(self.gan_head(feats[-1], text))
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        metrics["gan_generator_loss"] = float(gan.detach())
+        return gan
+
     # -- Method hooks
     def train_step(self, step: int, ctx: StepContext) -> dict[str, float]:
-        critic = [ctx.optimize(self.critic_opt, self.critic.dit.parameters(), lambda i: self.critic_loss(), self.critic_sched)
-                  for _ in range(self.cfg.critic_ratio)][-1]  # critic_ratio >= 1: the last update's figures
         metrics: dict[str, float] = {}
+        critic = [ctx.optimize(self.critic_opt, self.critic_params(), lambda i: self.critic_loss(metrics), self.critic_sched)
+                  for _ in range(self.cfg.critic_ratio)][-1]  # critic_ratio >= 1: the last update's figures
         gen = ctx.optimize(self.opt, self.student.dit.parameters(), lambda i: self.generator_loss(metrics), self.sched)
         self.ema.update(self.student)
         return {"loss": gen["loss"], "grad_norm": gen["grad_norm"], "critic_loss": critic["loss"],
@@ -220,15 +292,34 @@ class DMDMethod(StudentOutputs, Method):
         return [self.teacher.dit, self.critic.dit]
 
     def roles(self):
-        return {"student": Role(self.student, trainable=True), "critic": Role(self.critic, trainable=True),
-                "teacher": Role(self.teacher), "ema": Role(self.ema.module, cast=False)}
+        roles = {"student": Role(self.student, trainable=True), "critic": Role(self.critic, trainable=True),
+                 "teacher": Role(self.teacher), "ema": Role(self.ema.module, cast=False)}
+        if self.gan_head is not None:
+            roles["gan_classifier"] = Role(self.gan_head, trainable=True)
+        return roles
 
     def checkpoint_modules(self):
-        return {"student": self.student, "critic": self.critic, "ema": self.ema.module}
+        mods = {"student": self.student, "critic": self.critic, "ema": self.ema.module}
+        if self.gan_head is not None:
+            mods["gan_classifier"] = self.gan_head
+        return mods
 
     def stateful(self):
-        return {"optimizer": self.opt, "scheduler": self.sched, "critic_optimizer": self.critic_opt,
-                "critic_scheduler": self.critic_sched, "data": self.data}
+        state = {"optimizer": self.opt, "scheduler": self.sched, "critic_optimizer": self.critic_opt,
+                 "critic_scheduler": self.critic_sched, "data": self.data}
+        if self.gan_head is not None:
+            state["gan_data"] = self.gan_data
+        return state
+
+
+def _token_dim(dit) -> int:
+    """Width of a DiT's block tokens: genrl's (cfg.dim) or diffusers' Wan2.1 (heads x head dim)."""
+    if hasattr(dit, "cfg") and hasattr(dit.cfg, "dim"):
+        return dit.cfg.dim
+    c = getattr(dit, "config", None)
+    if c is not None and hasattr(c, "num_attention_heads") and hasattr(c, "attention_head_dim"):
+        return c.num_attention_heads * c.attention_head_dim
+    raise UsageError(f"dmd.gan_weight: cannot tell the token width of a {type(dit).__name__} critic")
 
 
 def regression_pairs(cfg, student: FlowVideoModel, teacher: FlowVideoModel, world, quiet: bool = False) -> dict | None:

@@ -115,6 +115,9 @@ def build_method(cfg: DistillConfig, quiet: bool):
     if cfg.prompts and cfg.train.val_every:
         raise UsageError("train.val_every measures students against the shapes world's probe; set train.val_every=0 "
                          "with a prompt file")
+    if cfg.dmd.gan_weight and cfg.parallel.sequence > 1 and cfg.method in ("dmd", "stream_r1"):
+        raise UsageError("dmd.gan_weight reads the critic's whole-video features: it does not run with "
+                         "parallel.sequence > 1 yet; use data parallelism (parallel.sequence=1)")
     world = build_world(cfg)
     student, teacher, critic = build_models(cfg)
     frames = student.latent_frames(cfg.world.frames)

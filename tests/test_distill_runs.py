@@ -366,3 +366,80 @@ def test_sweep_diagnostics_by_hand(tmp_path):
     assert d["reward_probe_auc"] == 0.625
     d = diagnostics(read_metrics(tmp_path), {"reward_probe_auc": {"r": None}}, "r")  # undefined AUC: left out
     assert "reward_probe_auc" not in d and d["ess"] == 43 / 8
+
+
+def test_gan_losses_hand_computed_and_the_generator_term_reaches_only_the_student():
+    from distill.gan import FeatureClassifier, block_features, classifier_loss, generator_gan_loss
+
+    z = torch.zeros(3)
+    assert abs(float(classifier_loss(z, z)) - 2 * math.log(2)) < 1e-6
+    assert abs(float(generator_gan_loss(z)) - math.log(2)) < 1e-6
+    # real logit 2 and fake logit -1: softplus(-2) + softplus(-1)
+    want = math.log1p(math.exp(-2)) + math.log1p(math.exp(-1))
+    assert abs(float(classifier_loss(torch.tensor([2.0]), torch.tensor([-1.0]))) - want) < 1e-6
+    critic = tiny_video_model(seed=1)
+    head = FeatureClassifier(critic.dit.cfg.dim, critic.encode_text(["x"])[0].shape[-1])
+    x = torch.randn(critic.latent_shape(2, 6), requires_grad=True)
+    text = critic.encode_text(["a red square", "a big blue circle moving left"])
+    text = (text[0].detach(), text[1])
+    for p in [*critic.parameters(), *head.parameters()]:
+        p.requires_grad_(False)
+    with block_features(critic.dit, 0) as feats:
+        critic.velocity(x, torch.tensor([0.3, 0.9]), text)
+        generator_gan_loss(head(feats[-1], text)).backward()
+    tokens = 6 * (x.shape[-2] // critic.dit.cfg.patch) * (x.shape[-1] // critic.dit.cfg.patch)
+    assert len(feats) == 1 and feats[0].shape == (2, tokens, critic.dit.cfg.dim)
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in [*critic.parameters(), *head.parameters()])
+    # padding tokens are not read: changing them leaves the logit unchanged
+    other = (text[0].clone(), text[1])
+    other[0][0, 4:] = 7.0
+    assert torch.allclose(head(feats[0], text), head(feats[0], other))
+    assert not critic.dit.blocks[0]._forward_hooks  # the hook is gone after the block
+
+
+def test_dmd_gan_term_adds_to_the_generator_loss_and_leaves_the_dmd_draws_alone(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    gan = ["dmd.gan_weight=0.5", "dmd.gan_classifier_weight=0.1", "train.grad_clip=0", "eval_num=0"]
+    _distill(run_cli, tmp_path / "g", teacher, "method=dmd", "train.steps=2", *gan)
+    rows = [r for r in (json.loads(l) for l in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["gan_generator_loss"] > 0 and r["gan_classifier_loss"] > 0
+        assert abs(r["loss"] - (r["dmd_loss"] + 0.5 * r["gan_generator_loss"])) < 1e-5
+        assert abs(r["critic_loss"] - (r["critic_flow_loss"] + 0.1 * r["gan_classifier_loss"])) < 1e-5
+    _distill(run_cli, tmp_path / "p", teacher, "method=dmd", "train.steps=2", "train.grad_clip=0", "eval_num=0")
+    plain = [r for r in (json.loads(l) for l in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    ck = lambda run, step, name: load_file(str(tmp_path / run / "checkpoints" / f"step_000000{step}" / f"{name}.safetensors"))
+    assert any(not torch.equal(ck("g", 1, "student")[k], ck("p", 1, "student")[k]) for k in ck("p", 1, "student"))
+    assert any(not torch.equal(ck("g", 1, "gan_classifier")[k], ck("g", 2, "gan_classifier")[k])
+               for k in ck("g", 1, "gan_classifier"))
+    # with the classifier out of the critic's loss, the critic's updates and the DMD step's draws are plain DMD's
+    _distill(run_cli, tmp_path / "c", teacher, "method=dmd", "train.steps=1", "dmd.gan_weight=0.5",
+             "dmd.gan_classifier_weight=0", "train.grad_clip=0", "eval_num=0")
+    only = [r for r in (json.loads(l) for l in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert abs(only[0]["dmd_loss"] - plain[0]["loss"]) < 1e-7 and only[0]["gan_generator_loss"] > 0
+    assert all(torch.equal(ck("c", 1, "critic")[k], ck("p", 1, "critic")[k]) for k in ck("p", 1, "critic"))
+    assert any(not torch.equal(ck("c", 1, "student")[k], ck("p", 1, "student")[k]) for k in ck("p", 1, "student"))
+    # and it resumes exactly, classifier head and the critic's optimiser included
+    _distill(run_cli, tmp_path / "h", teacher, "method=dmd", "train.steps=1", *gan)
+    _distill(run_cli, tmp_path / "h", teacher, "method=dmd", "train.steps=2", *gan)
+    for name in ("student", "critic", "gan_classifier"):
+        a, b = ck("g", 2, name), ck("h", 2, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_dmd_gan_weight_zero_is_plain_dmd_and_bad_blocks_are_one_usage_line(run_cli, tmp_path, assets):
+    teacher, _ = assets
+    _distill(run_cli, tmp_path / "z", teacher, "method=dmd", "train.steps=1", "dmd.gan_weight=0", "dmd.gan_block=0")
+    _distill(run_cli, tmp_path / "p", teacher, "method=dmd", "train.steps=1")
+    for name in ("student", "critic"):
+        a = load_file(str(tmp_path / "z" / "checkpoints" / "step_0000001" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "p" / "checkpoints" / "step_0000001" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    code, _, err = run_cli("distill", f"out_dir={tmp_path / 'b'}", f"teacher={teacher}", *TINY, "method=dmd",
+                           "dmd.gan_weight=0.1", "dmd.gan_block=99")
+    assert code == 2 and "dmd.gan_block=99" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("distill", f"out_dir={tmp_path / 's'}", f"teacher={teacher}", *TINY, "method=dmd",
+                           "dmd.gan_weight=0.1", "parallel.sequence=2")
+    assert code == 2 and "parallel.sequence" in err and len(err.strip().splitlines()) == 1
