@@ -158,8 +158,7 @@ class DMDMethod(StudentOutputs, Method):
             self.gan_block = feature_block(self.critic.dit, cfg.gan_block)
             self.gan_head = FeatureClassifier(_token_dim(self.critic.dit), text_dim)
             self.gan_data = GeneratorState(seed + 9_173)  # its own draws: the DMD step's are unchanged
-        critic_params = list(self.critic.dit.parameters()) + (list(self.gan_head.parameters()) if self.gan_head else [])
-        self.critic_opt, self.critic_sched = adamw(critic_params, critic_optim)
+        self.critic_opt, self.critic_sched = adamw(self.critic_params(), critic_optim)
 
     # -- the hook Stream-R1 overrides
     def loss_weights(self, x: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float]]:
@@ -189,9 +188,9 @@ class DMDMethod(StudentOutputs, Method):
         """The frames the teacher and critic judge: all of a training-length rollout, the last window of a longer one."""
         return x[:, -self.frames :]
 
-    def critic_params(self):
-        return self.critic.dit.parameters() if self.gan_head is None else [*self.critic.dit.parameters(),
-                                                                           *self.gan_head.parameters()]
+    def critic_params(self) -> list[torch.nn.Parameter]:
+        """What the critic's optimiser updates: its DiT, and the GAN classifier's head when the term is on."""
+        return [*self.critic.dit.parameters(), *(self.gan_head.parameters() if self.gan_head is not None else ())]
 
     def critic_loss(self, metrics: dict[str, float] | None = None) -> torch.Tensor:
         g = self.data.generator
