@@ -312,13 +312,12 @@ class DMDMethod(StudentOutputs, Method):
 
 
 def _token_dim(dit) -> int:
-    """Width of a DiT's block tokens: genrl's (cfg.dim) or diffusers' Wan2.1 (heads x head dim)."""
-    if hasattr(dit, "cfg") and hasattr(dit.cfg, "dim"):
-        return dit.cfg.dim
-    c = getattr(dit, "config", None)
-    if c is not None and hasattr(c, "num_attention_heads") and hasattr(c, "attention_head_dim"):
-        return c.num_attention_heads * c.attention_head_dim
-    raise UsageError(f"dmd.gan_weight: cannot tell the token width of a {type(dit).__name__} critic")
+    """Width of the critic DiT's block tokens (genrl's DiT; the GAN term needs real clips, which only the shapes
+    world provides, so the Wan2.1 recipes that train on prompt files never reach it)."""
+    dim = getattr(getattr(dit, "cfg", None), "dim", None)
+    if dim is None:
+        raise UsageError(f"dmd.gan_weight: cannot tell the token width of a {type(dit).__name__} critic")
+    return dim
 
 
 def regression_pairs(cfg, student: FlowVideoModel, teacher: FlowVideoModel, world, quiet: bool = False) -> dict | None:

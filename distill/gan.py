@@ -4,8 +4,8 @@ DMD2 (Yin et al. 2024) adds a non-saturating GAN loss to distribution matching, 
 teacher) as the positive class, so the student is pulled towards the data where the teacher falls short. As
 there, the classifier is a small head on the fake-score network (the critic) at a middle block, read on noised
 latents; the critic learns it alongside its flow loss (one optimiser), and the student's GAN term flows through
-the frozen critic into the rollout. The features come from a forward hook on the block, so any DiT with
-``.blocks`` (genrl's, diffusers' Wan2.1) serves. Its randomness (real clips, noise levels) comes from its own
+the frozen critic into the rollout. The features come from a forward hook on the block (any DiT with
+``.blocks``). Its randomness (real clips, noise levels) comes from its own
 generator, so turning it on changes no draw of the DMD step.
 
 Losses, with D the logit:
