@@ -123,6 +123,9 @@ class DMDConfig:
     gan_classifier_weight: float = check(0.01, ">=0")
     """Weight of the classifier loss in the critic's loss (DMD2: 1e-2; the head, which only this loss
     trains, learns at Adam's pace whatever the weight)."""
+    gan_head_lr_scale: float = check(1.0, ">0")
+    """The classifier head's learning rate relative to critic_optim.lr (1 = DMD2's one rate; a fresh head
+    learns little in a few hundred updates at the critic's rate)."""
     gan_block: int = check(-1, ">=-1")
     """Critic block whose output tokens the classifier reads; -1 = the middle one (DMD2 reads the bottleneck)."""
 
@@ -158,7 +161,10 @@ class DMDMethod(StudentOutputs, Method):
             self.gan_block = feature_block(self.critic.dit, cfg.gan_block)
             self.gan_head = FeatureClassifier(_token_dim(self.critic.dit), text_dim)
             self.gan_data = GeneratorState(seed + 9_173)  # its own draws: the DMD step's are unchanged
-        self.critic_opt, self.critic_sched = adamw(self.critic_params(), critic_optim)
+        groups = [{"params": list(self.critic.dit.parameters())}]
+        if self.gan_head is not None:
+            groups.append({"params": list(self.gan_head.parameters()), "lr": critic_optim.lr * cfg.gan_head_lr_scale})
+        self.critic_opt, self.critic_sched = adamw(groups, critic_optim)
 
     # -- the hook Stream-R1 overrides
     def loss_weights(self, x: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float]]:

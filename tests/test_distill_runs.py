@@ -429,6 +429,26 @@ def test_dmd_gan_term_adds_to_the_generator_loss_and_leaves_the_dmd_draws_alone(
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_gan_head_learns_at_its_own_rate_under_the_critics_schedule():
+    from distill.dmd import DMDConfig, DMDMethod
+    from genrl.methods.common import OptimConfig, lr_factor
+    from genrl.worlds.shapes import ShapesWorld, WorldConfig
+
+    teacher, student = tiny_video_model(seed=0), tiny_video_model(seed=1)
+    critic_optim = OptimConfig(lr=1e-4, warmup_steps=4)
+    m = DMDMethod(DMDConfig(gan_weight=0.1, gan_head_lr_scale=10.0), student, teacher, ShapesWorld(WorldConfig()),
+                  OptimConfig(lr=2e-5), critic_optim, seed=0)
+    dit_group, head_group = m.critic_opt.param_groups
+    assert len(dit_group["params"]) == len(list(m.critic.dit.parameters()))
+    assert len(head_group["params"]) == len(list(m.gan_head.parameters()))
+    first = lr_factor(0, critic_optim)  # the schedule's warm-up scales both groups alike
+    assert dit_group["lr"] == pytest.approx(1e-4 * first) and head_group["lr"] == pytest.approx(1e-3 * first)
+    m.critic_sched.step()
+    assert head_group["lr"] / dit_group["lr"] == pytest.approx(10.0)
+    assert len(DMDMethod(DMDConfig(), student, teacher, ShapesWorld(WorldConfig()), OptimConfig(lr=2e-5), critic_optim,
+                         seed=0).critic_opt.param_groups) == 1
+
+
 def test_dmd_gan_weight_zero_is_plain_dmd_and_bad_blocks_are_one_usage_line(run_cli, tmp_path, assets):
     teacher, _ = assets
     _distill(run_cli, tmp_path / "z", teacher, "method=dmd", "train.steps=1", "dmd.gan_weight=0", "dmd.gan_block=0")
