@@ -19,6 +19,7 @@ term against real clips (``gan_weight``, distill/gan.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,8 +155,6 @@ class DMDMethod(StudentOutputs, Method):
         if cfg.gan_weight:
             if not hasattr(world, "random_clips"):
                 raise UsageError("dmd.gan_weight needs real clips: the shapes world has them, a prompt file does not")
-            if cfg.gan_block >= len(self.critic.dit.blocks):
-                raise UsageError(f"dmd.gan_block={cfg.gan_block}: the critic has blocks 0..{len(self.critic.dit.blocks) - 1}")
             with torch.no_grad():
                 text_dim = teacher.encode_text([""])[0].shape[-1]
             self.gan_block = feature_block(self.critic.dit, cfg.gan_block)
@@ -207,12 +206,12 @@ class DMDMethod(StudentOutputs, Method):
         sigma = sample_dmd_sigma(x0.shape[0], self.teacher.cfg.shift, self.cfg.min_t, self.cfg.max_t, g)
         eps = torch.randn(x0.shape, generator=g).to(x0.device)
         sigma = sigma.to(x0.device)
-        if self.gan_head is None:
-            v = self.critic.velocity(fm.add_noise(x0, eps, sigma), sigma, text)
-            return F.mse_loss(v, fm.velocity_target(x0, eps))
-        with block_features(self.critic.dit, self.gan_block) as feats:
+        hook = block_features(self.critic.dit, self.gan_block) if self.gan_head is not None else contextlib.nullcontext()
+        with hook as feats:
             v = self.critic.velocity(fm.add_noise(x0, eps, sigma), sigma, text)
             flow = F.mse_loss(v, fm.velocity_target(x0, eps))
+            if self.gan_head is None:
+                return flow
             d_fake = self.gan_head(feats[-1], text)
             d_real = self._real_logits(x0.shape[0], feats)
         cls = classifier_loss(d_real, d_fake)

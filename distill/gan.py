@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genrl import schedulers as fm
+from genrl.errors import UsageError
 
 
 class FeatureClassifier(nn.Module):
@@ -63,8 +64,10 @@ def block_features(dit: nn.Module, block: int):
 
 
 def feature_block(dit: nn.Module, block: int) -> int:
-    """The block index the classifier reads: ``block``, or the middle one for -1."""
+    """The block index the classifier reads: ``block``, or the middle one for -1 (dmd.gan_block)."""
     n = len(dit.blocks)
+    if block >= n:
+        raise UsageError(f"dmd.gan_block={block}: the critic has blocks 0..{n - 1}")
     return n // 2 if block < 0 else block
 
 

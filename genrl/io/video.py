@@ -30,9 +30,7 @@ def is_video_path(path: Path) -> bool:
 def read_video(path: str | Path) -> torch.Tensor:
     """Decode a video file or a folder of PNG frames into (F, C, H, W) float in [0, 1]."""
     path = Path(path)
-    if not path.exists():
-        raise VideoReadError(f"{path}: no such file or folder")
-    frames = _read_png_folder(path) if path.is_dir() else _read_file(path)
+    frames = _read_png_folder(path) if path.is_dir() else _read_file(path)  # _read_file reports a missing path
     if not frames:
         raise VideoReadError(f"{path}: contains no frames")
     shapes = {f.shape for f in frames}
