@@ -108,16 +108,40 @@ def test_readme_command_table_matches_the_cli():
     import re
     from pathlib import Path
 
+    import click
+
     from genrl.cli.main import cli
 
     text = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
     table = text.split("<!-- commands -->")[1].split("<!-- /commands -->")[0]
     documented = re.findall(r"`genrl ([a-z -]+?)`", table)
     actual = []
-    for name, cmd in cli.commands.items():
-        subs = getattr(cmd, "commands", None)
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        subs = getattr(cli.get_command(ctx, name), "commands", None)
         actual += [f"{name} {s}" for s in subs] if subs else [name]
     assert sorted(documented) == sorted(actual)
+
+
+def test_top_level_help_lists_each_command_by_its_own_first_line_without_loading_it():
+    import subprocess
+    import sys
+
+    import click
+
+    from genrl.cli.main import COMMANDS, cli
+
+    ctx = click.Context(cli)
+    for name, (_, _, line) in COMMANDS.items():
+        cmd = cli.get_command(ctx, name)
+        assert cmd.name == name and cmd.get_short_help_str(10_000) == line
+    # `genrl --help`, `--version` and the torch-free commands' help answer without importing torch
+    probe = ("import sys; from genrl.cli.main import main; codes = [main(a) for a in ({!r})]; "
+             "print(codes, 'torch' in sys.modules)")
+    for argv in (["--help"], ["--version"], ["compare", "--help"], ["select", "--help"], ["score", "--help"]):
+        out = subprocess.run([sys.executable, "-c", probe.format([argv])], capture_output=True, text=True, check=True)
+        assert out.stdout.strip().endswith("[0] False"), (argv, out.stdout[-300:], out.stderr[-300:])
+    assert cli.get_command(ctx, "no-such-command") is None
 
 
 def test_data_probe_through_the_shipped_autoencoder(run_cli):

@@ -6,6 +6,7 @@ file), each reported as one line on stderr without a traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -15,11 +16,51 @@ from ..errors import TrainingDiverged, UsageError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    # name: (module under genrl.cli, attribute, the line `genrl --help` shows), in the order a user meets them.
+    # A command's module is imported only when that command runs (or its --help is asked for), so
+    # `genrl --help`, `--version` and the commands that need no torch answer without importing it.
+    "data": ("data", "data", "Inspect the embedded shapes world (captioned procedural videos)."),
+    "pretrain": ("pretrain", "pretrain", "Pretrain the teacher (flow matching) or its autoencoder on the shapes world."),
+    "train-reward": ("reward", "train_reward", "Train the shapes reward model (VQ, MQ, TA) with Bradley–Terry-with-ties."),
+    "distill": ("distill", "distill", "Distil the teacher into a streaming student (ODE init, DMD, Stream-R1)."),
+    "sweep": ("sweep", "sweep", "Run a distillation recipe over variants x seeds and tabulate the evals."),
+    "plan": ("plan", "plan", "Parameters and memory per role of a distillation recipe, and what fits on your GPUs."),
+    "sft": ("qa", "sft", "Supervised warm-start of the tiny VLM on shapes video QA."),
+    "grpo": ("qa", "grpo", "GRPO (or T-GRPO, TW-GRPO, Reg-GRPO) on shapes video QA from an SFT start."),
+    "rl-vs-sft": ("qa", "rl_vs_sft", "SEED-Bench-R1's question on the shapes world: from one start, more SFT or GRPO?"),
+    "sample": ("sample", "sample", "Generate videos from text prompts."),
+    "eval": ("sample", "evaluate", "Measure a video generator (or, with --task qa, a video-language model) on held-out prompts."),
+    "compare": ("compare", "compare", "Paired difference of two generators on the same prompts and sampling seeds (or two "
+                "video-language models on the same questions), with 95% intervals."),
+    "select": ("compare", "select", "Pick a checkpoint on validation by a rule fixed in advance: it must beat the baseline's "
+               "accuracy and lose no guarded metric, and among those the highest accuracy wins."),
+    "score": ("score", "score", "Score videos with a reward model: visual quality, motion quality, text alignment."),
+    "convert": ("convert", "convert", "Convert released checkpoints into folders genrl loads (once; nothing is downloaded)."),
+    "export": ("export", "export", "Write MODELS (built-in names, .safetensors files, run folders or checkpoints) as one "
+               "weights file."),
+    "bench": ("bench", "bench", "Speed and memory, measured side by side in one process (ratios, medians, spreads)."),
+}
+
+
 class Group(click.Group):
-    """Lists commands in the order they were added (the order a user meets them)."""
+    """The top-level group: commands listed in the order a user meets them, each loaded on first use."""
 
     def list_commands(self, ctx):
-        return list(self.commands)
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+
+    def format_commands(self, ctx, formatter):
+        """The command list of `genrl --help`, from COMMANDS' lines (nothing imported)."""
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [(name, click.Command(name, help=line).get_short_help_str(limit)) for name, (_, _, line) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -33,31 +74,6 @@ def cli():
     train video-understanding models with GRPO, on one shared core. Runs out
     of the box on the embedded shapes world, on a laptop CPU.
     """
-
-
-def _register() -> None:
-    from . import bench, compare, convert, data, distill, export, plan, pretrain, qa, reward, sample, score, sweep
-
-    cli.add_command(data.data)
-    cli.add_command(pretrain.pretrain)
-    cli.add_command(reward.train_reward)
-    cli.add_command(distill.distill)
-    cli.add_command(sweep.sweep)
-    cli.add_command(plan.plan)
-    cli.add_command(qa.sft)
-    cli.add_command(qa.grpo)
-    cli.add_command(qa.rl_vs_sft)
-    cli.add_command(sample.sample)
-    cli.add_command(sample.evaluate)
-    cli.add_command(compare.compare)
-    cli.add_command(compare.select)
-    cli.add_command(score.score)
-    cli.add_command(convert.convert)
-    cli.add_command(export.export)
-    cli.add_command(bench.bench)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> int:
