@@ -42,6 +42,89 @@ def test_sample_writes_exactly_the_frames_the_student_generates(run_cli, tmp_pat
     assert gif.shape[0] == 9 and gif.shape[-2:] == (32, 32)
 
 
+def test_sample_out_dir_writes_one_file_per_video_that_resumes_and_feeds_score(run_cli, tmp_path):
+    from genrl.io.video import read_video
+
+    prompts = tmp_path / "p.txt"
+    caps = ["a large red circle moving left slowly on a dark background", "a blue square going up",
+            "a large red circle moving left slowly on a dark background"]  # a repeat is made once
+    prompts.write_text("\n".join(caps) + "\n")
+    out = tmp_path / "vids"
+    args = ["sample", "--model", "shapes-student-dmd", "--prompts", str(prompts), "--samples", "2", "--seed", "5",
+            "--scale", "1", "--out-dir", str(out), "--quiet"]
+    code, stdout, err = run_cli(*args)
+    assert code == 0, err
+    assert "wrote 4 video(s)" in stdout and "1 repeated prompt(s) made once" in stdout
+    names = sorted(f.name for f in out.glob("*.mp4"))
+    assert names == sorted(f"{c}-{i}.mp4" for c in caps[:2] for i in (0, 1))
+    manifest = [line.split("\t") for line in (out / "prompts.tsv").read_text().splitlines()]
+    assert sorted(manifest) == sorted([f"{c}-{i}.mp4", c] for c in caps[:2] for i in (0, 1))
+    # sample i of a prompt is the video `--prompt P --seed 5+i --out FILE` writes, whatever else is in the list
+    code, _, err = run_cli("sample", "--model", "shapes-student-dmd", "--prompt", caps[1], "--seed", "6", "--scale", "1",
+                           "--out", str(tmp_path / "one.mp4"), "--quiet")
+    assert code == 0, err
+    alone = read_video(tmp_path / "one.mp4")
+    assert torch.equal(read_video(out / f"{caps[1]}-1.mp4"), alone)
+    assert not torch.equal(read_video(out / f"{caps[1]}-0.mp4"), alone)
+    # a resumed run makes only what is missing, and makes it the same
+    (out / f"{caps[1]}-1.mp4").unlink()
+    stamp = (out / f"{caps[0]}-0.mp4").stat().st_mtime_ns
+    code, stdout, err = run_cli(*args)
+    assert code == 0 and "wrote 1 video(s)" in stdout and "3 already there, kept" in stdout, err
+    assert (out / f"{caps[0]}-0.mp4").stat().st_mtime_ns == stamp
+    assert torch.equal(read_video(out / f"{caps[1]}-1.mp4"), alone)
+    # the manifest is what `genrl score --prompts` reads; a stale hidden temp file is not a video
+    (out / ".half.tmp.mp4").write_bytes(b"")
+    code, stdout, err = run_cli("score", str(out), "--prompts", str(out / "prompts.tsv"), "--format", "json", "--quiet")
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert len(rows) == 4 and all(r["prompt"] in caps and r["ta"] is not None for r in rows)
+
+
+def test_sample_file_names_are_safe_and_distinct():
+    from genrl.cli.sample import video_names
+
+    long = "a " * 200
+    names = video_names(["a red/blue square", "a red blue square", "", ".hidden", long, "x\ny  z"])
+    assert len(set(names.values())) == 6
+    assert names["x\ny  z"] == "x y z"
+    for p, n in names.items():
+        assert "/" not in n and not n.startswith(".") and len(n.encode()) <= 180 and n.strip() == n
+    assert names["a red/blue square"] != "a red blue square"  # both map to one stem, so both get a hash
+    assert names[""].startswith("prompt-") and len(names[""]) == len("prompt-") + 8
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "give exactly one of --out FILE"),
+    (["--out", "x.gif", "--out-dir", "d"], "give exactly one of --out FILE"),
+    (["--out-dir", "d", "--frames-dir", "f"], "--frames-dir writes the frames of one batch"),
+])
+def test_sample_output_arguments_are_one_line_errors(run_cli, tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("sample", "--model", "shapes-student-dmd", "--prompt", "a red square", *extra)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_sample_grid_with_several_samples_holds_each_seed(run_cli, tmp_path):
+    from genrl.io.video import read_video
+
+    cap = "a small green triangle moving right quickly on a light background"
+    for seed in (0, 1):
+        code, _, err = run_cli("sample", "--model", "shapes-student-dmd", "--prompt", cap, "--seed", str(seed),
+                               "--scale", "1", "--out", str(tmp_path / f"s{seed}.gif"), "--quiet")
+        assert code == 0, err
+    code, out, err = run_cli("sample", "--model", "shapes-student-dmd", "--prompt", cap, "--samples", "2",
+                             "--scale", "1", "--out", str(tmp_path / "grid.gif"), "--quiet")
+    assert code == 0 and "2 video(s)" in out, err
+    grid = read_video(tmp_path / "grid.gif")
+    singles = [read_video(tmp_path / f"s{seed}.gif") for seed in (0, 1)]
+    # the two samples side by side, seed 0 then seed 1 (tiles 6 px apart, 3 px in; GIF palettes differ slightly)
+    h, w = singles[0].shape[-2:]
+    tiles = [grid[..., :h, 3 + k * (w + 6) : 3 + k * (w + 6) + w] for k in range(2)]
+    err = [[float((t - s).abs().mean()) for s in singles] for t in tiles]
+    assert err[0][0] < 0.02 and err[1][1] < 0.02 and err[0][1] > 5 * err[0][0] and err[1][0] > 5 * err[1][1], err
+
+
 # -------------------------------------------------------------------------------- autoencoder
 AE = ["method=autoencoder", "autoencoder.model.width=8", "autoencoder.batch_size=2", "world.frames=3",
       "optim.lr=3e-3", "optim.warmup_steps=0", "train.log_every=1", "train.checkpoint_every=2", "--quiet"]

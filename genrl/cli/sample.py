@@ -80,7 +80,14 @@ def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str
 @click.option("--prompt", multiple=True, help="Text prompt (repeatable).")
 @click.option("--prompts", "prompts_file", default=None, help="File with one prompt per line.")
 @sampling_options
-@click.option("--out", type=output_file((".gif", ".mp4")), required=True, help="Video to write; several prompts make a captioned grid.")
+@click.option("--out", type=output_file((".gif", ".mp4")), default=None,
+              help="Video to write; several prompts (or --samples) make a captioned grid.")
+@click.option("--out-dir", type=OutputFolder(), default=None,
+              help="Instead of --out: one .mp4 per prompt and sample, named '<prompt>-<i>.mp4' as VBench reads "
+                   "them, and prompts.tsv (path<TAB>prompt) for `genrl score DIR --prompts DIR/prompts.tsv`. "
+                   "Re-running skips the videos already written.")
+@click.option("--samples", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Videos per prompt; sample i is drawn with seed --seed + i.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Pixel enlargement in the written file.")
 @click.option("--height", type=click.IntRange(16, 4096), default=None, help="Frame height (Wan models; default 480).")
 @click.option("--width", type=click.IntRange(16, 4096), default=None, help="Frame width (Wan models; default 832).")
@@ -88,13 +95,22 @@ def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str
               help="Also write every frame as PNG the moment its chunk is generated (streaming students).")
 @seed_option
 @quiet_option
-def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, first_steps, timesteps, out, scale, height, width, frames_dir, seed, quiet):
+def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, first_steps, timesteps, out, out_dir, samples,
+           scale, height, width, frames_dir, seed, quiet):
     """Generate videos from text prompts.
+
+    With --out, every video goes into one file (a captioned grid when there are
+    several). With --out-dir, each prompt and sample gets its own file, made
+    alone: a video depends only on its prompt, its sample index i and --seed
+    (it is the video `--prompt P --seed SEED+i --out FILE` writes), so an
+    interrupted run resumes where it stopped and a prompt list can be split
+    over machines.
 
     \b
     Examples:
       genrl sample --model shapes-teacher --prompt "a large red circle moving left slowly on a dark background" --out red.gif
       genrl sample --model shapes-teacher --prompts samples/prompts.txt --steps 30 --out grid.gif
+      genrl sample --model shapes-student-dmd --prompts samples/prompts.txt --samples 5 --out-dir videos/
       genrl sample --checkpoint /models/Wan2.1-T2V-1.3B-Diffusers --prompt "a cat surfing" --frames 81 --out cat.mp4
     """
     import torch
@@ -103,21 +119,96 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, fir
     from ..io.grid import captioned_grid
     from ..io.video import upscale, write_video
 
+    if (out is None) == (out_dir is None):
+        raise UsageError("give exactly one of --out FILE (one video or grid) or --out-dir FOLDER (a file per video)")
+    if out_dir is not None and frames_dir is not None:
+        raise UsageError("--frames-dir writes the frames of one batch as they stream; use it with --out, not --out-dir")
     prompts = _read_prompts(prompt, prompts_file)
     gen = load_generator(model, checkpoint, height=height, width=width)
     _warn_unknown_words(gen, prompts, quiet)
     from ..worlds.shapes import WorldConfig
 
     frames = frames or (gen.pixel_frames(21) if not gen.chunk_decodable else WorldConfig().frames)
-    torch.manual_seed(seed)
+    sampling = sampling_config(gen, steps, guidance, first_steps, timesteps)
+    if out_dir is not None:
+        return _sample_to_folder(gen, prompts, frames, sampling, samples, seed, scale, Path(out_dir), quiet)
     on_chunk = _png_writer(Path(frames_dir), scale) if frames_dir else None
-    result = generate(gen, prompts, frames, sampling_config(gen, steps, guidance, first_steps, timesteps), seed, on_chunk)
-    if len(prompts) == 1:
-        write_video(out, upscale(result.videos[0], scale), fps=6)
+    videos, seconds = [], 0.0
+    for i in range(samples):  # sample i: the whole batch at seed + i
+        torch.manual_seed(seed + i)
+        result = generate(gen, prompts, frames, sampling, seed + i, on_chunk if i == 0 else None)
+        videos.append(result.videos)
+        seconds += result.seconds
+    videos = torch.stack(videos, dim=1).flatten(0, 1)  # prompt-major: each prompt's samples side by side
+    captions = [p for p in prompts for _ in range(samples)]
+    if len(captions) == 1:
+        write_video(out, upscale(videos[0], scale), fps=6)
     else:
-        write_video(out, captioned_grid(result.videos, prompts, cols=4, scale=scale), fps=6)
-    fps = len(prompts) * frames / result.seconds
-    click.echo(f"wrote {out}: {len(prompts)} video(s) x {frames} frames in {result.seconds:.2f}s ({fps:.1f} frames/s, {result.nfe_per_frame:g} NFE/frame)")
+        write_video(out, captioned_grid(videos, captions, cols=4 if samples == 1 else samples, scale=scale), fps=6)
+    fps = len(captions) * frames / seconds
+    click.echo(f"wrote {out}: {len(captions)} video(s) x {frames} frames in {seconds:.2f}s ({fps:.1f} frames/s, "
+               f"{result.nfe_per_frame:g} NFE/frame)")
+
+
+MANIFEST = "prompts.tsv"
+
+
+def video_names(prompts: list[str]) -> dict[str, str]:
+    """File stem of each distinct prompt: the prompt itself, as VBench names its videos, with '/' and runs of
+    whitespace made single spaces; a prompt that cannot be a file name that way (empty, leading '.', over 180
+    bytes, or sharing its stem with another prompt) gets a shortened stem and 8 hex digits of its hash."""
+    import hashlib
+
+    def plain(p: str) -> str:
+        return " ".join(p.replace("/", " ").split())
+
+    stems = {p: plain(p) for p in dict.fromkeys(prompts)}
+    taken: dict[str, int] = {}
+    for stem in stems.values():
+        taken[stem] = taken.get(stem, 0) + 1
+    out = {}
+    for p, stem in stems.items():
+        if not stem or stem.startswith(".") or len(stem.encode()) > 180 or taken[stem] > 1:
+            short = stem.encode()[:120].decode(errors="ignore").lstrip(".").strip()
+            stem = f"{short or 'prompt'}-{hashlib.sha1(p.encode()).hexdigest()[:8]}"
+        out[p] = stem
+    return out
+
+
+def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: int, seed: int, scale: int,
+                      folder: Path, quiet: bool) -> None:
+    """One file per (prompt, sample), each generated alone at seed + i; existing files are kept (a resumed run)."""
+    import torch
+
+    from ..generation import generate
+    from ..io.video import upscale, write_video
+    from ..progress import progress_bar
+
+    names = video_names(prompts)
+    duplicates = len(prompts) - len(names)
+    jobs = [(p, i, folder / f"{stem}-{i}.mp4") for p, stem in names.items() for i in range(samples)]
+    todo = [j for j in jobs if not j[2].is_file()]
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds, nfe = 0.0, None
+    with progress_bar(len(todo), "sample", quiet or len(todo) < 2) as advance:
+        for p, i, path in todo:
+            torch.manual_seed(seed + i)
+            result = generate(gen, [p], frames, sampling, seed + i)
+            write_video(path, upscale(result.videos[0], scale), fps=6)  # atomic: a killed run leaves no half file
+            seconds, nfe = seconds + result.seconds, result.nfe_per_frame
+            advance()
+    manifest = folder / MANIFEST
+    tmp = manifest.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text("".join(f"{path.name}\t{' '.join(p.splitlines())}\n" for p, _, path in jobs))
+    tmp.replace(manifest)
+    done = f"wrote {len(todo)} video(s) x {frames} frames to {folder}"
+    if todo:
+        done += f" in {seconds:.2f}s ({len(todo) * frames / seconds:.1f} frames/s, {nfe:g} NFE/frame)"
+    if len(todo) < len(jobs):
+        done += f"; {len(jobs) - len(todo)} already there, kept"
+    if duplicates:
+        done += f"; {duplicates} repeated prompt(s) made once"
+    click.echo(f"{done}; {MANIFEST} lists path<TAB>prompt (genrl score {folder} --prompts {manifest})")
 
 
 def _warn_unknown_words(gen, prompts: list[str], quiet: bool) -> None:

@@ -21,7 +21,8 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir() and not any(p.glob("*.png")):
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in VIDEO_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in VIDEO_SUFFIXES  # hidden: temp files, ._*
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 raise UsageError(f"{p}: folder holds no videos ({', '.join(VIDEO_SUFFIXES)}) or .png frames")
             out += found
@@ -68,8 +69,9 @@ def _prompts_for(files: list[Path], prompt: str | None, prompts_file: str | None
 def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_dir, batch, quiet):
     """Score videos with a reward model: visual quality, motion quality, text alignment.
 
-    PATHS are video files (mp4, webm, gif, ...), folders of videos, or folders
-    of PNG frames. Each backend reads frames its own way, at its own resolution
+    PATHS are video files (mp4, webm, gif, ...), folders of videos (searched
+    recursively, hidden files left out), or folders of PNG frames. `genrl sample
+    --out-dir DIR` writes DIR/prompts.tsv for --prompts. Each backend reads frames its own way, at its own resolution
     (shapes: every frame at 32x32; clip: every frame at CLIP's size; videoreward:
     2 frames a second of the file's real frame rate within 448x448, as VideoAlign
     does), resizing while decoding. Scores are z-normalised with the model's stored
@@ -84,6 +86,7 @@ def score(paths, prompt, prompts_file, reward_name, weights, fmt, out, saliency_
     Examples:
       genrl score samples/*.gif --prompt "a small red square moving left slowly on a dark background"
       genrl score clips/ --prompts prompts.tsv --format json --out scores.json
+      genrl score videos/ --prompts videos/prompts.tsv --format csv --out scores.csv
       genrl score clip.mp4 --prompt "..." --saliency saliency/
     """
     import torch
