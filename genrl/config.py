@@ -251,9 +251,73 @@ def _first_line(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def to_yaml(cfg: Any) -> str:
-    """YAML text of a dataclass config."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+def to_yaml(cfg: Any, comments: bool = False) -> str:
+    """YAML text of a dataclass config; with ``comments``, each key is preceded by its field's docstring
+    and the values its rule allows (what ``--print-config`` shows). Either text loads back the same config."""
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return _comment(text, type(cfg)) if comments else text
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` of a dataclass (and its dataclass bases): the string literal written under
+    each field, as the schemas document their keys. Fields without one, or classes without source, are absent."""
+    import ast
+    import inspect
+    import textwrap
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError, SyntaxError, IndexError):
+            continue
+        for a, b in zip(body, body[1:]):
+            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+                out[a.target.id] = " ".join(inspect.cleandoc(b.value.value).split())
+    return out
+
+
+def _comment(text: str, schema: type, width: int = 100) -> str:
+    """Put ``# docstring (valid: rule)`` above every key of OmegaConf's YAML whose field is documented."""
+    import textwrap
+
+    docs: dict[type, dict[str, str]] = {}
+    out: list[str] = []
+    path: list[tuple[int, str]] = []  # (indent, key) of the keys enclosing this line
+    block = None  # indent of a block scalar's key: deeper lines are its text
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        if block is not None and indent > block:
+            out.append(line)
+            continue
+        block = None
+        m = re.match(r"^( *)([A-Za-z_][\w-]*):(?: (.*))?$", line)
+        if not m:
+            out.append(line)
+            continue
+        while path and path[-1][0] >= indent:
+            path.pop()
+        key = m.group(2)
+        if (m.group(3) or "").strip() in ("|", "|-", "|+", ">", ">-", ">+"):
+            block = indent
+        cls, _ = _walk(schema, ".".join([k for _, k in path] + [key]))
+        path.append((indent, key))
+        field = next((f for f in dataclasses.fields(cls) if f.name == key), None) if cls is not None else None
+        if field is None:
+            out.append(line)
+            continue
+        doc = docs.setdefault(cls, field_docs(cls)).get(key, "")
+        rule = field.metadata.get("check")
+        doc = f"{doc} (valid: {_describe(rule)})".strip() if rule else doc
+        if doc:
+            if indent == 0 and out:
+                out.append("")
+            out += textwrap.wrap(doc, width, initial_indent=" " * indent + "# ", subsequent_indent=" " * indent + "# ")
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

@@ -124,7 +124,7 @@ def config_command(schema: type, name: str | None = None):
             if print_config:
                 from ..config import to_yaml
 
-                click.echo(to_yaml(cfg), nl=False)
+                click.echo(to_yaml(cfg, comments=True), nl=False)
                 return 0
             check_out_dir(cfg)
             return fn(cfg, **kwargs)

@@ -29,6 +29,7 @@ class SweepEval:
     """How every run is evaluated."""
 
     split: str = "test"
+    """World split whose prompts every run is evaluated on ('val' to choose a variant, 'test' to report it)."""
     num: int = 128
     """Held-out prompts per run."""
     frames: int = 0

@@ -176,6 +176,7 @@ class GRPOMethodConfig:
     beta: float = check(0.04, ">=0")
     """Weight of the k3 KL to the reference (0 = no reference pass)."""
     eps_low: float = check(0.2, "[0, 1]")
+    """Lower clip of the ratio: at 1 - eps_low (see eps_high)."""
     eps_high: float = check(0.2, ">=0")
     """Clip range of the ratio: [1 - eps_low, 1 + eps_high] (DAPO raises eps_high)."""
     scale: str = check("group", "one of: group, batch, none")
