@@ -73,12 +73,24 @@ def test_sample_out_dir_writes_one_file_per_video_that_resumes_and_feeds_score(r
     assert code == 0 and "wrote 1 video(s)" in stdout and "3 already there, kept" in stdout, err
     assert (out / f"{caps[0]}-0.mp4").stat().st_mtime_ns == stamp
     assert torch.equal(read_video(out / f"{caps[1]}-1.mp4"), alone)
+    # other settings into the same folder would mix two models' videos: refused, naming what differs
+    code, _, err = run_cli(*args[:-1], "--steps", "8", "--quiet")
+    assert code == 2 and "holds videos made with other settings (steps=None there, 8 now)" in err
+    assert len(list(out.glob("*.mp4"))) == 4
+    # another prompt added later: its video joins the manifest, the earlier lines stay
+    (tmp_path / "q.txt").write_text("a yellow circle\n")
+    code, stdout, err = run_cli(*[str(tmp_path / "q.txt") if a == str(prompts) else a for a in args])
+    assert code == 0 and "wrote 2 video(s)" in stdout, err
+    assert len((out / "prompts.tsv").read_text().splitlines()) == 6
+    for f in out.glob("a yellow circle-*.mp4"):
+        f.unlink()
     # the manifest is what `genrl score --prompts` reads; a stale hidden temp file is not a video
     (out / ".half.tmp.mp4").write_bytes(b"")
     code, stdout, err = run_cli("score", str(out), "--prompts", str(out / "prompts.tsv"), "--format", "json", "--quiet")
     assert code == 0, err
     rows = json.loads(stdout)
     assert len(rows) == 4 and all(r["prompt"] in caps and r["ta"] is not None for r in rows)
+    assert len((out / "prompts.tsv").read_text().splitlines()) == 6  # lines of deleted files go at the next run
 
 
 def test_sample_file_names_are_safe_and_distinct():

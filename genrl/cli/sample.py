@@ -85,7 +85,7 @@ def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str
 @click.option("--out-dir", type=OutputFolder(), default=None,
               help="Instead of --out: one .mp4 per prompt and sample, named '<prompt>-<i>.mp4' as VBench reads "
                    "them, and prompts.tsv (path<TAB>prompt) for `genrl score DIR --prompts DIR/prompts.tsv`. "
-                   "Re-running skips the videos already written.")
+                   "Re-running with the same settings (kept in sample.json) makes only the missing videos.")
 @click.option("--samples", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Videos per prompt; sample i is drawn with seed --seed + i.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Pixel enlargement in the written file.")
@@ -131,7 +131,10 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, fir
     frames = frames or (gen.pixel_frames(21) if not gen.chunk_decodable else WorldConfig().frames)
     sampling = sampling_config(gen, steps, guidance, first_steps, timesteps)
     if out_dir is not None:
-        return _sample_to_folder(gen, prompts, frames, sampling, samples, seed, scale, Path(out_dir), quiet)
+        made_with = {"model": model or str(Path(checkpoint).resolve()), "frames": frames, "steps": steps,
+                     "timesteps": timesteps, "first_steps": first_steps, "guidance": guidance, "seed": seed,
+                     "scale": scale, "height": height, "width": width}
+        return _sample_to_folder(gen, prompts, frames, sampling, samples, seed, scale, Path(out_dir), quiet, made_with)
     on_chunk = _png_writer(Path(frames_dir), scale) if frames_dir else None
     videos, seconds = [], 0.0
     for i in range(samples):  # sample i: the whole batch at seed + i
@@ -175,20 +178,34 @@ def video_names(prompts: list[str]) -> dict[str, str]:
     return out
 
 
+SETTINGS = "sample.json"
+
+
 def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: int, seed: int, scale: int,
-                      folder: Path, quiet: bool) -> None:
-    """One file per (prompt, sample), each generated alone at seed + i; existing files are kept (a resumed run)."""
+                      folder: Path, quiet: bool, made_with: dict) -> None:
+    """One file per (prompt, sample), each generated alone at seed + i; existing files are kept (a resumed run),
+    so the folder's sample.json holds the settings its videos were made with, and other settings are refused."""
     import torch
 
     from ..generation import generate
     from ..io.video import upscale, write_video
     from ..progress import progress_bar
 
+    settings = folder / SETTINGS
+    if settings.is_file():
+        before = json.loads(settings.read_text())
+        changed = [f"{k}={before.get(k)!r} there, {v!r} now" for k, v in made_with.items() if before.get(k) != v]
+        if changed:
+            raise UsageError(f"{folder} holds videos made with other settings ({'; '.join(changed)}): give another "
+                             f"--out-dir, or the same settings to add to it")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{SETTINGS}.tmp"
+    tmp.write_text(json.dumps(made_with, indent=1) + "\n")
+    tmp.replace(settings)
     names = video_names(prompts)
     duplicates = len(prompts) - len(names)
     jobs = [(p, i, folder / f"{stem}-{i}.mp4") for p, stem in names.items() for i in range(samples)]
     todo = [j for j in jobs if not j[2].is_file()]
-    folder.mkdir(parents=True, exist_ok=True)
     seconds, nfe = 0.0, None
     with progress_bar(len(todo), "sample", quiet or len(todo) < 2) as advance:
         for p, i, path in todo:
@@ -197,9 +214,11 @@ def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: i
             write_video(path, upscale(result.videos[0], scale), fps=6)  # atomic: a killed run leaves no half file
             seconds, nfe = seconds + result.seconds, result.nfe_per_frame
             advance()
-    manifest = folder / MANIFEST
+    manifest = folder / MANIFEST  # earlier runs' videos (other prompts, fewer samples) keep their lines
+    listed = dict(line.split("\t", 1) for line in manifest.read_text().splitlines() if "\t" in line) if manifest.is_file() else {}
+    listed.update((path.name, " ".join(p.splitlines())) for p, _, path in jobs)
     tmp = manifest.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text("".join(f"{path.name}\t{' '.join(p.splitlines())}\n" for p, _, path in jobs))
+    tmp.write_text("".join(f"{name}\t{text}\n" for name, text in listed.items() if (folder / name).is_file()))
     tmp.replace(manifest)
     done = f"wrote {len(todo)} video(s) x {frames} frames to {folder}"
     if todo:
