@@ -145,9 +145,9 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, fir
     videos = torch.stack(videos, dim=1).flatten(0, 1)  # prompt-major: each prompt's samples side by side
     captions = [p for p in prompts for _ in range(samples)]
     if len(captions) == 1:
-        write_video(out, upscale(videos[0], scale), fps=6)
+        write_video(out, upscale(videos[0], scale), fps=gen.fps)
     else:
-        write_video(out, captioned_grid(videos, captions, cols=4 if samples == 1 else samples, scale=scale), fps=6)
+        write_video(out, captioned_grid(videos, captions, cols=4 if samples == 1 else samples, scale=scale), fps=gen.fps)
     fps = len(captions) * frames / seconds
     click.echo(f"wrote {out}: {len(captions)} video(s) x {frames} frames in {seconds:.2f}s ({fps:.1f} frames/s, "
                f"{result.nfe_per_frame:g} NFE/frame)")
@@ -211,7 +211,7 @@ def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: i
         for p, i, path in todo:
             torch.manual_seed(seed + i)
             result = generate(gen, [p], frames, sampling, seed + i)
-            write_video(path, upscale(result.videos[0], scale), fps=6)  # atomic: a killed run leaves no half file
+            write_video(path, upscale(result.videos[0], scale), fps=gen.fps)  # atomic: a killed run leaves no half file
             seconds, nfe = seconds + result.seconds, result.nfe_per_frame
             advance()
     manifest = folder / MANIFEST  # earlier runs' videos (other prompts, fewer samples) keep their lines

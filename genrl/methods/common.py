@@ -83,7 +83,7 @@ def sample_and_write(model, world, num: int, path: Path, steps: int = 30, guidan
 
     prompts = world.prompts("val", range(num))
     videos = generate(model, prompts, world.cfg.frames, SamplingConfig(steps, guidance), seed=0).videos
-    write_video(path, captioned_grid(videos, prompts, cols=4), fps=6)
+    write_video(path, captioned_grid(videos, prompts, cols=4), fps=model.fps)
     return world.score(videos, prompts)
 
 

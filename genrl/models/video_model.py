@@ -63,6 +63,8 @@ class FlowVideoModel(nn.Module):
 
     chunk_decodable = True
     """Whether ``decode`` can turn each streamed chunk into pixels on its own."""
+    fps = 6
+    """Frames a second its videos are written at (the shapes world's clips are shown at 6)."""
 
     @property
     def device(self) -> torch.device:
