@@ -106,6 +106,12 @@ def test_sample_file_names_are_safe_and_distinct():
     assert names[""].startswith("prompt-") and len(names[""]) == len("prompt-") + 8
 
 
+def test_default_enlargement_reaches_128_pixels_on_the_short_side():
+    from genrl.cli.sample import display_scale
+
+    assert [display_scale(torch.zeros(9, 3, h, w)) for h, w in ((32, 32), (100, 200), (480, 832), (8, 64))] == [4, 2, 1, 16]
+
+
 @pytest.mark.parametrize("extra, message", [
     ([], "give exactly one of --out FILE"),
     (["--out", "x.gif", "--out-dir", "d"], "give exactly one of --out FILE"),

@@ -75,6 +75,7 @@ def test_sample_writes_a_video_from_a_pipeline_folder(run_cli, setup):
 
     frames = iio.imread(d / "x.mp4")
     assert frames.shape[0] == 9 and "4 NFE/frame" in out
+    assert frames.shape[1:3] == (128, 128)  # 64x64 enlarged to 128 on the short side (480x832 stays as it is)
     assert iio.immeta(d / "x.mp4")["fps"] == 16  # Wan2.1's rate, which VideoReward's 2-frames-a-second rule reads
 
 

@@ -88,7 +88,9 @@ def _read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str
                    "Re-running with the same settings (kept in sample.json) makes only the missing videos.")
 @click.option("--samples", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Videos per prompt; sample i is drawn with seed --seed + i.")
-@click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Pixel enlargement in the written file.")
+@click.option("--scale", type=click.IntRange(1, 16), default=None,
+              help="Pixel enlargement in the written file (default: enough for 128 pixels on the short side, so 4 "
+                   "for the 32x32 shapes models and 1 for Wan2.1).")
 @click.option("--height", type=click.IntRange(16, 4096), default=None, help="Frame height (Wan models; default 480).")
 @click.option("--width", type=click.IntRange(16, 4096), default=None, help="Frame width (Wan models; default 832).")
 @click.option("--frames-dir", type=OutputFolder(), default=None,
@@ -145,15 +147,21 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, fir
     videos = torch.stack(videos, dim=1).flatten(0, 1)  # prompt-major: each prompt's samples side by side
     captions = [p for p in prompts for _ in range(samples)]
     if len(captions) == 1:
-        write_video(out, upscale(videos[0], scale), fps=gen.fps)
+        write_video(out, upscale(videos[0], scale or display_scale(videos)), fps=gen.fps)
     else:
-        write_video(out, captioned_grid(videos, captions, cols=4 if samples == 1 else samples, scale=scale), fps=gen.fps)
+        write_video(out, captioned_grid(videos, captions, cols=4 if samples == 1 else samples,
+                                        scale=scale or display_scale(videos)), fps=gen.fps)
     fps = len(captions) * frames / seconds
     click.echo(f"wrote {out}: {len(captions)} video(s) x {frames} frames in {seconds:.2f}s ({fps:.1f} frames/s, "
                f"{result.nfe_per_frame:g} NFE/frame)")
 
 
 MANIFEST = "prompts.tsv"
+
+
+def display_scale(videos) -> int:
+    """Default enlargement of videos (..., H, W): the least whole factor giving 128 pixels on the short side."""
+    return max(1, -(-128 // min(videos.shape[-2:])))
 
 
 def video_names(prompts: list[str]) -> dict[str, str]:
@@ -181,7 +189,7 @@ def video_names(prompts: list[str]) -> dict[str, str]:
 SETTINGS = "sample.json"
 
 
-def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: int, seed: int, scale: int,
+def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: int, seed: int, scale: int | None,
                       folder: Path, quiet: bool, made_with: dict) -> None:
     """One file per (prompt, sample), each generated alone at seed + i; existing files are kept (a resumed run),
     so the folder's sample.json holds the settings its videos were made with, and other settings are refused."""
@@ -211,7 +219,7 @@ def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: i
         for p, i, path in todo:
             torch.manual_seed(seed + i)
             result = generate(gen, [p], frames, sampling, seed + i)
-            write_video(path, upscale(result.videos[0], scale), fps=gen.fps)  # atomic: a killed run leaves no half file
+            write_video(path, upscale(result.videos[0], scale or display_scale(result.videos)), fps=gen.fps)  # atomic: a killed run leaves no half file
             seconds, nfe = seconds + result.seconds, result.nfe_per_frame
             advance()
     manifest = folder / MANIFEST  # earlier runs' videos (other prompts, fewer samples) keep their lines
@@ -247,7 +255,7 @@ def _warn_unknown_words(gen, prompts: list[str], quiet: bool) -> None:
         click.echo(f"{partial} prompt(s) leave attributes unnamed: those are drawn from the world (per --seed)")
 
 
-def _png_writer(folder: Path, scale: int):
+def _png_writer(folder: Path, scale: int | None):
     """on_chunk callback writing video_<b>/<frame>.png as chunks arrive."""
     import imageio.v3 as iio
 
@@ -257,7 +265,7 @@ def _png_writer(folder: Path, scale: int):
         for b, video in enumerate(pixels):
             sub = folder / f"video_{b:03d}"
             sub.mkdir(parents=True, exist_ok=True)
-            for i, frame in enumerate(to_uint8(upscale(video, scale))):
+            for i, frame in enumerate(to_uint8(upscale(video, scale or display_scale(video)))):
                 iio.imwrite(sub / f"{start + i:05d}.png", frame)
 
     return write
