@@ -219,11 +219,13 @@ def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: i
         for p, i, path in todo:
             torch.manual_seed(seed + i)
             result = generate(gen, [p], frames, sampling, seed + i)
-            write_video(path, upscale(result.videos[0], scale or display_scale(result.videos)), fps=gen.fps)  # atomic: a killed run leaves no half file
+            video = upscale(result.videos[0], scale or display_scale(result.videos))
+            write_video(path, video, fps=gen.fps)  # atomic: a killed run leaves no half file
             seconds, nfe = seconds + result.seconds, result.nfe_per_frame
             advance()
     manifest = folder / MANIFEST  # earlier runs' videos (other prompts, fewer samples) keep their lines
-    listed = dict(line.split("\t", 1) for line in manifest.read_text().splitlines() if "\t" in line) if manifest.is_file() else {}
+    lines = manifest.read_text().splitlines() if manifest.is_file() else []
+    listed = dict(line.split("\t", 1) for line in lines if "\t" in line)
     listed.update((path.name, " ".join(p.splitlines())) for p, _, path in jobs)
     tmp = manifest.with_name(f".{MANIFEST}.tmp")
     tmp.write_text("".join(f"{name}\t{text}\n" for name, text in listed.items() if (folder / name).is_file()))
@@ -343,6 +345,13 @@ def evaluate(model, checkpoint, task, split, num, batch, frames, steps, guidance
     from ..evaluation import evaluate as run_eval
 
     gen = load_generator(model, checkpoint)
+    from ..models.video_model import VideoModel
+
+    if not isinstance(gen, VideoModel):
+        raise UsageError(f"{model or checkpoint} is a {type(gen).__name__}: --task video reads shapes-world videos back "
+                         "with the attribute probe, which cannot judge it; write its videos with genrl sample "
+                         "--prompts FILE --out-dir DIR, then score them with genrl score DIR --prompts DIR/prompts.tsv "
+                         "--reward videoreward")
     sampling = sampling_config(gen, steps, guidance, first_steps, timesteps)
     rewards = [] if "none" in rewards else list(rewards)
     report = {"model": model or checkpoint,
