@@ -77,6 +77,11 @@ def test_sample_writes_a_video_from_a_pipeline_folder(run_cli, setup):
     assert frames.shape[0] == 9 and "4 NFE/frame" in out
     assert frames.shape[1:3] == (128, 128)  # 64x64 enlarged to 128 on the short side (480x832 stays as it is)
     assert iio.immeta(d / "x.mp4")["fps"] == 16  # Wan2.1's rate, which VideoReward's 2-frames-a-second rule reads
+    from genrl.cli.sample import load_generator, sampling_config
+
+    # with no --guidance, each teacher samples at its own default: WanPipeline's 5, the shapes teacher's 4
+    assert sampling_config(load_generator(None, str(d / "wan"), height=32, width=32), None, None).guidance == 5.0
+    assert sampling_config(load_generator("shapes-teacher", None), None, None).guidance == 4.0
     # the attribute probe cannot judge a Wan model's videos: eval says so and names the way that can
     code, _, err = run_cli("eval", "--checkpoint", str(d / "wan"), "--num", "2", "--steps", "1")
     assert code == 2 and "cannot judge it" in err and "genrl score DIR --prompts DIR/prompts.tsv" in err, err

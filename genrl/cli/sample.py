@@ -19,7 +19,8 @@ def model_options(fn):
 
 def sampling_options(fn):
     fn = click.option("--guidance", type=click.FloatRange(0, 50), default=None,
-                      help="CFG scale of a teacher (1 = off; default 4). Streaming students sample without CFG: "
+                      help="CFG scale of a teacher (1 = off; default: the model's, 4 for the shapes teacher, 5 for "
+                           "Wan2.1 as WanPipeline). Streaming students sample without CFG: "
                            "their teacher's guidance is distilled in.")(fn)
     fn = click.option("--steps", type=click.IntRange(1, 1000), default=None,
                       help="Denoising steps: a teacher's Euler steps (default 50), or a streaming student's steps "
@@ -50,7 +51,7 @@ def sampling_config(gen, steps: int | None, guidance: float | None, first_steps:
         if v is not None:
             raise UsageError(f"{name} is for streaming students (a teacher makes the whole video at once); "
                              "--steps sets a teacher's Euler steps")
-    return SamplingConfig(50 if steps is None else steps, 4.0 if guidance is None else guidance)
+    return SamplingConfig(50 if steps is None else steps, gen.default_guidance if guidance is None else guidance)
 
 
 def load_generator(model: str | None, checkpoint: str | None, kind: str = "video_model", height=None, width=None):
@@ -387,7 +388,8 @@ def _evaluate_causal(model, checkpoint, split, num, batch, frames, steps, guidan
                          f"teacher (e.g. --model shapes-teacher)")
     try:
         report = causal_report(teacher, split, num, frames, 50 if steps is None else steps,
-                               4.0 if guidance is None else guidance, batch=batch, seed=seed, quiet=quiet)
+                               teacher.default_guidance if guidance is None else guidance, batch=batch, seed=seed,
+                               quiet=quiet)
     except ValueError as e:
         raise UsageError(str(e)) from None
     report = {"model": model or checkpoint, **report}

@@ -65,6 +65,8 @@ class FlowVideoModel(nn.Module):
     """Whether ``decode`` can turn each streamed chunk into pixels on its own."""
     fps = 6
     """Frames a second its videos are written at (the shapes world's clips are shown at 6)."""
+    default_guidance = 4.0
+    """CFG scale it samples at when none is asked for (the shapes teacher's, in its README figures)."""
 
     @property
     def device(self) -> torch.device:

@@ -217,6 +217,7 @@ class WanVideoModel(FlowVideoModel):
 
     chunk_decodable = False  # the causal VAE decodes a whole latent video at once
     fps = 16  # Wan2.1's frame rate: its 81 frames are 5 seconds (what VideoReward's frame rule reads them as)
+    default_guidance = 5.0  # WanPipeline's default CFG scale
 
     def __init__(self, cfg: WanConfig, transformer: nn.Module, shared: SharedParts):
         super().__init__()
