@@ -82,11 +82,14 @@ class Plan:
         frozen = sum(r.total_bytes for r in self.roles if not r.trainable and not r.ema)
         trainable = sum(r.total_bytes for r in self.roles if r.trainable or r.ema)
         biggest_frozen = max((r.weight_bytes / max(r.layers, 1) for r in self.roles if not r.trainable and not r.ema), default=0)
+        teacher = sum(r.weight_bytes for r in self.roles if r.name == "teacher")
         rows = []
         for name, act, frozen_gpu, shard, supported in (
             ("data parallel, everything on each GPU", "none", frozen, 1, True),
             ("+ activation checkpointing", "checkpointing", frozen, 1, True),
             ("+ frozen roles offloaded to CPU", "checkpointing", biggest_frozen, 1, True),
+            (f"+ teacher sharded over {gpus} GPUs (train.shard_frozen)", "checkpointing", frozen - teacher + teacher / gpus,
+             1, True),
             (f"FSDP full shard over {gpus} GPUs + checkpointing", "checkpointing", frozen / gpus, gpus, False),
         ):
             need = int(trainable / shard + frozen_gpu + self.activations[act])

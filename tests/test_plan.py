@@ -43,6 +43,10 @@ def test_plan_of_the_wan_recipe_counts_the_published_architectures(run_cli, tmp_
     assert roles["teacher"]["params"] == 14_288_491_584 and roles["critic"]["params"] == 1_418_996_800
     fsdp = big["options"][-1]
     assert fsdp["per_gpu_bytes"] < big["options"][1]["per_gpu_bytes"] and not fsdp["supported"]
+    # train.shard_frozen: the 14B teacher's bf16 weights (2 bytes a parameter) split over the 8 GPUs
+    shard = big["options"][3]
+    assert "train.shard_frozen" in shard["option"] and shard["supported"]
+    assert abs(big["options"][1]["per_gpu_bytes"] - shard["per_gpu_bytes"] - 2 * 14_288_491_584 * 7 / 8) <= 1
 
 
 def test_plan_reads_a_local_folder_exactly(run_cli, tmp_path):

@@ -79,6 +79,21 @@ def cli():
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising SystemExit."""
     try:
+        return _run(argv)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Leave a multi-process launch's process group before the interpreter tears down: left to teardown, its
+    threads could outlive it and abort the process after the work was done (seen with sharded teachers)."""
+    dist = sys.modules.get("torch.distributed")  # only when the command imported it; never imports torch itself
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
         rv = cli.main(args=argv, prog_name="genrl", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:  # `genrl data` alone: show its help
         click.echo(e.ctx.get_help())

@@ -72,6 +72,10 @@ class TrainConfig:
     """Recompute activations of trainable roles in backward (models that support it: Wan2.1)."""
     offload_frozen: bool = False
     """Keep frozen roles in CPU memory and stream their layers to the GPU as they run (accelerate's cpu_offload)."""
+    shard_frozen: bool = False
+    """Shard frozen DiTs (the teacher) over the processes of the launch, block by block (FSDP2's fully_shard):
+    each process keeps 1/N of their weights and gathers one block at a time as it runs; outputs are unchanged.
+    Does nothing in one process."""
 
 
 @dataclass
@@ -232,12 +236,17 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return _DTYPES[name]
 
 
-def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig) -> None:
-    """The one place models meet the device: move every role, cast and offload frozen ones,
-    checkpoint activations of trainable ones. Methods never move models themselves."""
+def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig,
+                processes: int = 1) -> dict[str, tuple[int, int]]:
+    """The one place models meet the device: move every role, cast and offload or shard frozen ones,
+    checkpoint activations of trainable ones. Methods never move models themselves. Returns, for each
+    sharded role, the bytes of its DiT's weights this process holds and those of the whole DiT."""
     from ..errors import UsageError
 
+    if cfg.shard_frozen and cfg.offload_frozen:
+        raise UsageError("train.shard_frozen and train.offload_frozen both place the frozen roles; valid: one of them")
     dtype = frozen_dtype(cfg.frozen_dtype, device)
+    sharded: dict[str, tuple[int, int]] = {}
     for name, role in roles.items():
         m = role.module
         if role.trainable:
@@ -253,6 +262,21 @@ def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig) 
             from accelerate import cpu_offload
 
             cpu_offload(m, execution_device=device)
+        if role.cast and cfg.shard_frozen and processes > 1 and hasattr(m, "dit"):
+            from ..parallel import local_bytes, shard_frozen
+
+            whole = local_bytes(m.dit)
+            sharded[name] = (local_bytes(shard_frozen(m.dit)), whole)
+    return sharded
+
+
+def _size(n: float) -> str:
+    """Bytes in the largest unit that keeps a number >= 1 (B, KiB, MiB, GiB)."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def seed_everything(seed: int) -> None:
@@ -281,6 +305,11 @@ class Trainer:
 
             raise UsageError(f"config key 'train.val_every' is {cfg.val_every}, but the {method.name} method has no "
                              "validation; valid: 0 (the distill methods validate)")
+        if cfg.shard_frozen and parallel is not None and parallel.sequence > 1:
+            from ..errors import UsageError
+
+            raise UsageError("train.shard_frozen=true with parallel.sequence > 1 is not supported yet (the sequence-"
+                             "parallel DiT reads the teacher's weights outside its forward); valid: one of the two")
         self.cfg, self.method, self.quiet = cfg, method, quiet
         self.run_dir = Path(run_dir)
         log_with = None if cfg.tracker == "none" else cfg.tracker
@@ -293,7 +322,11 @@ class Trainer:
                 save_config(full_config, self.run_dir / "config.yaml")
         if log_with:
             self.accelerator.init_trackers(method.name)
-        place_roles(self.method.roles(), self.accelerator.device, cfg)
+        self.sharded = place_roles(self.method.roles(), self.accelerator.device, cfg, self.accelerator.num_processes)
+        """(bytes this process holds, bytes of the whole) of each sharded frozen role's DiT (train.shard_frozen)."""
+        if self.sharded and self.is_main and not quiet:
+            print("train.shard_frozen: " + ", ".join(f"{n} {_size(held)} of {_size(whole)} per process"
+                                                     for n, (held, whole) in self.sharded.items()), file=sys.stderr)
         self.sequence = (parallel or ParallelConfig()).sequence
         if self.sequence > 1:
             self._apply_sequence_parallel()
