@@ -75,7 +75,8 @@ class TrainConfig:
     shard_frozen: bool = False
     """Shard frozen DiTs (the teacher) over the processes of the launch, block by block (FSDP2's fully_shard):
     each process keeps 1/N of their weights and gathers one block at a time as it runs; outputs are unchanged.
-    Does nothing in one process."""
+    Every process must run them equally often, as genrl's methods do (samples and validation use the EMA
+    student). Does nothing in one process."""
 
 
 @dataclass
