@@ -60,6 +60,13 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     merged = base
     for source, layer in layers:
         merged = _merge(merged, layer, source, schema)
+    unset = _unset_env_keys(merged)
+    if unset:
+        (key, name), rest = unset[0], unset[1:]
+        more = "; also " + ", ".join(f"{n} (for '{k}')" for k, n in rest) if rest else ""
+        them, keys = ("them", "keys") if rest else ("it", "key")
+        raise ConfigError(f"config key '{key}' reads the environment variable {name}, which is not set{more}: export "
+                          f"{them} (e.g. export {name}=/path), or give the {keys} on the command line ({key}=VALUE)")
     try:
         obj = OmegaConf.to_object(merged)
     except MissingMandatoryValue as e:
@@ -68,6 +75,22 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         raise ConfigError(f"invalid config: {_first_line(e)}") from None
     validate(obj)
     return obj  # type: ignore[return-value]
+
+
+def _unset_env_keys(node: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, variable) of every ``${oc.env:NAME}`` value (without a default) whose variable is unset."""
+    import os
+
+    out = []
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else []
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, DictConfig):
+            out += _unset_env_keys(v, f"{key}.")
+        elif isinstance(v, str):
+            out += [(key, m.group(1)) for m in re.finditer(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}", v)
+                    if m.group(1) not in os.environ]
+    return out
 
 
 # ------------------------------------------------------------------------ value constraints

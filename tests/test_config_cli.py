@@ -140,6 +140,19 @@ def test_print_config_documents_every_key_and_loads_back_the_same(run_cli, tmp_p
     assert leaves >= 10
 
 
+def test_a_recipe_reading_unset_environment_variables_names_each_key_and_variable(run_cli, monkeypatch):
+    for var in ("WAN_DIR", "GENRL_PROMPTS", "VIDEOREWARD_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    code, _, err = run_cli("distill", "--config", "configs/stream_r1_wan.yaml", "--print-config")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: config key 'teacher' reads the environment variable WAN_DIR, which is not set; also "
+                          "GENRL_PROMPTS (for 'prompts'), VIDEOREWARD_DIR (for 'stream_r1.reward_weights'): export them")
+    monkeypatch.setenv("WAN_DIR", "/models/wan")
+    monkeypatch.setenv("VIDEOREWARD_DIR", "/models/vr")
+    code, out, err = run_cli("distill", "--config", "configs/stream_r1_wan.yaml", "prompts=/data/p.txt", "--print-config")
+    assert code == 0 and "teacher: /models/wan" in out and "prompts: /data/p.txt" in out, err
+
+
 def test_print_config_comment_is_the_fields_docstring(run_cli):
     code, out, _ = run_cli("distill", "--config", "configs/dmd.yaml", "--print-config")
     lines = out.splitlines()
