@@ -1,3 +1,4 @@
+import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -218,6 +219,27 @@ def test_top_level_help_lists_each_command_by_its_own_first_line_without_loading
         out = subprocess.run([sys.executable, "-c", probe.format([argv])], capture_output=True, text=True, check=True)
         assert out.stdout.strip().endswith("[0] False"), (argv, out.stdout[-300:], out.stderr[-300:])
     assert cli.get_command(ctx, "no-such-command") is None
+
+
+def test_env_reports_this_machine_as_genrl_sees_it(run_cli, tmp_path):
+    import importlib.util
+
+    import torch
+
+    from genrl.attention import resolve_backend
+
+    code, out, err = run_cli("env", "--json", str(tmp_path / "env.json"))
+    assert code == 0, err
+    r = json.loads((tmp_path / "env.json").read_text())
+    assert r["libraries"]["torch"] == torch.__version__.split("+")[0] and f"torch {r['libraries']['torch']}" in out
+    for package, module in (("flash-attn", "flash_attn"), ("xformers", "xformers")):
+        assert (r["gpu_extras"][package] is None) == (importlib.util.find_spec(module) is None)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.empty(1, 1, 1, 1, dtype=torch.bfloat16, device=device)
+    assert r["attention_backend"]["bf16, no mask"] == resolve_backend(q, None)
+    assert len(r["gpus"]) == torch.cuda.device_count() and r["cpu_threads"] == torch.get_num_threads()
+    assert all(r["builtin_models"].values()) and r["assets"]["files"] >= len(r["builtin_models"])
+    assert f"built-in models: {len(r['builtin_models'])} of {len(r['builtin_models'])} present" in out
 
 
 def test_data_probe_through_the_shipped_autoencoder(run_cli):

@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("export", "export", "Write MODELS (built-in names, .safetensors files, run folders or checkpoints) as one "
                "weights file."),
     "bench": ("bench", "bench", "Speed and memory, measured side by side in one process (ratios, medians, spreads)."),
+    "env": ("env", "env", "What this machine gives genrl: versions, GPUs, optional kernels, and the choices genrl makes "
+            "here."),
 }
 
 
