@@ -149,3 +149,30 @@ def test_compare_by_splits_the_paired_difference_by_what_the_prompts_named(run_c
     (tmp_path / "a.json").write_text(json.dumps(a))
     code, _, err = run_cli("compare", str(tmp_path / "a.json"), "--vs", str(tmp_path / "b.json"), "--by", "size")
     assert code == 2 and "re-run genrl eval" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_plot_draws_each_interval_it_prints(run_cli, tmp_path, monkeypatch):
+    from genrl.cli import compare as cmp
+
+    named = [{"speed": "fast"}, {"speed": "slow"}, {"speed": "fast"}, {"speed": "slow"}]
+    a, b = _report([1, 1, 0, 0], [0.0, 0.0, 0.0, 0.0]), _report([1, 0, 1, 1], [-1.0, 0.5, 0.25, -0.5])
+    a["per_video"]["named"] = b["per_video"]["named"] = named
+    for name, r in {"a": a, "b": b}.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    drawn = []
+    real = cmp.forest_plot
+    monkeypatch.setattr(cmp, "forest_plot", lambda *args: drawn.extend(real(*args)) or drawn)
+    code, _, err = run_cli("compare", str(tmp_path / "a.json"), "--vs", str(tmp_path / "b.json"), "--by", "speed",
+                           "--out", str(tmp_path / "d.json"), "--plot", str(tmp_path / "d.png"))
+    assert code == 0, err
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    d = json.loads((tmp_path / "d.json").read_text())
+    want = {("all", k): v for k, v in d.items() if k != "by"}
+    want |= {(f"speed = {s}", k): v for s, res in d["by"]["speed"].items() for k, v in res.items() if k != "videos"}
+    assert {(r["panel"], r["metric"]) for r in drawn} == set(want)
+    for r in drawn:  # the point, the interval's ends, and top-down in the printed order
+        w = want[(r["panel"], r["metric"])]
+        assert r["mean"] == pytest.approx(w["mean"]) and r["low"] == pytest.approx(w["low"])
+        assert r["high"] == pytest.approx(w["high"])
+    rows = [r["metric"] for r in sorted((r for r in drawn if r["panel"] == "all"), key=lambda r: -r["y"])]
+    assert rows == [k for k in d if k != "by"]

@@ -130,7 +130,10 @@ def _print_table(result: dict[str, tuple[float, float, float]]) -> None:
               help="Also split the videos by what their prompts named for this attribute (e.g. speed, size) and "
                    "compare within each value.")
 @click.option("--out", type=output_file((".json",)), default=None, help="Also write the differences as JSON.")
-def compare(baseline, candidate, by, out):
+@click.option("--plot", type=output_file((".png", ".pdf", ".svg")), default=None,
+              help="Also draw the differences as a forest plot: each metric's mean and 95% interval against 0 "
+                   "(a panel for all the videos, then one per --by value).")
+def compare(baseline, candidate, by, out, plot):
     """Paired difference of two generators on the same prompts and sampling seeds (or two video-language models
     on the same questions), with 95% intervals.
 
@@ -144,7 +147,7 @@ def compare(baseline, candidate, by, out):
       genrl eval --model shapes-student-dmd --num 512 --seed 0 --reward shapes --reward shapes-reward-b --out d0.json
       genrl eval --model shapes-student-stream-r1 --num 512 --seed 0 --reward shapes --reward shapes-reward-b --out s0.json
       (the same with --seed 1 into d1.json, s1.json)
-      genrl compare d0.json d1.json --vs s0.json --vs s1.json
+      genrl compare d0.json d1.json --vs s0.json --vs s1.json --plot diff.png
       genrl eval --task qa --model shapes-vlm --num 512 --out a.json   (and --checkpoint runs/x --out b.json)
       genrl compare a.json --vs b.json
     """
@@ -164,6 +167,50 @@ def compare(baseline, candidate, by, out):
         body = table(result) | ({"by": {by: {v: {"videos": c, **table(res)} for v, (c, res) in split.items()}}}
                                 if by else {})
         Path(out).write_text(json.dumps(body, indent=2) + "\n")
+    if plot:
+        panels = {"all": result} | {f"{by} = {v}": res for v, (_, res) in split.items()}
+        forest_plot(panels, Path(plot), f"{_names(cand)} - {_names(base)}")
+
+
+def _names(reports: list[dict]) -> str:
+    return " / ".join(dict.fromkeys(str(r.get("model", "?")) for r in reports))
+
+
+def forest_plot(panels: dict[str, dict[str, tuple[float, float, float]]], path: Path, title: str) -> list[dict]:
+    """Each panel's metrics as points (the mean difference) with 95% intervals, a line at 0, and the intervals
+    that exclude 0 drawn in colour. Returns what was drawn, read back from the axes: [{panel, metric, mean,
+    low, high}]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(len(r) for r in panels.values())
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 0.32 * rows + 1.4), dpi=110,
+                             sharey=True, squeeze=False)
+    drawn = []
+    for ax, (name, res) in zip(axes[0], panels.items()):
+        metrics = list(res)
+        y = list(range(len(metrics)))[::-1]
+        for yi, k in zip(y, metrics):
+            m, lo, hi = res[k]
+            colour = "#b22222" if hi < 0 else "#1f6fb2" if lo > 0 else "#555555"
+            ax.errorbar([m], [yi], xerr=[[m - lo], [hi - m]], fmt="o", color=colour, capsize=3, markersize=4)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, metrics, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("difference (95% interval)", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        for container, label in zip(ax.containers, metrics):  # read back what the axes hold
+            (x,), (yy,) = container.lines[0].get_data()
+            seg = container.lines[2][0].get_segments()[0]
+            drawn.append({"panel": name, "metric": label, "y": float(yy), "mean": float(x),
+                          "low": float(seg[0][0]), "high": float(seg[1][0])})
+    fig.suptitle(title + " (blue: interval above 0, red: below 0, grey: holds 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return drawn
 
 
 def select_candidate(reports: list[dict], baseline: str, metric: str | None = None,
