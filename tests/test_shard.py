@@ -118,3 +118,14 @@ def test_shard_frozen_refuses_offload_and_sequence_parallelism(run_cli, tmp_path
     code, _, err = run_cli("distill", "--config", "configs/dmd.yaml", f"out_dir={tmp_path / 'b'}",
                            "train.shard_frozen=true", "parallel.sequence=2", "--quiet")
     assert code == 2 and "not supported yet" in err and not (tmp_path / "b").exists()
+
+
+def test_bench_shard_reports_half_the_weights_and_the_same_outputs(run_cli, tmp_path):
+    code, out, err = run_cli("bench", "shard", "--frames", "4", "--rounds", "1", "--dim", "32", "--depth", "2",
+                             "--heads", "2", "--side", "4", "--json", str(tmp_path / "s.json"), "--quiet")
+    assert code == 0, err
+    r = json.loads((tmp_path / "s.json").read_text())
+    w = r["raw"]["weight_bytes"]
+    assert r["shard.weight_ratio"] == round(w["sharded"] / w["whole"], 3) and 0.45 <= r["shard.weight_ratio"] <= 0.6
+    assert r["shard.max_abs_diff"] == 0.0 and len(r["raw"]["seconds"]["sharded"]) == 1 and r["shard.time_ratio"] > 0
+    assert "sharded / whole: weights" in out

@@ -23,6 +23,8 @@ from .qa import GRPOConfig
 
 json_option = click.option("--json", "json_path", type=output_file((".json",)), default=None,
                            help="Also write the figures (stable keys + raw medians) as JSON.")
+side_option = click.option("--side", type=click.IntRange(2, 256), default=8,
+                           help="Latent frame side (tokens per frame = (side/2)^2).")
 
 
 @click.group()
@@ -663,7 +665,7 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
 @click.option("--rounds", type=click.IntRange(1, 100), default=3, help="Timed rounds at each length.")
 @click.option("--dim", type=click.IntRange(8, 4096), default=128, help="Width of the DiT layer.")
 @click.option("--heads", type=click.IntRange(2, 64), default=4, help="Attention heads (even: split over 2 ranks).")
-@click.option("--side", type=click.IntRange(2, 256), default=8, help="Latent frame side (tokens per frame = (side/2)^2).")
+@side_option
 @json_option
 @quiet_option
 def bench_sp(frames, rounds, dim, heads, side, json_path, quiet):
@@ -683,6 +685,98 @@ def bench_sp(frames, rounds, dim, heads, side, json_path, quiet):
         raise click.BadParameter(f"--side {side}: needs an even number (patches of 2)", param_hint="--side")
     report = sp_report(frames, rounds, dim, heads, side, quiet)
     _write(report, json_path)
+
+
+# ---------------------------------------------------------------------- shard
+def _shard_worker(rank: int, init: str, out: str, frames: int, rounds: int, dim: int, depth: int, heads: int,
+                  side: int) -> None:
+    """One of two gloo ranks: a frozen DiT's forward, whole on each rank vs sharded over both (train.shard_frozen)."""
+    import copy
+
+    import torch
+    import torch.distributed as dist
+
+    from ..models.dit import DiTConfig, VideoDiT
+    from ..parallel import local_bytes, shard_frozen
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    whole = VideoDiT(DiTConfig(dim=dim, depth=depth, heads=heads, text_dim=dim, in_channels=4, patch=2)).requires_grad_(False)
+    for prm in whole.parameters():
+        torch.nn.init.normal_(prm, std=0.02)
+    sharded = shard_frozen(copy.deepcopy(whole))
+    x, t = torch.randn(2, frames, 4, side, side), torch.full((2,), 500.0)
+    text, mask = torch.randn(2, 16, dim), torch.ones(2, 16, dtype=torch.bool)
+    times: dict[str, list[float]] = {"whole": [], "sharded": []}
+    with torch.no_grad():
+        diff = float((sharded(x, t, text, mask) - whole(x, t, text, mask)).abs().max())
+        for i in range(rounds + 1):
+            for name, m in (("whole", whole), ("sharded", sharded)):
+                dist.barrier()
+                t0 = time.perf_counter()
+                m(x, t, text, mask)
+                dist.barrier()
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+    raw = {"weight_bytes": {"whole": local_bytes(whole), "sharded": local_bytes(sharded)}, "seconds": times,
+           "max_abs_diff": diff, "tokens": frames * (side // 2) ** 2}
+    if rank == 0:
+        Path(out).write_text(json.dumps(raw))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def shard_report(frames: int, rounds: int, dim: int, depth: int, heads: int, side: int, quiet: bool) -> dict:
+    """Per-rank weight bytes and forward time of a frozen DiT, whole vs sharded over 2 gloo processes."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "shard.json"
+        mp.spawn(_shard_worker, args=(f"file://{Path(d) / 'rdv'}", str(out), frames, rounds, dim, depth, heads, side),
+                 nprocs=2)
+        raw = json.loads(out.read_text())
+    w, s = raw["weight_bytes"], raw["seconds"]
+    report = {"shard.weight_ratio": round(w["sharded"] / w["whole"], 3),
+              "shard.time_ratio": round(med(s["sharded"]) / med(s["whole"]), 3),
+              "shard.max_abs_diff": raw["max_abs_diff"], "raw": raw}
+    if not quiet:
+        click.echo(f"a frozen DiT (dim {dim}, depth {depth}, {heads} heads) over {raw['tokens']} tokens x 2 videos, "
+                   "forward, per rank of 2:")
+    click.echo(f"{'':>8} {'weights MB':>11} {'s (median)':>11} {'spread':>7}")
+    for name in ("whole", "sharded"):
+        click.echo(f"{name:>8} {w[name] / 2**20:>11.2f} {med(s[name]):>11.4f} {spread(s[name]):>7.4f}")
+    click.echo(f"sharded / whole: weights {report['shard.weight_ratio']:.3f}x, time {report['shard.time_ratio']:.3f}x; "
+               f"largest output difference {raw['max_abs_diff']:g}")
+    return report
+
+
+@bench.command(name="shard", context_settings={"show_default": True})
+@click.option("--depth", type=click.IntRange(1, 128), default=8, help="Blocks of the DiT (each a unit of its own).")
+@click.option("--dim", type=click.IntRange(8, 4096), default=256, help="Width of the DiT.")
+@click.option("--heads", type=click.IntRange(1, 64), default=4, help="Attention heads.")
+@click.option("--frames", type=click.IntRange(1, 4096), default=16, help="Latent frames of each video.")
+@side_option
+@click.option("--rounds", type=click.IntRange(1, 100), default=5, help="Timed rounds after one warm-up round.")
+@json_option
+@quiet_option
+def bench_shard(frames, rounds, dim, depth, heads, side, json_path, quiet):
+    """A frozen DiT sharded over 2 processes (train.shard_frozen) vs whole on each: weights held and forward time.
+
+    Per rank: bytes of the DiT's weights it holds, and the time of a forward pass (median of the
+    alternating rounds, a barrier on each side), with the largest difference of the two outputs
+    (0: the same numbers). Two gloo processes on CPU, where the gathers go through shared memory;
+    on GPUs they go over NVLink or the network.
+
+    \b
+    Example:
+      genrl bench shard --json shard.json
+    """
+    if dim % heads or side % 2:
+        raise click.BadParameter(f"--dim {dim} must be a multiple of --heads {heads}, and --side even (patches of 2)")
+    _write(shard_report(frames, rounds, dim, depth, heads, side, quiet), json_path)
 
 
 @bench.command(name="all", context_settings={"show_default": True})
