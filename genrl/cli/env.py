@@ -47,6 +47,7 @@ def report() -> dict:
 
     from ..attention import resolve_backend
     from ..models.registry import ASSETS, BUILTIN
+    from ..train.trainer import frozen_dtype
 
     gpus = [{"name": torch.cuda.get_device_name(i),
              "memory_gb": round(torch.cuda.get_device_properties(i).total_memory / 1024**3, 1)}
@@ -64,7 +65,7 @@ def report() -> dict:
         "libraries": {p: _version(p) for p in LIBRARIES},
         "gpu_extras": {p: _version(p) for p in GPU_EXTRAS},
         "attention_backend": attention,
-        "frozen_dtype_auto": "bfloat16" if device == "cuda" else "float32",
+        "frozen_dtype_auto": str(frozen_dtype("auto", torch.device(device)) or "each role's own").replace("torch.", ""),
         "builtin_models": {name: (ASSETS / file).is_file() for name, file in BUILTIN.items()},
         "assets": {"folder": str(ASSETS), "files": len(list(ASSETS.glob("*.safetensors"))),
                    "mb": round(sum(f.stat().st_size for f in ASSETS.glob("*.safetensors")) / 2**20, 1)},

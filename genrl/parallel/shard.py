@@ -1,7 +1,7 @@
 """Sharding frozen models over the processes of a launch (PyTorch FSDP2's ``fully_shard``).
 
 A frozen DiT (the teacher) is read, never trained, yet every data-parallel process holds all of it: a
-14B Wan2.1 teacher is 28 GB in bf16 on each GPU. Sharded block by block, each process keeps 1/N of its
+14B Wan2.1 teacher is 26.6 GiB in bf16 on each GPU. Sharded block by block, each process keeps 1/N of its
 weights and gathers one block at a time while the DiT runs (and frees it again after), so its outputs
 are exactly those of the whole model.
 """
