@@ -265,6 +265,23 @@ def test_report_tabulates_the_eval_and_the_final_step_it_was_given(tmp_path):
     assert "![losses](plots/losses.png)" in text and (run / "plots" / "losses.png").stat().st_size > 1000
 
 
+def test_report_command_rebuilds_each_run_and_refuses_a_folder_that_is_not_one(run_cli, tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for i, run in enumerate(runs):
+        run.mkdir()
+        rows = [{"step": s, "time": float(s), "loss": 1.0 / (s + i), "grad_norm": 0.5} for s in (1, 2, 3)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')  # cut by a kill
+    code, out, err = run_cli("report", *map(str, runs))
+    assert code == 0, err
+    for i, run in enumerate(runs):
+        text = (run / "report.md").read_text()
+        assert json.loads(text.split("## Final step")[1].split("```")[1])["loss"] == 1.0 / (3 + i)
+        assert (run / "plots" / "losses.png").stat().st_size > 1000 and f"wrote {run / 'report.md'} (2 plot(s))" in out
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("report", str(runs[0]), str(tmp_path / "empty"))
+    assert code == 2 and "empty: not a run folder (no metrics.jsonl)" in err and err.count("\n") == 1
+
+
 # ------------------------------------------------------------------------- --checkpoint forms
 def test_checkpoint_accepts_a_run_folder_a_checkpoint_folder_and_a_weights_file(run_cli, tmp_path, assets):
     from safetensors.torch import save_file

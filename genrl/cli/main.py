@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("convert", "convert", "Convert released checkpoints into folders genrl loads (once; nothing is downloaded)."),
     "export": ("export", "export", "Write MODELS (built-in names, .safetensors files, run folders or checkpoints) as one "
                "weights file."),
+    "report": ("report", "report", "Rebuild report.md and plots/ of each RUN folder from its metrics.jsonl, eval*.json "
+               "and samples."),
     "bench": ("bench", "bench", "Speed and memory, measured side by side in one process (ratios, medians, spreads)."),
     "env": ("env", "env", "What this machine gives genrl: versions, GPUs, optional kernels, and the choices genrl makes "
             "here."),
