@@ -215,7 +215,8 @@ def test_top_level_help_lists_each_command_by_its_own_first_line_without_loading
     # `genrl --help`, `--version` and the torch-free commands' help answer without importing torch
     probe = ("import sys; from genrl.cli.main import main; codes = [main(a) for a in ({!r})]; "
              "print(codes, 'torch' in sys.modules)")
-    for argv in (["--help"], ["--version"], ["compare", "--help"], ["select", "--help"], ["score", "--help"]):
+    for argv in (["--help"], ["--version"], ["sample", "--help"], ["eval", "--help"], ["compare", "--help"],
+                 ["select", "--help"], ["score", "--help"], ["report", "--help"]):
         out = subprocess.run([sys.executable, "-c", probe.format([argv])], capture_output=True, text=True, check=True)
         assert out.stdout.strip().endswith("[0] False"), (argv, out.stdout[-300:], out.stderr[-300:])
     assert cli.get_command(ctx, "no-such-command") is None

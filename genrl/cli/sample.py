@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..worlds.shapes import SPLITS
+from ..worlds import SPLITS
 from .options import OutputFolder, output_file, quiet_option, seed_option, timesteps_option
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import check
+from . import SPLITS
 
 # Attribute vocabularies. Order matters: attribute tensors hold indices into these.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -44,7 +45,6 @@ VALUES: dict[str, tuple[str, ...]] = {
     "speed": tuple(SPEEDS),
     "background": tuple(BACKGROUNDS),
 }
-SPLITS = ("train", "val", "test")
 _SPLIT_SALT = {"train": 0x5EED0, "val": 0x5EED1, "test": 0x5EED2}
 
 
