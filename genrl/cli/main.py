@@ -82,18 +82,28 @@ def cli():
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising SystemExit."""
+    code = 1
     try:
-        return _run(argv)
+        code = _run(argv)
+        return code
     finally:
-        _close_process_group()
+        _close_process_group(wait=code == 0)
 
 
-def _close_process_group() -> None:
-    """Leave a multi-process launch's process group before the interpreter tears down: left to teardown, its
-    threads could outlive it and abort the process after the work was done (seen with sharded teachers)."""
+def _close_process_group(wait: bool) -> None:
+    """Leave a multi-process launch's process group before the interpreter tears down, after the other
+    processes when the work succeeded (``wait``): a process that left while another was still writing its
+    report could abort at teardown (seen with sharded teachers) and fail the launch after the work was done.
+    A failed process leaves at once, so the launcher stops the rest instead of their waiting for it."""
     dist = sys.modules.get("torch.distributed")  # only when the command imported it; never imports torch itself
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if wait:
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - e.g. the group's timeout while another process still evaluates: leave
+            pass
+    dist.destroy_process_group()
 
 
 def _run(argv: list[str] | None) -> int:

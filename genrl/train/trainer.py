@@ -306,11 +306,6 @@ class Trainer:
 
             raise UsageError(f"config key 'train.val_every' is {cfg.val_every}, but the {method.name} method has no "
                              "validation; valid: 0 (the distill methods validate)")
-        if cfg.shard_frozen and parallel is not None and parallel.sequence > 1:
-            from ..errors import UsageError
-
-            raise UsageError("train.shard_frozen=true with parallel.sequence > 1 is not supported yet (the sequence-"
-                             "parallel DiT reads the teacher's weights outside its forward); valid: one of the two")
         self.cfg, self.method, self.quiet = cfg, method, quiet
         self.run_dir = Path(run_dir)
         log_with = None if cfg.tracker == "none" else cfg.tracker
@@ -525,7 +520,8 @@ class Trainer:
             from ..report import write_report
 
             write_report(self.run_dir)
-        self.accelerator.end_training()
+        self.accelerator.wait_for_everyone()  # end_training leaves the process group: all together, after the
+        self.accelerator.end_training()  # main process's writes (one leaving early could abort at teardown)
         return last
 
 
