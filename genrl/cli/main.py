@@ -82,31 +82,6 @@ def cli():
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code instead of raising SystemExit."""
-    code = 1
-    try:
-        code = _run(argv)
-        return code
-    finally:
-        _close_process_group(wait=code == 0)
-
-
-def _close_process_group(wait: bool) -> None:
-    """Leave a multi-process launch's process group before the interpreter tears down, after the other
-    processes when the work succeeded (``wait``): a process that left while another was still writing its
-    report could abort at teardown (seen with sharded teachers) and fail the launch after the work was done.
-    A failed process leaves at once, so the launcher stops the rest instead of their waiting for it."""
-    dist = sys.modules.get("torch.distributed")  # only when the command imported it; never imports torch itself
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return
-    if wait:
-        try:
-            dist.barrier()
-        except Exception:  # noqa: BLE001 - e.g. the group's timeout while another process still evaluates: leave
-            pass
-    dist.destroy_process_group()
-
-
-def _run(argv: list[str] | None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="genrl", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:  # `genrl data` alone: show its help
