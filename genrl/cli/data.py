@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 import torch
 
-from ..worlds.shapes import SPLITS, ShapesWorld, WorldConfig
+from ..worlds import SPLITS
+from ..worlds.shapes import ShapesWorld, WorldConfig
 from .options import output_file, quiet_option, seed_option
 
 

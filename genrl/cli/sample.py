@@ -120,7 +120,7 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, fir
 
     from ..generation import generate
     from ..io.grid import captioned_grid
-    from ..io.video import upscale, write_video
+    from ..io.video import write_video
 
     if (out is None) == (out_dir is None):
         raise UsageError("give exactly one of --out FILE (one video or grid) or --out-dir FOLDER (a file per video)")
@@ -148,7 +148,7 @@ def sample(model, checkpoint, prompt, prompts_file, frames, steps, guidance, fir
     videos = torch.stack(videos, dim=1).flatten(0, 1)  # prompt-major: each prompt's samples side by side
     captions = [p for p in prompts for _ in range(samples)]
     if len(captions) == 1:
-        write_video(out, upscale(videos[0], scale or display_scale(videos)), fps=gen.fps)
+        write_video(out, _enlarged(videos[0], scale), fps=gen.fps)
     else:
         write_video(out, captioned_grid(videos, captions, cols=4 if samples == 1 else samples,
                                         scale=scale or display_scale(videos)), fps=gen.fps)
@@ -163,6 +163,13 @@ MANIFEST = "prompts.tsv"
 def display_scale(videos) -> int:
     """Default enlargement of videos (..., H, W): the least whole factor giving 128 pixels on the short side."""
     return max(1, -(-128 // min(videos.shape[-2:])))
+
+
+def _enlarged(videos, scale: int | None):
+    """``videos`` enlarged by ``scale`` (--scale), or by :func:`display_scale` when it is not given."""
+    from ..io.video import upscale
+
+    return upscale(videos, scale or display_scale(videos))
 
 
 def video_names(prompts: list[str]) -> dict[str, str]:
@@ -197,7 +204,7 @@ def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: i
     import torch
 
     from ..generation import generate
-    from ..io.video import upscale, write_video
+    from ..io.video import write_video
     from ..progress import progress_bar
 
     settings = folder / SETTINGS
@@ -220,8 +227,7 @@ def _sample_to_folder(gen, prompts: list[str], frames: int, sampling, samples: i
         for p, i, path in todo:
             torch.manual_seed(seed + i)
             result = generate(gen, [p], frames, sampling, seed + i)
-            video = upscale(result.videos[0], scale or display_scale(result.videos))
-            write_video(path, video, fps=gen.fps)  # atomic: a killed run leaves no half file
+            write_video(path, _enlarged(result.videos[0], scale), fps=gen.fps)  # atomic: a killed run leaves no half file
             seconds, nfe = seconds + result.seconds, result.nfe_per_frame
             advance()
     manifest = folder / MANIFEST  # earlier runs' videos (other prompts, fewer samples) keep their lines
@@ -262,13 +268,13 @@ def _png_writer(folder: Path, scale: int | None):
     """on_chunk callback writing video_<b>/<frame>.png as chunks arrive."""
     import imageio.v3 as iio
 
-    from ..io.video import to_uint8, upscale
+    from ..io.video import to_uint8
 
     def write(start: int, pixels) -> None:
         for b, video in enumerate(pixels):
             sub = folder / f"video_{b:03d}"
             sub.mkdir(parents=True, exist_ok=True)
-            for i, frame in enumerate(to_uint8(upscale(video, scale or display_scale(video)))):
+            for i, frame in enumerate(to_uint8(_enlarged(video, scale))):
                 iio.imwrite(sub / f"{start + i:05d}.png", frame)
 
     return write
