@@ -25,9 +25,10 @@ def tiny_teacher(tmp_path_factory):
     return str(save_weights(m, tmp_path_factory.mktemp("t") / "teacher.safetensors", "video_model", m.cfg))
 
 
-def _launch(nproc, out, teacher):
+def _launch(nproc, out, teacher, *extra, quiet=True):
+    """`genrl distill` of the tiny DMD recipe (plus ``extra`` overrides) in ``nproc`` processes; asserts exit 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    args = [f"out_dir={out}", f"teacher={teacher}", *TINY_DMD, "--quiet"]
+    args = [f"out_dir={out}", f"teacher={teacher}", *TINY_DMD, *extra, *(["--quiet"] if quiet else [])]
     if nproc == 1:
         cmd = [sys.executable, "-m", "genrl.cli", "distill", *args]
     else:

@@ -3,8 +3,6 @@ while each process holds half of their weights; a 2-process DMD run with a shard
 data parallel or sequence parallel."""
 
 import json
-import os
-import subprocess
 
 import pytest
 import torch
@@ -13,8 +11,8 @@ from safetensors.torch import load_file
 
 from genrl.models.registry import save_weights
 
-from test_distributed import TINY_DMD
-from tiny import accelerate_launch, tiny_video_model
+from test_distributed import _launch
+from tiny import tiny_video_model
 
 
 def _gather_bytes(sharded, whole):
@@ -89,20 +87,12 @@ def test_sharded_frozen_dits_equal_the_whole_ones_and_hold_half_the_weights(tmp_
     assert len(results) == 6 and all(v == 0.0 for v in results.values()), results
 
 
-def _run(out, teacher, *extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [*accelerate_launch(2), "distill", f"out_dir={out}", f"teacher={teacher}", *TINY_DMD, *extra]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
 @pytest.mark.parametrize("extra", [[], ["parallel.sequence=2"]], ids=["data-parallel", "sequence-parallel"])
 def test_two_process_dmd_with_a_sharded_teacher_equals_the_unsharded_run(tmp_path, extra):
     m = tiny_video_model(seed=0)
     teacher = str(save_weights(m, tmp_path / "teacher.safetensors", "video_model", m.cfg))
-    _run(tmp_path / "whole", teacher, *extra, "--quiet")
-    r = _run(tmp_path / "sharded", teacher, *extra, "train.shard_frozen=true")
+    _launch(2, tmp_path / "whole", teacher, *extra)
+    r = _launch(2, tmp_path / "sharded", teacher, *extra, "train.shard_frozen=true", quiet=False)
     assert "train.shard_frozen: teacher" in r.stderr
     rows = {name: [{k: v for k, v in json.loads(line).items() if k != "time"}
                    for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
