@@ -291,9 +291,10 @@ class DMDMethod(StudentOutputs, Method):
                 "critic_grad_norm": critic["grad_norm"], **metrics}
 
     def sequence_parallel_models(self):
-        """The bidirectional teacher and critic judge whole videos: their frames are split; the student's
-        KV-cached rollout runs whole on every rank of the group (same seeds, same rollout)."""
-        return [self.teacher.dit, self.critic.dit]
+        """Every DiT's frames are split: the bidirectional teacher and critic that judge whole videos, and the
+        student, whose rollout splits each chunk's frames over the group and keeps its heads of the KV cache
+        (the same seeds on every rank, so the same rollout)."""
+        return [self.teacher.dit, self.critic.dit, self.student.dit]
 
     def roles(self):
         roles = {"student": Role(self.student, trainable=True), "critic": Role(self.critic, trainable=True),

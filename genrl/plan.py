@@ -53,6 +53,7 @@ class RolePlan:
     layers: int = 0
     dim: int = 0
     ffn: int = 0
+    heads: int = 0
 
     @property
     def weight_bytes(self) -> int:
@@ -83,18 +84,29 @@ class Plan:
         trainable = sum(r.total_bytes for r in self.roles if r.trainable or r.ema)
         biggest_frozen = max((r.weight_bytes / max(r.layers, 1) for r in self.roles if not r.trainable and not r.ema), default=0)
         teacher = sum(r.weight_bytes for r in self.roles if r.name == "teacher")
-        rows = []
-        for name, act, frozen_gpu, shard, supported in (
+        options = [
             ("data parallel, everything on each GPU", "none", frozen, 1, True),
             ("+ activation checkpointing", "checkpointing", frozen, 1, True),
             ("+ frozen roles offloaded to CPU", "checkpointing", biggest_frozen, 1, True),
             (f"+ teacher sharded over {gpus} GPUs (train.shard_frozen)", "checkpointing", frozen - teacher + teacher / gpus,
              1, True),
-            (f"FSDP full shard over {gpus} GPUs + checkpointing", "checkpointing", frozen / gpus, gpus, False),
-        ):
-            need = int(trainable / shard + frozen_gpu + self.activations[act])
+        ]
+        split = self.sequence_parallel(gpus)
+        if split > 1:  # each rank keeps the activations of its 1/N of the tokens
+            options.append((f"data parallel, parallel.sequence={split}, no checkpointing", "none", frozen, 1, True, split))
+        options.append((f"FSDP full shard over {gpus} GPUs + checkpointing", "checkpointing", frozen / gpus, gpus, False))
+        rows = []
+        for name, act, frozen_gpu, shard, supported, *tokens_split in options:
+            need = int(trainable / shard + frozen_gpu + self.activations[act] / (tokens_split or [1])[0])
             rows.append({"option": name, "per_gpu_bytes": need, "fits": need <= gpu_bytes, "supported": supported})
         return rows
+
+    def sequence_parallel(self, gpus: int) -> int:
+        """The largest ``parallel.sequence`` these GPUs allow: it divides the GPU count and the heads of every DiT
+        it splits (teacher, critic, student)."""
+        heads = [r.heads for r in self.roles if r.name in ("teacher", "critic", "student") and r.heads]
+        return max((n for n in range(1, gpus + 1) if gpus % n == 0 and heads and all(h % n == 0 for h in heads)),
+                   default=1)
 
     def to_json(self, gpus: int, gpu_bytes: int) -> dict:
         return {"roles": [dict(r.__dict__, weight_bytes=r.weight_bytes, state_bytes=r.state_bytes,
@@ -164,15 +176,15 @@ def _role(name: str, arch: tuple[str, tuple[str, dict]], dtype: str, trainable=F
     label, (kind, config) = arch
     model = _build_meta(kind, config)
     params = sum(p.numel() for p in model.parameters())
-    dim = layers = ffn = 0
+    dim = layers = ffn = heads = 0
     if kind == "wan_transformer":
         dim = config["num_attention_heads"] * config["attention_head_dim"]
-        layers, ffn = config["num_layers"], config["ffn_dim"]
+        layers, ffn, heads = config["num_layers"], config["ffn_dim"], config["num_attention_heads"]
     elif kind == "umt5":
         layers = config["num_layers"]
     elif kind == "qwen2_vl":
         layers = config["text_config"]["num_hidden_layers"]
-    return RolePlan(name, label, params, dtype, trainable, ema, layers, dim, ffn)
+    return RolePlan(name, label, params, dtype, trainable, ema, layers, dim, ffn, heads)
 
 
 def activation_bytes(student: RolePlan, tokens: int, batch: int, checkpointing: bool, bytes_per_value: int = 2) -> int:

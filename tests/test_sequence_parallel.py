@@ -153,9 +153,10 @@ def test_bench_sp_writes_per_length_ratios(run_cli, tmp_path):
     # each rank holds half the tokens: its saved activations shrink, more so as attention dominates
     assert r["sp.dit.activation_ratio.12"] < r["sp.dit.activation_ratio.4"] < 1.0
     assert r["sp.vlm.activation_ratio.12"] < 0.75 and r["sp.vlm.activation_ratio.4"] < 1.0
+    assert r["sp.wan.activation_ratio.12"] < 0.75 and r["sp.wan.activation_ratio.4"] < 1.0
     raw = r["raw"]["12"]
     assert raw["tokens"] == 12 * 4 and len(raw["seconds"]["sp1"]) == 1
-    assert raw["vlm"]["tokens"] == 12 * 4 and len(raw["vlm"]["seconds"]["sp2"]) == 1
+    assert raw["vlm"]["tokens"] == raw["wan"]["tokens"] == 12 * 4 and len(raw["wan"]["seconds"]["sp2"]) == 1
 
 
 def _vlm_worker(rank, init, out):
@@ -259,6 +260,118 @@ def test_streaming_with_a_head_sharded_kv_cache_equals_the_unsharded_stream(tmp_
     assert r["cached"] == [0, 1, 2, 6, 7, 8] and r["per_rank"] * 2 == r["whole"]
 
 
+# (frames, causal, one timestep per frame, activation checkpointing): 4 frames split evenly over 2 ranks, 5 not
+WAN_CASES = [(f, causal, per_frame, False) for f in (4, 5) for causal in (False, True) for per_frame in (False, True)]
+WAN_CASES.append((5, True, True, True))
+
+
+def _wan_dit(checkpointing=False, chunk_frames=2):
+    from genrl.models.wan import WanDiT, WanDiTConfig
+
+    from tiny_wan import tiny_wan_components
+
+    dit = WanDiT(tiny_wan_components(seed=0)["transformer"], WanDiTConfig(chunk_frames=chunk_frames))
+    if checkpointing:
+        dit.enable_activation_checkpointing()
+    return dit.train()
+
+
+def _wan_worker(rank, init, out):
+    import copy
+
+    import torch.distributed as dist
+
+    from genrl.parallel import apply_sequence_parallel, local_bytes, shard_frozen
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    results = {}
+    for case in WAN_CASES:
+        frames, causal, per_frame, checkpointing = case
+        dit = _wan_dit(checkpointing)
+        single = copy.deepcopy(dit)
+        g = torch.Generator().manual_seed(frames)
+        x = torch.randn(2, frames, 16, 4, 4, generator=g)
+        t = torch.rand(2, frames, generator=g) * 1000 if per_frame else torch.rand(2, generator=g) * 1000
+        text = torch.randn(2, 6, 32, generator=g)
+        w = torch.randn(2, frames, 16, 4, 4, generator=g)  # the loss's weights, so every output element matters
+        xs, texts = x.clone().requires_grad_(True), text.clone().requires_grad_(True)
+        y = single(xs, t, texts, causal=causal)
+        (y * w).sum().backward()
+        apply_sequence_parallel(dit, 2)
+        xp, textp = x.clone().requires_grad_(True), text.clone().requires_grad_(True)
+        yp = dit(xp, t, textp, causal=causal)
+        torch.testing.assert_close(yp, y.detach(), rtol=1e-5, atol=1e-5)
+        per = -(-frames // 2)
+        own = slice(rank * per, min(frames, (rank + 1) * per))
+        (yp[:, own] * w[:, own]).sum().backward()  # each rank's loss covers its own frames
+        for (name, a), b in zip(dit.named_parameters(), single.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=f"{name} {case}")
+        torch.testing.assert_close(xp.grad, xs.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(textp.grad, texts.grad, rtol=1e-4, atol=1e-5)
+        results[case] = float((yp - y).abs().max())
+    # a frozen teacher sharded over the ranks (train.shard_frozen) and then split by frames
+    dit = _wan_dit().eval().requires_grad_(False)
+    whole = copy.deepcopy(dit)
+    apply_sequence_parallel(shard_frozen(dit), 2)
+    g = torch.Generator().manual_seed(9)
+    x, t, text = torch.randn(2, 5, 16, 4, 4, generator=g), torch.rand(2, 5, generator=g) * 1000, torch.randn(2, 6, 32, generator=g)
+    with torch.no_grad():
+        for causal in (False, True):
+            results[("sharded", causal)] = float((dit(x, t, text, causal=causal) - whole(x, t, text, causal=causal)).abs().max())
+    results["held"] = (local_bytes(dit), local_bytes(whole))
+    # a streaming student: chunks of 3 frames (one padded frame on the second rank) against a KV cache of 9
+    # frames with 3 sinks, so 4 chunks evict; each chunk's pass keeps its graph, as the rollout's exit step does
+    dit = _wan_dit(chunk_frames=3)
+    single = copy.deepcopy(dit)
+    apply_sequence_parallel(dit, 2)
+    caches = [m.new_cache((4, 4), 9, 3) for m in (single, dit)]
+    g = torch.Generator().manual_seed(11)
+    text = torch.randn(2, 6, 32, generator=g)
+    for c in range(4):
+        x, t, w = torch.randn(2, 3, 16, 4, 4, generator=g), torch.rand(2, generator=g) * 1000, torch.randn(2, 3, 16, 4, 4, generator=g)
+        clean = torch.randn(2, 3, 16, 4, 4, generator=g)
+        ys = []
+        for m, cache in zip((single, dit), caches):
+            y = m(x, t, text, cache=cache)
+            (y * w).sum().backward()  # the whole loss on every rank, as DMD computes it
+            cache.writing = True
+            with torch.no_grad():
+                m(clean, torch.zeros(2), text, cache=cache)
+            cache.writing = False
+            ys.append(y.detach())
+        results[("stream", c)] = float((ys[1] - ys[0]).abs().max())
+    for (name, a), b in zip(dit.named_parameters(), single.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=f"stream {name}")
+    heads = single.transformer.config.num_attention_heads
+    mine = slice(rank * heads // 2, (rank + 1) * heads // 2)
+    assert caches[1].frame_ids == caches[0].frame_ids == [0, 1, 2, 9, 10, 11]
+    for block in range(single.depth):
+        torch.testing.assert_close(caches[1].k[block], caches[0].k[block][:, mine], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(caches[1].v[block], caches[0].v[block][:, mine], rtol=1e-5, atol=1e-5)
+    results["cache"] = (caches[1].k[0].numel(), caches[0].k[0].numel())
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def test_two_rank_sequence_parallel_wan_transformer_equals_one_process(tmp_path):
+    """diffusers' Wan2.1 transformer split by frames: outputs and every gradient (weights, latents, text) equal one
+    process, bidirectional and block-causal, even and uneven frames, one timestep per sample or per frame, with
+    activation checkpointing, on top of a sharded frozen teacher, and streamed chunk by chunk against a KV cache
+    sharded by heads (sink frames, evictions, gradients through each chunk's pass)."""
+    pytest.importorskip("diffusers")
+    mp.spawn(_wan_worker, args=(f"file://{tmp_path / 'rdv'}", str(tmp_path / "out.pt")), nprocs=2, join=True)
+    results = torch.load(tmp_path / "out.pt")
+    held, whole = results.pop("held")
+    assert 0.45 * whole < held < 0.55 * whole
+    per_rank, whole = results.pop("cache")
+    assert per_rank * 2 == whole  # each rank keeps its heads of the KV cache
+    streamed = {("stream", c) for c in range(4)}
+    assert set(results) == {*WAN_CASES, ("sharded", False), ("sharded", True), *streamed}
+    assert max(results.values()) < 1e-5
+
+
 def test_grpo_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
     """Rollouts are sampled whole on both ranks (same seeds, same tokens); the policy's scoring pass is split."""
     import json
@@ -282,7 +395,8 @@ def test_grpo_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_p
 
 
 def test_dmd_distill_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
-    """The teacher's and critic's frames are split; the student's rollout runs whole on both ranks."""
+    """The teacher's, the critic's and the student's frames are split (the student's rollout chunk by chunk, with
+    a head-sharded KV cache)."""
 
     from safetensors.torch import load_file
 

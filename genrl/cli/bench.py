@@ -577,6 +577,7 @@ def _sp_worker(rank: int, init: str, out: str, frames: list[int], rounds: int, d
 
         raw[F] = {"tokens": F * (side // 2) ** 2, **_sp_measure(rank, one, two, rounds)}
         raw[F]["vlm"] = _sp_vlm_layer(rank, F * (side // 2) ** 2, rounds, dim, heads)
+        raw[F]["wan"] = _sp_wan_layer(rank, F, side, rounds, dim, heads)
     if rank == 0:
         Path(out).write_text(json.dumps(raw))
     dist.destroy_process_group()
@@ -611,6 +612,38 @@ def _sp_vlm_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict:
     return {"tokens": L, **_sp_measure(rank, one, two, rounds)}
 
 
+def _sp_wan_layer(rank: int, frames: int, side: int, rounds: int, dim: int, heads: int) -> dict:
+    """One block of diffusers' Wan2.1 transformer (block-causal over chunks of 3 frames), SP=1 vs SP=2."""
+    import copy
+
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    from ..models.wan import WanDiT, WanDiTConfig
+    from ..parallel import apply_sequence_parallel
+
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=dim // heads,
+                                        in_channels=4, out_channels=4, text_dim=dim, ffn_dim=4 * dim, num_layers=1,
+                                        qk_norm="rms_norm_across_heads", cross_attn_norm=True,
+                                        rope_max_seq_len=max(1024, frames))
+    wan = WanDiT(transformer, WanDiTConfig(chunk_frames=3))
+    split = apply_sequence_parallel(copy.deepcopy(wan), 2)
+    x, t, text = torch.randn(1, frames, 4, side, side), torch.full((1,), 500.0), torch.randn(1, 16, dim)
+    per = -(-frames // 2)
+    own = slice(rank * per, min(frames, (rank + 1) * per))
+
+    def one():
+        if rank == 0:
+            wan(x, t, text, causal=True).square().mean().backward()
+
+    def two():
+        y = split(x, t, text, causal=True)
+        y[:, own].square().sum().div(y.numel()).backward()
+
+    return {"tokens": frames * (side // 2) ** 2, **_sp_measure(rank, one, two, rounds)}
+
+
 def _sp_measure(rank: int, one, two, rounds: int) -> dict:
     """Saved activation bytes of ``one`` (SP=1, rank 0 only) and ``two`` (SP=2, every rank), and their times over
     ``rounds`` alternating rounds after a warm-up round, a barrier on each side."""
@@ -642,7 +675,7 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
     report: dict = {"raw": raw}
     rows = []
     for F, whole in raw.items():
-        for layer, r in (("dit", whole), ("vlm", whole["vlm"])):
+        for layer, r in (("dit", whole), ("wan", whole["wan"]), ("vlm", whole["vlm"])):
             mem = r["activation_bytes"]["sp2"] / r["activation_bytes"]["sp1"]
             t = med(r["seconds"]["sp2"]) / med(r["seconds"]["sp1"])
             report[f"sp.{layer}.activation_ratio.{F}"] = round(mem, 3)
@@ -650,9 +683,9 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
             rows.append((layer, F, r["tokens"], r["activation_bytes"]["sp1"] / 2**20, r["activation_bytes"]["sp2"] / 2**20,
                          mem, med(r["seconds"]["sp1"]), med(r["seconds"]["sp2"]), t))
     if not quiet:
-        click.echo(f"one DiT layer (dim {dim}, {heads} heads, {side}x{side} latents, block-causal) and one VLM decoder "
-                   f"layer (dim {dim}, {heads} heads, {max(1, heads // 2)} KV heads, causal) over as many tokens, "
-                   "forward + backward, per rank:")
+        click.echo(f"one DiT layer and one Wan2.1 transformer block (dim {dim}, {heads} heads, {side}x{side} latents, "
+                   f"block-causal) and one VLM decoder layer (dim {dim}, {heads} heads, {max(1, heads // 2)} KV heads, "
+                   "causal) over as many tokens, forward + backward, per rank:")
     click.echo(f"{'layer':>5} {'frames':>6} {'tokens':>7} {'act SP1 MB':>11} {'act SP2 MB':>11} {'ratio':>6} {'s SP1':>7} "
                f"{'s SP2':>7} {'ratio':>6}")
     for layer, F, n, a1, a2, m, s1, s2, t in sorted(rows):
@@ -669,11 +702,12 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
 @json_option
 @quiet_option
 def bench_sp(frames, rounds, dim, heads, side, json_path, quiet):
-    """One DiT layer and one VLM layer, forward + backward, with sequence parallelism over 2 processes vs none.
+    """One layer each of the DiT, the Wan2.1 transformer and the VLM, forward + backward, with sequence
+    parallelism over 2 processes vs none.
 
     Per rank: activation memory (bytes of the storages autograd saves for backward) and time
-    (median of the alternating rounds, a barrier on each side), at growing lengths; the VLM layer
-    runs over as many tokens as the DiT layer. Two gloo processes on CPU.
+    (median of the alternating rounds, a barrier on each side), at growing lengths; the Wan block
+    and the VLM layer run over as many tokens as the DiT layer. Two gloo processes on CPU.
 
     \b
     Example:

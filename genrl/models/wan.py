@@ -9,7 +9,9 @@ needs is added from outside the architecture:
   :class:`~genrl.models.dit.KVCache` of earlier clean chunks (writing to it when asked);
 - with a cache, RoPE follows genrl's layout: cached keys are stored un-rotated and get
   contiguous frame positions 0..n-1 at use, the chunk comes right after them, so a
-  rolling window with sink frames never leaves the positions seen in training.
+  rolling window with sink frames never leaves the positions seen in training;
+- :meth:`WanDiT.run` takes that layout as given: sequence parallelism (``genrl.parallel``) runs the
+  transformer on one rank's frames, with RoPE at the whole video's positions and an all-to-all attention.
 
 Cross-attention keeps diffusers' processor and recomputes the text keys/values at every
 call, so no cached tensor can cut a gradient. The UMT5 encoder, the tokenizer, the VAE
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..attention import attention
+from ..attention import BlockCausal, attention
 from ..errors import UsageError
 from .dit import KVCache
 from .video_model import FlowVideoModel, StreamingConfig
@@ -75,10 +77,13 @@ class _Rope(tuple):
     the mask, and the cached keys/values as they were (tensors, never changed in place).
     """
 
-    mask: torch.Tensor | None = None
+    mask: BlockCausal | torch.Tensor | None = None
     cache: KVCache | None = None
     context: list | None = None  # per block (k, v) of the cache at call time
     ctx_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    attend: object | None = None  # the attention call (sequence parallelism swaps in its all-to-all one)
+    frames: tuple[int, int] | None = None  # (whole video's frames, this call's first frame): RoPE at global positions
+    real: int | None = None  # tokens of a cached chunk that are not padding (sequence parallelism pads); None: all
 
 
 class _LayoutRope(nn.Module):
@@ -90,7 +95,15 @@ class _LayoutRope(nn.Module):
         self.layout: dict = {}
 
     def forward(self, hidden_states: torch.Tensor) -> _Rope:
-        out = _Rope(self.rope(hidden_states))
+        frames = self.layout.get("frames")
+        if frames is None:
+            out = _Rope(self.rope(hidden_states))
+        else:  # this call holds frames [lo, lo + n) of a longer video: their slice of the whole video's angles
+            (whole, lo), (n, H, W) = frames, hidden_states.shape[2:]
+            _, ph, pw = self.rope.patch_size
+            tpf = (H // ph) * (W // pw)
+            angles = self.rope(hidden_states.new_empty((1, 0, whole, H, W)))
+            out = _Rope(a[:, lo * tpf : (lo + n) * tpf] for a in angles)
         for k, v in self.layout.items():
             setattr(out, k, v)
         return out
@@ -116,19 +129,24 @@ class CausalWanProcessor:
         rope = rotary_emb
         if rope.cache is None:
             q, k = _rotate(q, *rope), _rotate(k, *rope)
-            out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rope.mask)
+            out = (rope.attend or attention)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rope.mask)
         else:
-            k_new, v_new = k.transpose(1, 2), v.transpose(1, 2)  # (B, H, N, D), un-rotated
+            q, k_new, v_new = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, N, D), un-rotated
+            if rope.attend is not None:  # sequence parallel: this rank's heads of the whole chunk
+                q, k_new, v_new = (rope.attend.heads_of_all_tokens(a) for a in (q, k_new, v_new))
             ck, cv = rope.context[self.block]
             kk = k_new if ck is None else torch.cat((ck, k_new), dim=2)
             vv = v_new if cv is None else torch.cat((cv, v_new), dim=2)
             cos, sin = rope.ctx_rope
-            n = q.shape[1]
-            q = _rotate(q, cos[:, -n:], sin[:, -n:])
+            n, real = q.shape[2], rope.real  # the chunk's tokens; the first `real` of them are not padding
+            q = _rotate(q.transpose(1, 2), cos[:, -n:], sin[:, -n:]).transpose(1, 2)
             kk = _rotate(kk.transpose(1, 2), cos, sin).transpose(1, 2)
-            out = attention(q.transpose(1, 2), kk, vv)
+            keys = None if real is None else (torch.arange(kk.shape[2], device=kk.device) < kk.shape[2] - n + real)
+            out = attention(q, kk, vv, None if keys is None else keys[None, None, None, :])
             if rope.cache.writing:
-                rope.cache.append(self.block, k_new.detach(), v_new.detach())
+                rope.cache.append(self.block, k_new[:, :, :real].detach(), v_new[:, :, :real].detach())
+            if rope.attend is not None:
+                out = rope.attend.all_heads_of_my_tokens(out)
         out = out.transpose(1, 2).flatten(2, 3).type_as(hidden_states)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -158,9 +176,9 @@ class WanDiT(nn.Module):
         _, ph, pw = self.patch
         return (h // ph) * (w // pw)
 
-    def block_causal_mask(self, frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
-        chunk = (torch.arange(frames, device=device) // self.cfg.chunk_frames).repeat_interleave(tokens_per_frame)
-        return chunk[:, None] >= chunk[None, :]
+    def block_causal(self, tokens_per_frame: int, keys: torch.Tensor | None = None) -> BlockCausal:
+        """Chunks of ``chunk_frames`` frames, each attending to itself and the chunks before it (no dense mask)."""
+        return BlockCausal(self.cfg.chunk_frames * tokens_per_frame, keys)
 
     def new_cache(self, latent_hw: tuple[int, int], local_frames: int, sink_frames: int = 0) -> KVCache:
         return KVCache(self.depth, self.tokens_per_frame(*latent_hw), self.cfg.chunk_frames, local_frames, sink_frames)
@@ -170,18 +188,21 @@ class WanDiT(nn.Module):
 
     def forward(self, x, t, text, text_mask=None, causal: bool = False, cache: KVCache | None = None) -> torch.Tensor:
         B, Fr, C, H, W = x.shape
-        dtype = self.transformer.dtype
-        hs = x.permute(0, 2, 1, 3, 4).to(dtype)
-        tpf = self.tokens_per_frame(H, W)
-        t = t.float()
-        if t.ndim == 2:  # one timestep per frame -> per token (diffusers' per-token path)
-            t = t.repeat_interleave(tpf, dim=1)
         layout: dict = {"cache": cache}
         if cache is None:
-            layout["mask"] = self.block_causal_mask(Fr, tpf, x.device) if causal else None
+            layout["mask"] = self.block_causal(self.tokens_per_frame(H, W)) if causal else None
         else:  # context frames 0..n-1, then this chunk
             layout["context"] = [cache.context(i) for i in range(self.depth)]
-            layout["ctx_rope"] = self.transformer.rope.rope(hs.new_empty((1, 0, cache.frames + Fr, H, W)))
+            layout["ctx_rope"] = self.transformer.rope.rope(x.new_empty((1, 0, cache.frames + Fr, H, W)))
+        return self.run(x, t, text, layout)
+
+    def run(self, x, t, text, layout: dict) -> torch.Tensor:
+        """The transformer on latents (B, F, C, h, w) with the attention ``layout`` its blocks read (see :class:`_Rope`)."""
+        dtype = self.transformer.dtype
+        hs = x.permute(0, 2, 1, 3, 4).to(dtype)
+        t = t.float()
+        if t.ndim == 2:  # one timestep per frame -> per token (diffusers' per-token path)
+            t = t.repeat_interleave(self.tokens_per_frame(*x.shape[-2:]), dim=1)
         rope = self.transformer.rope
         rope.layout = layout
         try:

@@ -1,9 +1,11 @@
-"""Parallelism applied to models after they are built: sequence parallelism (Ulysses) for the DiT and the VLM,
-and sharding of frozen DiTs over the processes (FSDP2)."""
+"""Parallelism applied to models after they are built: sequence parallelism (Ulysses) for the DiT, the Wan2.1
+transformer and the VLM, and sharding of frozen DiTs over the processes (FSDP2)."""
 
-from .sequence import (SequenceParallelDiT, UlyssesAttention, all_to_all, apply_sequence_parallel,
-                       apply_sequence_parallel_vlm, make_sequence_parallel, sequence_groups)
+from .sequence import (SequenceParallelDiT, SequenceParallelWanDiT, UlyssesAttention, all_to_all,
+                       apply_sequence_parallel, apply_sequence_parallel_vlm,
+                       make_sequence_parallel, sequence_groups)
 from .shard import local_bytes, shard_frozen
 
-__all__ = ["SequenceParallelDiT", "UlyssesAttention", "all_to_all", "apply_sequence_parallel", "apply_sequence_parallel_vlm",
-           "local_bytes", "make_sequence_parallel", "sequence_groups", "shard_frozen"]
+__all__ = ["SequenceParallelDiT", "SequenceParallelWanDiT", "UlyssesAttention", "all_to_all", "apply_sequence_parallel",
+           "apply_sequence_parallel_vlm", "local_bytes", "make_sequence_parallel",
+           "sequence_groups", "shard_frozen"]

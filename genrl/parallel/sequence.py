@@ -121,14 +121,21 @@ class UlyssesAttention:
         if q.shape[1] % world:
             raise UsageError(f"sequence parallelism over {world} ranks needs heads divisible by {world}; "
                              f"the model has {q.shape[1]}")
-        q, k, v = (all_to_all(t, self.group, scatter=1, gather=2) for t in (q, k, v))  # my heads, every token
+        q, k, v = (self.heads_of_all_tokens(t) for t in (q, k, v))
         if self.key_mask is not None and isinstance(mask, BlockCausal):
             mask = BlockCausal(mask.block, self.key_mask)
         elif self.key_mask is not None:
             keys = self.key_mask[None, None, None, :]
             mask = keys if mask is None else mask & keys
-        o = attention(q, k, v, mask)
-        return all_to_all(o, self.group, scatter=2, gather=1)  # every head, my tokens
+        return self.all_heads_of_my_tokens(attention(q, k, v, mask))
+
+    def heads_of_all_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H, N/P, D] (every head of my tokens) -> [B, H/P, N, D] (my heads of every token)."""
+        return all_to_all(x, self.group, scatter=1, gather=2)
+
+    def all_heads_of_my_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The way back: [B, H/P, N, D] -> [B, H, N/P, D]."""
+        return all_to_all(x, self.group, scatter=2, gather=1)
 
     def cached(self, q, k, v, angles, cache, block: int, ctx_angles):
         """Streaming with a head-sharded KV cache: after the all-to-all this rank holds its heads of the
@@ -136,9 +143,9 @@ class UlyssesAttention:
         rank keeps 1/P of the cache. ``real_tokens`` (set per forward) cuts the chunk's padding."""
         from ..models.dit import cached_attention
 
-        q, k, v = (all_to_all(t, self.group, scatter=1, gather=2) for t in (q, k, v))
+        q, k, v = (self.heads_of_all_tokens(t) for t in (q, k, v))
         o = cached_attention(q, k, v, angles, cache, block, ctx_angles, real=self.real_tokens)
-        return all_to_all(o, self.group, scatter=2, gather=1)
+        return self.all_heads_of_my_tokens(o)
 
 
 def _ulysses_cores(blocks: nn.ModuleList, heads: int, what: str, group) -> list[UlyssesAttention]:
@@ -228,12 +235,65 @@ class SequenceParallelDiT:
     __call__ = forward
 
 
+class SequenceParallelWanDiT:
+    """A Wan2.1 transformer (``WanDiT``) whose frames are split over the ranks of ``group``: whole-video passes.
+
+    As :class:`SequenceParallelDiT`: every rank passes the whole input and gets the whole output, computing
+    only its frames. diffusers' transformer runs unchanged on the rank's frames (its patches are one frame
+    deep, so the patch embedding, timestep modulation and output projection are frame-local); RoPE takes
+    the frames' global positions, and each block's self-attention runs through the all-to-all. A streamed
+    chunk against a KV cache splits the same way, and each rank keeps its heads of the cache (1/P of it).
+    """
+
+    def __init__(self, dit: nn.Module, group=None):
+        self.dit, self.group = dit, group
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        cfg = dit.transformer.config
+        if cfg.num_attention_heads % self.world:
+            raise UsageError(f"parallel.sequence={self.world} needs the Wan2.1 transformer's heads "
+                             f"({cfg.num_attention_heads}) divisible by it")
+        if cfg.patch_size[0] != 1:
+            raise UsageError(f"parallel.sequence splits frames; this transformer's patches are {cfg.patch_size[0]} "
+                             "frames deep (Wan2.1's are 1)")
+        self.core = UlyssesAttention(group)
+
+    def forward(self, x, t, text, text_mask=None, causal: bool = False, cache=None):
+        dit, P = self.dit, self.world
+        B, Fr, C, H, W = x.shape
+        per = -(-Fr // P)
+        pad, lo = per * P - Fr, self.rank * per
+        if pad:
+            x = torch.cat((x, x.new_zeros(B, pad, C, H, W)), dim=1)
+        if t.ndim == 2:  # per-frame timesteps; one per sample stays one (diffusers' path for it)
+            t = torch.cat((t, t[:, -1:].expand(B, pad)), dim=1)[:, lo : lo + per]
+        tpf = dit.tokens_per_frame(H, W)
+        x, text = _sum_grad(x, self.group), _sum_grad(text, self.group)
+        if cache is not None:  # the context's frames at 0..n-1, the whole chunk (padding last) after them
+            layout = {"cache": cache, "attend": self.core, "real": Fr * tpf,
+                      "context": [cache.context(i) for i in range(dit.depth)],
+                      "ctx_rope": dit.transformer.rope.rope(x.new_empty((1, 0, cache.frames + per * P, H, W)))}
+        else:
+            keys = (torch.arange(per * P, device=x.device) < Fr).repeat_interleave(tpf) if pad else None
+            if causal:
+                mask = dit.block_causal(tpf, keys)
+            else:
+                mask = None if keys is None else keys[None, None, None, :]
+            layout = {"cache": None, "mask": mask, "attend": self.core, "frames": (per * P, lo)}
+        out = dit.run(x[:, lo : lo + per], t, text, layout)
+        return _Gather.apply(out, self.group, 1)[:, :Fr]
+
+    __call__ = forward
+
+
 def apply_sequence_parallel(dit: nn.Module, size: int, group=None) -> nn.Module:
-    """Make a VideoDiT sequence-parallel over the ``size`` ranks of ``group`` (``parallel.sequence``), in place."""
+    """Make a VideoDiT, or a ``WanDiT``'s whole-video passes, sequence-parallel over the ``size`` ranks of
+    ``group`` (``parallel.sequence``), in place."""
+    from ..models.wan import WanDiT
+
     if size <= 1:
         return dit
     _require_group(size, group)
-    sp = SequenceParallelDiT(dit, group)
+    sp = (SequenceParallelWanDiT if isinstance(dit, WanDiT) else SequenceParallelDiT)(dit, group)
     dit.forward = sp.forward  # the instance's forward: same module, parameters and state_dict
     _sum_param_grads(dit, group)
     return dit
@@ -302,11 +362,12 @@ def apply_sequence_parallel_vlm(vlm: nn.Module, size: int, group=None) -> nn.Mod
 
 
 def make_sequence_parallel(model: nn.Module, size: int, group=None) -> nn.Module:
-    """``parallel.sequence`` for any model genrl can split: its video DiT or its tiny VLM."""
+    """``parallel.sequence`` for any model genrl can split: its video DiT, a Wan2.1 transformer or its tiny VLM."""
     from ..models.dit import VideoDiT
     from ..models.vlm import TinyVLM
+    from ..models.wan import WanDiT
 
-    if isinstance(model, VideoDiT):
+    if isinstance(model, (VideoDiT, WanDiT)):
         return apply_sequence_parallel(model, size, group)
     if isinstance(model, TinyVLM):
         return apply_sequence_parallel_vlm(model, size, group)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-FORWARD_METHODS = ("forward_frames",)
+FORWARD_METHODS = ("forward_frames", "run")
 """Methods other than ``forward`` that run the DiT's weights: they gather like ``forward`` does."""
 
 
