@@ -79,6 +79,7 @@ def _worker(rank, init, out):
         results[(frames, causal)] = float((ys - y).abs().max())
     if rank == 0:
         torch.save(results, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -200,6 +201,7 @@ def _vlm_worker(rank, init, out):
         lengths.append(2 + single.video_tokens + p_ids.shape[1] + ids.shape[1])
     if rank == 0:
         torch.save(lengths, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -249,6 +251,7 @@ def _stream_worker(rank, init, out):
     if rank == 0:
         torch.save({"diff": float((got - want).abs().max()), "frames": got.shape[1], "cached": caches[1].frame_ids,
                     "per_rank": caches[1].k[0].numel(), "whole": caches[0].k[0].numel()}, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -352,6 +355,7 @@ def _wan_worker(rank, init, out):
     results["cache"] = (caches[1].k[0].numel(), caches[0].k[0].numel())
     if rank == 0:
         torch.save(results, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 

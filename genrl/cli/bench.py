@@ -580,6 +580,7 @@ def _sp_worker(rank: int, init: str, out: str, frames: list[int], rounds: int, d
         raw[F]["wan"] = _sp_wan_layer(rank, F, side, rounds, dim, heads)
     if rank == 0:
         Path(out).write_text(json.dumps(raw))
+    dist.barrier()  # leave together: a rank that leaves while the other still works can abort at exit
     dist.destroy_process_group()
 
 
