@@ -578,6 +578,7 @@ def _sp_worker(rank: int, init: str, out: str, frames: list[int], rounds: int, d
         raw[F] = {"tokens": F * (side // 2) ** 2, **_sp_measure(rank, one, two, rounds)}
         raw[F]["vlm"] = _sp_vlm_layer(rank, F * (side // 2) ** 2, rounds, dim, heads)
         raw[F]["wan"] = _sp_wan_layer(rank, F, side, rounds, dim, heads)
+        raw[F]["stream"] = _sp_stream_layer(rank, F, side, rounds, dim, heads)
     if rank == 0:
         Path(out).write_text(json.dumps(raw))
     dist.barrier()  # leave together: a rank that leaves while the other still works can abort at exit
@@ -645,6 +646,39 @@ def _sp_wan_layer(rank: int, frames: int, side: int, rounds: int, dim: int, head
     return {"tokens": frames * (side // 2) ** 2, **_sp_measure(rank, one, two, rounds)}
 
 
+def _sp_stream_layer(rank: int, frames: int, side: int, rounds: int, dim: int, heads: int) -> dict:
+    """A streaming student's DiT layer rolled out chunk by chunk (3 frames, a KV cache of 9 frames with 3 sinks),
+    every chunk's pass kept for backward as DMD's exit step keeps it, SP=1 vs SP=2 (a head-sharded cache)."""
+    import copy
+
+    import torch
+
+    from ..models.dit import DiTConfig, VideoDiT
+    from ..parallel import apply_sequence_parallel
+
+    torch.manual_seed(0)
+    layer = VideoDiT(DiTConfig(dim=dim, depth=1, heads=heads, text_dim=dim, in_channels=4, patch=2, chunk_frames=3))
+    split = apply_sequence_parallel(copy.deepcopy(layer), 2)
+    x, t = torch.randn(1, frames, 4, side, side), torch.full((1,), 500.0)
+    text, mask = torch.randn(1, 16, dim), torch.ones(1, 16, dtype=torch.bool)
+
+    def rollout(dit):
+        cache, outs = dit.new_cache((side, side), 9, 3), []
+        for lo in range(0, frames, 3):
+            outs.append(dit(x[:, lo : lo + 3], t, text, mask, cache=cache))
+            cache.writing = True
+            with torch.no_grad():
+                dit(outs[-1].detach(), torch.zeros(1), text, mask, cache=cache)
+            cache.writing = False
+        torch.cat(outs, dim=1).square().mean().backward()  # the whole loss on every rank, as DMD computes it
+
+    def one():
+        if rank == 0:
+            rollout(layer)
+
+    return {"tokens": frames * (side // 2) ** 2, **_sp_measure(rank, one, lambda: rollout(split), rounds)}
+
+
 def _sp_measure(rank: int, one, two, rounds: int) -> dict:
     """Saved activation bytes of ``one`` (SP=1, rank 0 only) and ``two`` (SP=2, every rank), and their times over
     ``rounds`` alternating rounds after a warm-up round, a barrier on each side."""
@@ -676,7 +710,7 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
     report: dict = {"raw": raw}
     rows = []
     for F, whole in raw.items():
-        for layer, r in (("dit", whole), ("wan", whole["wan"]), ("vlm", whole["vlm"])):
+        for layer, r in (("dit", whole), ("wan", whole["wan"]), ("stream", whole["stream"]), ("vlm", whole["vlm"])):
             mem = r["activation_bytes"]["sp2"] / r["activation_bytes"]["sp1"]
             t = med(r["seconds"]["sp2"]) / med(r["seconds"]["sp1"])
             report[f"sp.{layer}.activation_ratio.{F}"] = round(mem, 3)
@@ -685,8 +719,9 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
                          mem, med(r["seconds"]["sp1"]), med(r["seconds"]["sp2"]), t))
     if not quiet:
         click.echo(f"one DiT layer and one Wan2.1 transformer block (dim {dim}, {heads} heads, {side}x{side} latents, "
-                   f"block-causal) and one VLM decoder layer (dim {dim}, {heads} heads, {max(1, heads // 2)} KV heads, "
-                   "causal) over as many tokens, forward + backward, per rank:")
+                   f"block-causal), the DiT layer streamed chunk by chunk against a KV cache, and one VLM decoder layer "
+                   f"(dim {dim}, {heads} heads, {max(1, heads // 2)} KV heads, causal) over as many tokens, forward + "
+                   "backward, per rank:")
     click.echo(f"{'layer':>5} {'frames':>6} {'tokens':>7} {'act SP1 MB':>11} {'act SP2 MB':>11} {'ratio':>6} {'s SP1':>7} "
                f"{'s SP2':>7} {'ratio':>6}")
     for layer, F, n, a1, a2, m, s1, s2, t in sorted(rows):
@@ -703,12 +738,13 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
 @json_option
 @quiet_option
 def bench_sp(frames, rounds, dim, heads, side, json_path, quiet):
-    """One layer each of the DiT, the Wan2.1 transformer and the VLM, forward + backward, with sequence
-    parallelism over 2 processes vs none.
+    """One layer each of the DiT, the Wan2.1 transformer and the VLM, and the DiT layer streamed chunk by
+    chunk against a KV cache (a student's rollout), forward + backward, with sequence parallelism over 2
+    processes vs none.
 
     Per rank: activation memory (bytes of the storages autograd saves for backward) and time
-    (median of the alternating rounds, a barrier on each side), at growing lengths; the Wan block
-    and the VLM layer run over as many tokens as the DiT layer. Two gloo processes on CPU.
+    (median of the alternating rounds, a barrier on each side), at growing lengths; every layer
+    runs over as many tokens as the DiT layer. Two gloo processes on CPU.
 
     \b
     Example:
