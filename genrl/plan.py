@@ -77,6 +77,8 @@ class Plan:
     batch: int
     activations: dict[str, int] = field(default_factory=dict)
     """'none' / 'checkpointing': estimated bytes kept for backward in the largest step."""
+    chunk_frames: int = 3
+    """Latent frames of the streaming student's chunks (its rollout's activations are the largest step's)."""
 
     def fits(self, gpus: int, gpu_bytes: int) -> list[dict]:
         """Options and the memory each needs per GPU."""
@@ -84,29 +86,34 @@ class Plan:
         trainable = sum(r.total_bytes for r in self.roles if r.trainable or r.ema)
         biggest_frozen = max((r.weight_bytes / max(r.layers, 1) for r in self.roles if not r.trainable and not r.ema), default=0)
         teacher = sum(r.weight_bytes for r in self.roles if r.name == "teacher")
+        # (option, activations kept, frozen bytes on a GPU, trainable roles sharded over, supported, tokens split over)
         options = [
-            ("data parallel, everything on each GPU", "none", frozen, 1, True),
-            ("+ activation checkpointing", "checkpointing", frozen, 1, True),
-            ("+ frozen roles offloaded to CPU", "checkpointing", biggest_frozen, 1, True),
+            ("data parallel, everything on each GPU", "none", frozen, 1, True, 1),
+            ("+ activation checkpointing", "checkpointing", frozen, 1, True, 1),
+            ("+ frozen roles offloaded to CPU", "checkpointing", biggest_frozen, 1, True, 1),
             (f"+ teacher sharded over {gpus} GPUs (train.shard_frozen)", "checkpointing", frozen - teacher + teacher / gpus,
-             1, True),
+             1, True, 1),
         ]
-        split = self.sequence_parallel(gpus)
-        if split > 1:  # each rank keeps the activations of its 1/N of the tokens
-            options.append((f"data parallel, parallel.sequence={split}, no checkpointing", "none", frozen, 1, True, split))
-        options.append((f"FSDP full shard over {gpus} GPUs + checkpointing", "checkpointing", frozen / gpus, gpus, False))
+        split, share = self.sequence_parallel(gpus)
+        if split > 1:
+            options.append((f"data parallel, parallel.sequence={split}, no checkpointing", "none", frozen, 1, True, share))
+        options.append((f"FSDP full shard over {gpus} GPUs + checkpointing", "checkpointing", frozen / gpus, gpus, False, 1))
         rows = []
-        for name, act, frozen_gpu, shard, supported, *tokens_split in options:
-            need = int(trainable / shard + frozen_gpu + self.activations[act] / (tokens_split or [1])[0])
+        for name, act, frozen_gpu, shard, supported, act_share in options:
+            need = int(trainable / shard + frozen_gpu + self.activations[act] * act_share)
             rows.append({"option": name, "per_gpu_bytes": need, "fits": need <= gpu_bytes, "supported": supported})
         return rows
 
-    def sequence_parallel(self, gpus: int) -> int:
-        """The largest ``parallel.sequence`` these GPUs allow: it divides the GPU count and the heads of every DiT
-        it splits (teacher, critic, student)."""
+    def sequence_parallel(self, gpus: int) -> tuple[int, float]:
+        """The ``parallel.sequence`` these GPUs allow that leaves each rank the least of the student's activations,
+        and that share. The split divides the GPU count and the heads of every DiT it splits (teacher, critic,
+        student); the student's rollout pads each chunk of ``chunk_frames`` frames to a multiple of it, so a rank
+        computes ceil(chunk / N) of every chunk's frames (of 3, 1 for N = 3 and for N = 4 alike; the smaller wins)."""
         heads = [r.heads for r in self.roles if r.name in ("teacher", "critic", "student") and r.heads]
-        return max((n for n in range(1, gpus + 1) if gpus % n == 0 and heads and all(h % n == 0 for h in heads)),
-                   default=1)
+        allowed = [n for n in range(1, gpus + 1) if gpus % n == 0 and heads and all(h % n == 0 for h in heads)] or [1]
+        share = {n: -(-self.chunk_frames // n) / self.chunk_frames for n in allowed}
+        best = min(allowed, key=lambda n: (share[n], n))
+        return best, share[best]
 
     def to_json(self, gpus: int, gpu_bytes: int) -> dict:
         return {"roles": [dict(r.__dict__, weight_bytes=r.weight_bytes, state_bytes=r.state_bytes,
@@ -215,7 +222,9 @@ def plan_distill(cfg, frozen: str = "bfloat16") -> Plan:
     tokens = latent_frames * (height // 16) * (width // 16)
     batch = cfg.dmd.batch_size if cfg.method != "ode_init" else cfg.ode.batch_size
     acts = {k: activation_bytes(student, tokens, batch, k == "checkpointing") for k in ("none", "checkpointing")}
-    return Plan(roles, tokens, batch, acts)
+    from .models.wan import WanDiTConfig
+
+    return Plan(roles, tokens, batch, acts, WanDiTConfig().chunk_frames)
 
 
 def parse_memory(text: str) -> int:
