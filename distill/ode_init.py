@@ -13,6 +13,7 @@ start of the run (and stored in the run folder, so resuming does not redo it).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def ode_pairs(path: Path, teacher: FlowVideoModel, student: FlowVideoModel, worl
         finals.append(f.cpu())
     pairs = {"prompts": prompts, "states": torch.cat(states), "finals": torch.cat(finals)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # every process of a launch makes the same pairs
     torch.save(pairs, tmp)
     tmp.replace(path)
     return pairs
@@ -216,6 +217,11 @@ class ODEInitMethod(StudentOutputs, Method):
         out = ctx.optimize(self.opt, self.student.dit.parameters(), loss, self.sched)
         self.ema.update(self.student)
         return {**out, **metrics}
+
+    def sequence_parallel_models(self):
+        """The student's regression passes split each chunk's frames over the group (a head-sharded KV cache);
+        the teacher only made the pairs, before training."""
+        return [self.student.dit]
 
     def roles(self):
         return {"student": Role(self.student, trainable=True), "teacher": Role(self.teacher),

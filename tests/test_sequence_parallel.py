@@ -428,6 +428,32 @@ def test_dmd_distill_with_parallel_sequence_2_under_accelerate_equals_one_proces
         assert [r[key] for r in rows if "loss" in r] == pytest.approx([r[key] for r in ref if "loss" in r], rel=1e-4), key
 
 
+def test_ode_init_with_parallel_sequence_2_under_accelerate_equals_one_process(tmp_path):
+    """The student's regression passes (chunk by chunk, a head-sharded KV cache) split over 2 ranks, with the
+    teacher-forcing loss on real clips too; one step, a resume to the second, against a plain 2-step run."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from genrl.models.registry import save_weights
+
+    from test_distill_runs import TINY
+    from tiny import tiny_video_model
+
+    m = tiny_video_model(seed=0)
+    teacher = str(save_weights(m, tmp_path / "teacher.safetensors", "video_model", m.cfg))
+    _one_then_split(tmp_path, ["distill", f"teacher={teacher}", "method=ode_init", "ode.real_weight=0.5", *TINY,
+                               "eval_num=0"], accelerate_launch(2), steps=2)
+    for name in ("student", "ema"):
+        a = load_file(str(tmp_path / "one" / "checkpoints" / "step_0000002" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "sp" / "checkpoints" / "step_0000002" / f"{name}.safetensors"))
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{name} {k}")
+    rows, ref = ([json.loads(l) for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("sp", "one"))
+    for key in ("grad_norm", "loss", "ode_loss", "real_loss"):
+        assert [r[key] for r in rows if "loss" in r] == pytest.approx([r[key] for r in ref if "loss" in r], rel=1e-4), key
+
+
 def test_bench_wan_runs_the_streaming_student_against_its_teacher_on_a_tiny_random_transformer(run_cli, tmp_path):
     import json
 
