@@ -176,13 +176,16 @@ class SelfAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(B, N, D))
 
 
-def cached_attention(q, k, v, angles, cache: KVCache, block: int, ctx_angles, real: int | None = None) -> torch.Tensor:
+def cached_attention(q, k, v, angles, cache: KVCache, block: int, ctx_angles, real: int | None = None,
+                     context: tuple | None = None) -> torch.Tensor:
     """A chunk's un-rotated q/k/v [B, H, N, D] against the cached context: RoPE at use, attention over
     context + chunk, and (when the cache is writing) the chunk's keys/values appended.
 
     ``real``: only the first ``real`` chunk tokens are real (the rest is padding, e.g. of a chunk split over
-    sequence-parallel ranks): padding is kept out of every key set and out of the cache."""
-    ck, cv = cache.context(block)
+    sequence-parallel ranks): padding is kept out of every key set and out of the cache. ``context``: the
+    block's cached (k, v) as read when the forward began (default: the cache's now), for a caller whose
+    activation checkpointing re-runs the block after the cache has grown."""
+    ck, cv = context if context is not None else cache.context(block)
     kk = k if ck is None else torch.cat((ck, k), dim=2)
     vv = v if cv is None else torch.cat((cv, v), dim=2)
     mask = None

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..attention import BlockCausal, attention
 from ..errors import UsageError
-from .dit import KVCache
+from .dit import KVCache, cached_attention
 from .video_model import FlowVideoModel, StreamingConfig
 
 EXPORT_FILE = "genrl_wan.json"
@@ -134,17 +134,11 @@ class CausalWanProcessor:
             q, k_new, v_new = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, N, D), un-rotated
             if rope.attend is not None:  # sequence parallel: this rank's heads of the whole chunk
                 q, k_new, v_new = (rope.attend.heads_of_all_tokens(a) for a in (q, k_new, v_new))
-            ck, cv = rope.context[self.block]
-            kk = k_new if ck is None else torch.cat((ck, k_new), dim=2)
-            vv = v_new if cv is None else torch.cat((cv, v_new), dim=2)
-            cos, sin = rope.ctx_rope
-            n, real = q.shape[2], rope.real  # the chunk's tokens; the first `real` of them are not padding
-            q = _rotate(q.transpose(1, 2), cos[:, -n:], sin[:, -n:]).transpose(1, 2)
-            kk = _rotate(kk.transpose(1, 2), cos, sin).transpose(1, 2)
-            keys = None if real is None else (torch.arange(kk.shape[2], device=kk.device) < kk.shape[2] - n + real)
-            out = attention(q, kk, vv, None if keys is None else keys[None, None, None, :])
-            if rope.cache.writing:
-                rope.cache.append(self.block, k_new[:, :, :real].detach(), v_new[:, :, :real].detach())
+            cos, sin = rope.ctx_rope  # diffusers' (1, N, 1, D) tables -> genrl's (N, D/2) ones: the same pairs
+            table = (cos[0, :, 0, 0::2], sin[0, :, 0, 1::2])
+            n = q.shape[2]
+            out = cached_attention(q, k_new, v_new, (table[0][-n:], table[1][-n:]), rope.cache, self.block, table,
+                                   real=rope.real, context=rope.context[self.block])
             if rope.attend is not None:
                 out = rope.attend.all_heads_of_my_tokens(out)
         out = out.transpose(1, 2).flatten(2, 3).type_as(hidden_states)
@@ -188,13 +182,18 @@ class WanDiT(nn.Module):
 
     def forward(self, x, t, text, text_mask=None, causal: bool = False, cache: KVCache | None = None) -> torch.Tensor:
         B, Fr, C, H, W = x.shape
-        layout: dict = {"cache": cache}
         if cache is None:
-            layout["mask"] = self.block_causal(self.tokens_per_frame(H, W)) if causal else None
-        else:  # context frames 0..n-1, then this chunk
-            layout["context"] = [cache.context(i) for i in range(self.depth)]
-            layout["ctx_rope"] = self.transformer.rope.rope(x.new_empty((1, 0, cache.frames + Fr, H, W)))
+            layout = {"cache": None, "mask": self.block_causal(self.tokens_per_frame(H, W)) if causal else None}
+        else:
+            layout = self.cache_layout(cache, Fr, x)
         return self.run(x, t, text, layout)
+
+    def cache_layout(self, cache: KVCache, frames: int, x: torch.Tensor) -> dict:
+        """The layout of a chunk of ``frames`` frames (the size of ``x``'s) against ``cache``: the cached context
+        as it is now, and RoPE over the context's frames at 0..n-1 and the chunk's right after them."""
+        H, W = x.shape[-2:]
+        return {"cache": cache, "context": [cache.context(i) for i in range(self.depth)],
+                "ctx_rope": self.transformer.rope.rope(x.new_empty((1, 0, cache.frames + frames, H, W)))}
 
     def run(self, x, t, text, layout: dict) -> torch.Tensor:
         """The transformer on latents (B, F, C, h, w) with the attention ``layout`` its blocks read (see :class:`_Rope`)."""

@@ -166,6 +166,24 @@ def _require_group(size: int, group) -> None:
                          f"accelerate launch --num_processes {size} or torchrun); this run has {have}")
 
 
+def _pad_frames(x: torch.Tensor, t: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Latents (B, F, ...) padded with zero frames to a multiple of ``world``; per-frame timesteps (B, F) repeat
+    their last one (one per sample stays as it is). Returns x, t and the frames each rank takes."""
+    B, Fr = x.shape[:2]
+    per = -(-Fr // world)
+    pad = per * world - Fr
+    if pad:
+        x = torch.cat((x, x.new_zeros(B, pad, *x.shape[2:])), dim=1)
+        if t.ndim == 2:
+            t = torch.cat((t, t[:, -1:].expand(B, pad)), dim=1)
+    return x, t, per
+
+
+def _real_tokens(frames: int, padded: int, tokens_per_frame: int, device=None) -> torch.Tensor:
+    """(padded * tokens_per_frame,) True for the tokens of the first ``frames`` frames, False for the padding."""
+    return (torch.arange(padded, device=device) < frames).repeat_interleave(tokens_per_frame)
+
+
 class SequenceParallelDiT:
     """A VideoDiT whose frames are split over the ranks of ``group``; same inputs and output as the model.
 
@@ -188,15 +206,10 @@ class SequenceParallelDiT:
         return slice(min(frames, self.rank * per), min(frames, (self.rank + 1) * per))
 
     def _split(self, x, t):
-        """Pad the frames to a multiple of P; return padded x, t, frames per rank and this rank's first frame."""
-        B, Fr, C, H, W = x.shape
-        per = -(-Fr // self.world)
-        pad = per * self.world - Fr
-        if pad:
-            x = torch.cat((x, x.new_zeros(B, pad, C, H, W)), dim=1)
-        t = t.expand(B, Fr) if t.ndim == 2 else t[:, None].expand(B, Fr)
-        if pad:
-            t = torch.cat((t, t[:, -1:].expand(B, pad)), dim=1)
+        """Pad the frames to a multiple of P; return padded x, t (one per frame), frames per rank and this rank's
+        first frame."""
+        B, Fr = x.shape[:2]
+        x, t, per = _pad_frames(x, t.expand(B, Fr) if t.ndim == 2 else t[:, None].expand(B, Fr), self.world)
         return x, t, per, self.rank * per
 
     def forward(self, x, t, text, text_mask, causal: bool = False, cache=None):
@@ -208,7 +221,7 @@ class SequenceParallelDiT:
         pad = per * P - Fr
         p = dit.cfg.patch
         tpf = (H // p) * (W // p)
-        real = (torch.arange(per * P, device=x.device) < Fr).repeat_interleave(tpf)
+        real = _real_tokens(Fr, per * P, tpf, x.device)
         for core in self.cores:
             core.key_mask = real if pad else None
         x, text = _sum_grad(x, self.group), _sum_grad(text, self.group)
@@ -260,20 +273,16 @@ class SequenceParallelWanDiT:
     def forward(self, x, t, text, text_mask=None, causal: bool = False, cache=None):
         dit, P = self.dit, self.world
         B, Fr, C, H, W = x.shape
-        per = -(-Fr // P)
+        x, t, per = _pad_frames(x, t, P)  # one timestep per sample stays one (diffusers' path for it)
         pad, lo = per * P - Fr, self.rank * per
-        if pad:
-            x = torch.cat((x, x.new_zeros(B, pad, C, H, W)), dim=1)
-        if t.ndim == 2:  # per-frame timesteps; one per sample stays one (diffusers' path for it)
-            t = torch.cat((t, t[:, -1:].expand(B, pad)), dim=1)[:, lo : lo + per]
+        if t.ndim == 2:
+            t = t[:, lo : lo + per]
         tpf = dit.tokens_per_frame(H, W)
         x, text = _sum_grad(x, self.group), _sum_grad(text, self.group)
-        if cache is not None:  # the context's frames at 0..n-1, the whole chunk (padding last) after them
-            layout = {"cache": cache, "attend": self.core, "real": Fr * tpf,
-                      "context": [cache.context(i) for i in range(dit.depth)],
-                      "ctx_rope": dit.transformer.rope.rope(x.new_empty((1, 0, cache.frames + per * P, H, W)))}
+        if cache is not None:  # the whole chunk (padding last) after the context
+            layout = {**dit.cache_layout(cache, per * P, x), "attend": self.core, "real": Fr * tpf}
         else:
-            keys = (torch.arange(per * P, device=x.device) < Fr).repeat_interleave(tpf) if pad else None
+            keys = _real_tokens(Fr, per * P, tpf, x.device) if pad else None
             if causal:
                 mask = dit.block_causal(tpf, keys)
             else:
