@@ -39,7 +39,7 @@ def tiny_qwen2vl(seed=0):
     return Qwen2VLForConditionalGeneration(cfg).eval(), tok
 
 
-def tiny_qa_qwen2vl(folder, seed=0):
+def tiny_qa_qwen2vl(folder, seed=0, kv_heads=2):
     """A tiny random Qwen2-VL saved to ``folder`` with a word-level tokenizer over the shapes QA vocabulary
     (plus the answer tags), so `from_pretrained` loads it like a real local checkpoint."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -59,7 +59,7 @@ def tiny_qa_qwen2vl(folder, seed=0):
     ids = {t: fast.convert_tokens_to_ids(t) for t in specials}
     cfg = Qwen2VLConfig(
         text_config=dict(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=4096,
                          rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),

@@ -344,7 +344,7 @@ class GRPOMethod(Method):
         return {"optimizer": self.opt, "scheduler": self.sched, "data": self.data}
 
     def sequence_parallel_models(self):
-        return [self.policy]
+        return [self.policy] + ([self.ref] if self.ref is not None else [])  # the reference scores the same sequences
 
     def write_samples(self, step: int, folder: Path) -> dict[str, float]:
         if not self.cfg.eval_num:

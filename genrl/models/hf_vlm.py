@@ -202,14 +202,26 @@ class QwenVLPolicy(CompletionPolicy):
             kw["mm_token_type_ids"] = video.int() * 2
         return self._rope_index(ids, **kw)[0]
 
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder stack (embeddings, layers, final norm) without the vision tower and the LM head."""
+        inner = getattr(self.model, "model", self.model)
+        return getattr(inner, "language_model", inner)
+
+    def hidden(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The language model's last hidden states (B, L, hidden), after its final norm, for whole sequences
+        (``parallel.sequence`` swaps in a split version of this pass)."""
+        return self.language_model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions,
+                                   use_cache=False).last_hidden_state
+
     # --------------------------------------------------------------- primitives
     def logits(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask):
-        """Logits (B, T, vocab) predicting each completion token (teacher forcing)."""
+        """Logits (B, T, vocab) predicting each completion token (teacher forcing). The LM head runs on those
+        T positions only: a (L, vocab) logit tensor over the whole prompt would be 151,646 wide per token."""
         ids, mask, video = self._sequence(prompt_ids, prompt_mask, completion_ids, completion_mask)
-        out = self.model(inputs_embeds=self._embeds(ids, video, video_emb), attention_mask=mask.long(),
-                         position_ids=self._positions(ids, mask, video), use_cache=False)
+        h = self.hidden(self._embeds(ids, video, video_emb), mask, self._positions(ids, mask, video))
         T = completion_ids.shape[1]
-        return out.logits[:, -T - 1 : -1]
+        return self.model.get_output_embeddings()(h[:, -T - 1 : -1])
 
     @torch.no_grad()
     def generate(self, video_emb, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,

@@ -1,5 +1,5 @@
 """Parallelism applied to models after they are built: sequence parallelism (Ulysses) for the DiT, the Wan2.1
-transformer and the VLM, and sharding of frozen DiTs over the processes (FSDP2)."""
+transformer, the tiny VLM and transformers Qwen2-VL / Qwen2.5-VL policies, and sharding of frozen DiTs over the processes (FSDP2)."""
 
 from .sequence import (SequenceParallelDiT, SequenceParallelWanDiT, UlyssesAttention, all_to_all,
                        apply_sequence_parallel, apply_sequence_parallel_vlm,

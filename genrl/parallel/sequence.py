@@ -91,17 +91,19 @@ def _sum_grad(x, group):
     return _SumGrad.apply(x, group) if torch.is_grad_enabled() and x.requires_grad else x
 
 
-def _sum_param_grads(model: nn.Module, group) -> None:
+def _sum_param_grads(model: nn.Module, group, skip: nn.Module | None = None) -> None:
     """Make the split model's parameter gradients whole on every rank (a sum over the group in backward), so
-    to everything outside it a sequence-parallel model behaves like the plain one."""
+    to everything outside it a sequence-parallel model behaves like the plain one. ``skip``'s parameters run
+    whole, outside the split, and keep their gradients as they are."""
 
     def reduce(g):
         g = g.contiguous().clone()
         dist.all_reduce(g, group=group)
         return g
 
+    whole = {id(p) for p in skip.parameters()} if skip is not None else set()
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in whole:
             p.register_hook(reduce)
 
 
@@ -371,8 +373,10 @@ def apply_sequence_parallel_vlm(vlm: nn.Module, size: int, group=None) -> nn.Mod
 
 
 def make_sequence_parallel(model: nn.Module, size: int, group=None) -> nn.Module:
-    """``parallel.sequence`` for any model genrl can split: its video DiT, a Wan2.1 transformer or its tiny VLM."""
+    """``parallel.sequence`` for any model genrl can split: its video DiT, a Wan2.1 transformer, its tiny VLM or a
+    transformers Qwen2-VL / Qwen2.5-VL policy."""
     from ..models.dit import VideoDiT
+    from ..models.hf_vlm import QwenVLPolicy
     from ..models.vlm import TinyVLM
     from ..models.wan import WanDiT
 
@@ -380,5 +384,9 @@ def make_sequence_parallel(model: nn.Module, size: int, group=None) -> nn.Module
         return apply_sequence_parallel(model, size, group)
     if isinstance(model, TinyVLM):
         return apply_sequence_parallel_vlm(model, size, group)
+    if isinstance(model, QwenVLPolicy):
+        from .qwen import apply_sequence_parallel_qwen
+
+        return apply_sequence_parallel_qwen(model, size, group)
     raise UsageError(f"parallel.sequence={size}: {type(model).__name__} has no sequence-parallel form in genrl yet; "
                      "valid: 1")

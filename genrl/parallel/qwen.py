@@ -1,0 +1,129 @@
+"""Ulysses sequence parallelism for a transformers Qwen2-VL / Qwen2.5-VL policy (``QwenVLPolicy``).
+
+The language model's teacher-forced pass (GRPO's and SFT's scoring of prompt + completion; the
+sequence is the chat template with every video token in it) is cut into P contiguous token slices.
+Each rank runs transformers' own decoder layers on its slice: the M-RoPE positions are the whole
+sequence's, sliced, so rotary embeddings are those of the unsplit pass. Attention is the only step
+that needs every token; it goes through an attention function registered in transformers'
+``AttentionInterface``: q, k and v of my tokens are exchanged for my heads of every token (KV heads
+travel as they are when P divides them, else repeated to the query heads first), attention runs
+causally over the whole sequence with its padding masked, and the result comes back.
+
+The split state (the group and the whole sequence's key mask) travels as a keyword argument of the
+language model's forward, which transformers hands to every attention call, activation-checkpoint
+recomputation included; a pass without it (KV-cached sampling, which runs whole on every rank with
+the same seeds) falls through to the model's own attention implementation. The vision tower runs
+whole: GRPO encodes each clip once and caches the embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+from .sequence import _Gather, _require_group, _sum_grad, _sum_param_grads, all_to_all
+
+NAME = "genrl_ulysses"
+
+
+@dataclass
+class _Split:
+    """One split pass: its group and which of the (padded) sequence's keys are real."""
+
+    group: object
+    keys: torch.Tensor
+    """(B, L) True for real tokens; the sequence-parallel padding at the end is False."""
+    _mask: torch.Tensor | None = field(default=None, repr=False)
+
+    def mask(self) -> torch.Tensor:
+        """(B, 1, L, L): causal, real keys only; each token always sees itself (padded rows stay finite)."""
+        if self._mask is None:
+            L = self.keys.shape[1]
+            causal = torch.ones(L, L, dtype=torch.bool, device=self.keys.device).tril()
+            self._mask = (causal & self.keys[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=self.keys.device)
+        return self._mask
+
+
+def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, genrl_split=None,
+               **kwargs):
+    """transformers' attention-function signature: [B, H, n, D] in, ([B, n, H, D], None) out."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if genrl_split is None:  # not a split pass: the implementation the model was loaded with
+        plain = ALL_ATTENTION_FUNCTIONS[module.genrl_plain_attention]
+        return plain(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    group = genrl_split.group
+    world = dist.get_world_size(group)
+    heads, kv_heads = query.shape[1], key.shape[1]
+    if kv_heads % world:  # KV heads the ranks cannot share: repeat them to the query heads (GQA replication)
+        key, value = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (key, value))
+    q, k, v = (all_to_all(t, group, scatter=1, gather=2) for t in (query, key, value))
+    rep = q.shape[1] // k.shape[1]  # my query heads share my KV heads in the model's order
+    if rep > 1:
+        k, v = (t.repeat_interleave(rep, dim=1) for t in (k, v))
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=genrl_split.mask(), dropout_p=dropout, scale=scaling)
+    return all_to_all(o, group, scatter=2, gather=1).transpose(1, 2).contiguous(), None
+
+
+def _register(plain: str) -> str:
+    """Register the split attention under a name whose mask builder is ``plain``'s (for unsplit passes)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    name = f"{NAME}_{plain}"
+    AttentionInterface.register(name, _attention)
+    if plain in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[plain])
+    return name
+
+
+class _SequenceParallelQwenVL:
+    """``QwenVLPolicy.hidden`` with the token sequence split over the ranks of ``group``."""
+
+    def __init__(self, policy: nn.Module, group=None):
+        self.policy, self.group = policy, group
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        lm = policy.language_model
+        heads = lm.config.num_attention_heads
+        if heads % self.world:
+            raise UsageError(f"parallel.sequence={self.world} needs the language model's heads ({heads}) divisible by it")
+        plain = lm.config._attn_implementation or "eager"
+        if plain.startswith(NAME):
+            raise UsageError("parallel.sequence: this policy is already split")
+        for m in lm.modules():
+            if hasattr(m, "num_key_value_groups"):  # its attention layers
+                m.genrl_plain_attention = plain if plain != "eager" else "sdpa"
+        lm.config._attn_implementation = _register(plain)
+        self.lm = lm
+
+    def hidden(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        B, L, D = embeds.shape
+        per = -(-L // self.world)
+        pad = per * self.world - L
+        embeds = _sum_grad(embeds, self.group)  # each rank's gradient covers its tokens; the sum is the whole
+        keys = mask.bool()
+        if pad:
+            embeds = torch.cat((embeds, embeds.new_zeros(B, pad, D)), dim=1)
+            positions = torch.cat((positions, positions[..., -1:].expand(*positions.shape[:-1], pad)), dim=-1)
+            keys = F.pad(keys, (0, pad), value=False)
+        lo = self.rank * per
+        out = self.lm(inputs_embeds=embeds[:, lo : lo + per], position_ids=positions[..., lo : lo + per],
+                      attention_mask=None, use_cache=False, genrl_split=_Split(self.group, keys))
+        return _Gather.apply(out.last_hidden_state, self.group, 1)[:, :L]
+
+
+def apply_sequence_parallel_qwen(policy: nn.Module, size: int, group=None) -> nn.Module:
+    """Make a ``QwenVLPolicy``'s teacher-forced passes sequence-parallel over ``size`` ranks, in place: the
+    language model's layers and final norm run on each rank's tokens and end backward with whole gradients."""
+    if size <= 1:
+        return policy
+    _require_group(size, group)
+    sp = _SequenceParallelQwenVL(policy, group)
+    policy.hidden = sp.hidden
+    _sum_param_grads(sp.lm, group, skip=policy.model.get_input_embeddings())  # the embeddings run whole
+    return policy
