@@ -155,6 +155,7 @@ def test_bench_sp_writes_per_length_ratios(run_cli, tmp_path):
     assert r["sp.dit.activation_ratio.12"] < r["sp.dit.activation_ratio.4"] < 1.0
     assert r["sp.vlm.activation_ratio.12"] < 0.75 and r["sp.vlm.activation_ratio.4"] < 1.0
     assert r["sp.wan.activation_ratio.12"] < 0.75 and r["sp.wan.activation_ratio.4"] < 1.0
+    assert r["sp.qwen.activation_ratio.12"] < 0.75 and r["raw"]["12"]["qwen"]["tokens"] == 12 * 4
     assert r["sp.stream.activation_ratio.12"] < 1.0 and r["raw"]["12"]["stream"]["tokens"] == 12 * 4
     raw = r["raw"]["12"]
     assert raw["tokens"] == 12 * 4 and len(raw["seconds"]["sp1"]) == 1

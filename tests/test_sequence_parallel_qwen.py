@@ -1,5 +1,5 @@
 """A transformers Qwen2-VL policy with its token sequence split over 2 gloo processes equals one process:
-log-probs and every gradient, padded rows, even and uneven lengths, KV heads the ranks share and ones
+log-probs and every gradient, padded rows and a row without padding, even and uneven lengths, KV heads the ranks share and ones
 they must repeat, with activation checkpointing; sampling runs whole; and `genrl grpo` with
 ``parallel.sequence=2`` under accelerate trains and resumes like one process."""
 
@@ -43,13 +43,19 @@ def _worker(rank, init, folders, out):
             ids_s, mask_s = split.generate(split.encode_video(videos), p_ids, p_mask, 7, 1.5,
                                            torch.Generator().manual_seed(0))
         assert torch.equal(ids_s, ids) and torch.equal(mask_s, mask)  # sampling: whole on every rank, same tokens
-        for extra in (0, 1):  # the completion one token shorter flips the sequence length's parity
-            c_ids, c_mask = ids[:, : ids.shape[1] - extra], mask[:, : mask.shape[1] - extra]
+        r = int(p_mask.sum(1).argmax())  # the longest prompt: no left padding; its completion cut to its length
+        n = int(mask[r].sum())
+        whole = (videos, p_ids, p_mask, ids, mask)
+        one_row = (videos[r : r + 1], p_ids[r : r + 1], p_mask[r : r + 1], ids[r : r + 1, :n], mask[r : r + 1, :n])
+        assert bool(one_row[2].all() and one_row[4].all())  # no padding at all: the kernels' causal mode
+        for (vids, pi, pm, ci, cm), extra in ((whole, 0), (whole, 1), (one_row, 0), (one_row, 1)):
+            # the completion one token shorter flips the sequence length's parity
+            c_ids, c_mask = ci[:, : ci.shape[1] - extra], cm[:, : cm.shape[1] - extra]
             w = torch.randn(c_ids.shape, generator=torch.Generator().manual_seed(extra))
             single.zero_grad()
             split.zero_grad()
-            a = single.token_logprobs(single.encode_video(videos), p_ids, p_mask, c_ids, c_mask)
-            b = split.token_logprobs(split.encode_video(videos), p_ids, p_mask, c_ids, c_mask)
+            a = single.token_logprobs(single.encode_video(vids), pi, pm, c_ids, c_mask)
+            b = split.token_logprobs(split.encode_video(vids), pi, pm, c_ids, c_mask)
             (a * w * c_mask).sum().backward()
             (b * w * c_mask).sum().backward()
             torch.testing.assert_close(b[c_mask], a[c_mask], rtol=1e-5, atol=1e-5)
@@ -60,8 +66,8 @@ def _worker(rank, init, folders, out):
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=f"{name} {kv} {checkpointing}")
                 grads += 1
             assert grads == sum(1 for q in single.parameters() if q.grad is not None) > 20
-            results[(kv, checkpointing, extra)] = float((b - a)[c_mask].abs().max())
-            full, _, _ = single._sequence(p_ids, p_mask, c_ids, c_mask)
+            results[(kv, checkpointing, len(pi), extra)] = float((b - a)[c_mask].abs().max())
+            full, _, _ = single._sequence(pi, pm, c_ids, c_mask)
             lengths.append(full.shape[1])
     if rank == 0:
         torch.save((results, lengths), out)
@@ -73,8 +79,8 @@ def test_two_rank_sequence_parallel_qwen2vl_policy_equals_one_process(tmp_path):
     folders = {"kv2": str(tiny_qa_qwen2vl(tmp_path / "kv2")), "kv1": str(tiny_qa_qwen2vl(tmp_path / "kv1", kv_heads=1))}
     mp.spawn(_worker, args=(f"file://{tmp_path / 'rdv'}", folders, str(tmp_path / "out.pt")), nprocs=2, join=True)
     results, lengths = torch.load(tmp_path / "out.pt")
-    assert len(results) == 2 * len(CASES) and max(results.values()) < 1e-5
-    assert {n % 2 for n in lengths} == {0, 1}  # even and uneven splits
+    assert len(results) == 4 * len(CASES) and max(results.values()) < 1e-5
+    assert {n % 2 for n in lengths[0::4] + lengths[1::4]} == {n % 2 for n in lengths[2::4] + lengths[3::4]} == {0, 1}
 
 
 def test_sequence_parallel_qwen2vl_needs_its_processes(tmp_path):

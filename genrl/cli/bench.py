@@ -577,6 +577,7 @@ def _sp_worker(rank: int, init: str, out: str, frames: list[int], rounds: int, d
 
         raw[F] = {"tokens": F * (side // 2) ** 2, **_sp_measure(rank, one, two, rounds)}
         raw[F]["vlm"] = _sp_vlm_layer(rank, F * (side // 2) ** 2, rounds, dim, heads)
+        raw[F]["qwen"] = _sp_qwen_layer(rank, F * (side // 2) ** 2, rounds, dim, heads)
         raw[F]["wan"] = _sp_wan_layer(rank, F, side, rounds, dim, heads)
         raw[F]["stream"] = _sp_stream_layer(rank, F, side, rounds, dim, heads)
     if rank == 0:
@@ -610,6 +611,40 @@ def _sp_vlm_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict:
 
     def two():
         split._run_blocks(x, angles, BlockCausal(1))[:, own].square().sum().div(L * dim).backward()
+
+    return {"tokens": L, **_sp_measure(rank, one, two, rounds)}
+
+
+def _sp_qwen_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict:
+    """One decoder layer of transformers' Qwen2-VL language model (causal, M-RoPE, KV heads half the query heads)
+    over ``L`` tokens, its own attention vs genrl's split (``parallel.sequence`` on a Qwen2-VL policy)."""
+    import copy
+
+    import torch
+    from transformers import Qwen2VLTextConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLTextModel
+
+    from ..parallel.qwen import SequenceParallelQwenLM
+
+    half = dim // heads // 2  # M-RoPE sections (temporal, height, width) over half the head dim, as Qwen2-VL's
+    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    torch.manual_seed(0)
+    lm = Qwen2VLTextModel(Qwen2VLTextConfig(vocab_size=16, hidden_size=dim, intermediate_size=4 * dim,
+                                            num_hidden_layers=1, num_attention_heads=heads,
+                                            num_key_value_heads=max(1, heads // 2), max_position_embeddings=L,
+                                            rope_scaling={"type": "mrope", "mrope_section": section}))
+    split = SequenceParallelQwenLM(copy.deepcopy(lm), None)
+    x, mask = torch.randn(1, L, dim), torch.ones(1, L, dtype=torch.bool)
+    pos = torch.arange(L).view(1, 1, L).expand(3, 1, L)
+    per = -(-L // 2)
+    own = slice(rank * per, min(L, (rank + 1) * per))
+
+    def one():
+        if rank == 0:
+            lm(inputs_embeds=x, attention_mask=mask.long(), position_ids=pos).last_hidden_state.square().mean().backward()
+
+    def two():
+        split.hidden(x, mask, pos)[:, own].square().sum().div(L * dim).backward()
 
     return {"tokens": L, **_sp_measure(rank, one, two, rounds)}
 
@@ -710,7 +745,8 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
     report: dict = {"raw": raw}
     rows = []
     for F, whole in raw.items():
-        for layer, r in (("dit", whole), ("wan", whole["wan"]), ("stream", whole["stream"]), ("vlm", whole["vlm"])):
+        for layer, r in (("dit", whole), ("wan", whole["wan"]), ("stream", whole["stream"]), ("vlm", whole["vlm"]),
+                         ("qwen", whole["qwen"])):
             mem = r["activation_bytes"]["sp2"] / r["activation_bytes"]["sp1"]
             t = med(r["seconds"]["sp2"]) / med(r["seconds"]["sp1"])
             report[f"sp.{layer}.activation_ratio.{F}"] = round(mem, 3)
@@ -719,9 +755,9 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
                          mem, med(r["seconds"]["sp1"]), med(r["seconds"]["sp2"]), t))
     if not quiet:
         click.echo(f"one DiT layer and one Wan2.1 transformer block (dim {dim}, {heads} heads, {side}x{side} latents, "
-                   f"block-causal), the DiT layer streamed chunk by chunk against a KV cache, and one VLM decoder layer "
-                   f"(dim {dim}, {heads} heads, {max(1, heads // 2)} KV heads, causal) over as many tokens, forward + "
-                   "backward, per rank:")
+                   f"block-causal), the DiT layer streamed chunk by chunk against a KV cache, and one decoder layer each "
+                   f"of genrl's VLM and transformers' Qwen2-VL (dim {dim}, {heads} heads, {max(1, heads // 2)} KV heads, "
+                   "causal) over as many tokens, forward + backward, per rank:")
     click.echo(f"{'layer':>5} {'frames':>6} {'tokens':>7} {'act SP1 MB':>11} {'act SP2 MB':>11} {'ratio':>6} {'s SP1':>7} "
                f"{'s SP2':>7} {'ratio':>6}")
     for layer, F, n, a1, a2, m, s1, s2, t in sorted(rows):
@@ -738,9 +774,9 @@ def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, q
 @json_option
 @quiet_option
 def bench_sp(frames, rounds, dim, heads, side, json_path, quiet):
-    """One layer each of the DiT, the Wan2.1 transformer and the VLM, and the DiT layer streamed chunk by
-    chunk against a KV cache (a student's rollout), forward + backward, with sequence parallelism over 2
-    processes vs none.
+    """One layer each of the DiT, the Wan2.1 transformer, genrl's VLM and transformers' Qwen2-VL language
+    model, and the DiT layer streamed chunk by chunk against a KV cache (a student's rollout), forward +
+    backward, with sequence parallelism over 2 processes vs none.
 
     Per rank: activation memory (bytes of the storages autograd saves for backward) and time
     (median of the alternating rounds, a barrier on each side), at growing lengths; every layer

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import BlockCausal, attention
 from ..errors import UsageError
 from .sequence import _Gather, _require_group, _sum_grad, _sum_param_grads, all_to_all
 
@@ -38,14 +39,20 @@ class _Split:
     group: object
     keys: torch.Tensor
     """(B, L) True for real tokens; the sequence-parallel padding at the end is False."""
+    length: int
+    """Tokens before that padding (a causal query never sees past its own position, so the padding's keys
+    are hidden from every real query)."""
     _mask: torch.Tensor | None = field(default=None, repr=False)
 
-    def mask(self) -> torch.Tensor:
-        """(B, 1, L, L): causal, real keys only; each token always sees itself (padded rows stay finite)."""
+    def pattern(self) -> torch.Tensor | BlockCausal:
+        """Token-causal without a mask when no row has padding (the kernels' causal mode); else (B, 1, L, L):
+        causal, real keys only, each token always seeing itself (so padded rows stay finite)."""
+        if bool(self.keys[:, : self.length].all()):
+            return BlockCausal(1)
         if self._mask is None:
-            L = self.keys.shape[1]
-            causal = torch.ones(L, L, dtype=torch.bool, device=self.keys.device).tril()
-            self._mask = (causal & self.keys[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=self.keys.device)
+            L, dev = self.keys.shape[1], self.keys.device
+            causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
+            self._mask = (causal & self.keys[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=dev)
         return self._mask
 
 
@@ -66,7 +73,12 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     rep = q.shape[1] // k.shape[1]  # my query heads share my KV heads in the model's order
     if rep > 1:
         k, v = (t.repeat_interleave(rep, dim=1) for t in (k, v))
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=genrl_split.mask(), dropout_p=dropout, scale=scaling)
+    pattern = genrl_split.pattern()
+    if dropout == 0 and scaling in (None, q.shape[-1] ** -0.5):  # genrl's dispatch (flash-attn where it can)
+        o = attention(q, k, v, pattern)
+    else:
+        mask = pattern.dense(q.shape[2], q.device) if isinstance(pattern, BlockCausal) else pattern
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
     return all_to_all(o, group, scatter=2, gather=1).transpose(1, 2).contiguous(), None
 
 
@@ -82,13 +94,13 @@ def _register(plain: str) -> str:
     return name
 
 
-class _SequenceParallelQwenVL:
-    """``QwenVLPolicy.hidden`` with the token sequence split over the ranks of ``group``."""
+class SequenceParallelQwenLM:
+    """A transformers Qwen2-VL / Qwen2.5-VL language model's pass over whole sequences (``QwenVLPolicy.hidden``)
+    with the tokens split over the ranks of ``group``; every rank passes and gets whole sequences."""
 
-    def __init__(self, policy: nn.Module, group=None):
-        self.policy, self.group = policy, group
+    def __init__(self, lm: nn.Module, group=None):
+        self.group = group
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
-        lm = policy.language_model
         heads = lm.config.num_attention_heads
         if heads % self.world:
             raise UsageError(f"parallel.sequence={self.world} needs the language model's heads ({heads}) divisible by it")
@@ -113,7 +125,7 @@ class _SequenceParallelQwenVL:
             keys = F.pad(keys, (0, pad), value=False)
         lo = self.rank * per
         out = self.lm(inputs_embeds=embeds[:, lo : lo + per], position_ids=positions[..., lo : lo + per],
-                      attention_mask=None, use_cache=False, genrl_split=_Split(self.group, keys))
+                      attention_mask=None, use_cache=False, genrl_split=_Split(self.group, keys, L))
         return _Gather.apply(out.last_hidden_state, self.group, 1)[:, :L]
 
 
@@ -123,7 +135,7 @@ def apply_sequence_parallel_qwen(policy: nn.Module, size: int, group=None) -> nn
     if size <= 1:
         return policy
     _require_group(size, group)
-    sp = _SequenceParallelQwenVL(policy, group)
+    sp = SequenceParallelQwenLM(policy.language_model, group)
     policy.hidden = sp.hidden
     _sum_param_grads(sp.lm, group, skip=policy.model.get_input_embeddings())  # the embeddings run whole
     return policy
