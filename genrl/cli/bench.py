@@ -632,6 +632,7 @@ def _sp_qwen_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict
     lm = Qwen2VLTextModel(Qwen2VLTextConfig(vocab_size=16, hidden_size=dim, intermediate_size=4 * dim,
                                             num_hidden_layers=1, num_attention_heads=heads,
                                             num_key_value_heads=max(1, heads // 2), max_position_embeddings=L,
+                                            bos_token_id=None, eos_token_id=None, pad_token_id=None,
                                             rope_scaling={"type": "mrope", "mrope_section": section}))
     split = SequenceParallelQwenLM(copy.deepcopy(lm), None)
     x, mask = torch.randn(1, L, dim), torch.ones(1, L, dtype=torch.bool)

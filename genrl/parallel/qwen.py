@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import BlockCausal, attention
+from ..attention import BlockCausal, attention, resolve_backend
 from ..errors import UsageError
 from .sequence import _Gather, _require_group, _sum_grad, _sum_param_grads, all_to_all
 
@@ -71,14 +71,16 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
         key, value = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (key, value))
     q, k, v = (all_to_all(t, group, scatter=1, gather=2) for t in (query, key, value))
     rep = q.shape[1] // k.shape[1]  # my query heads share my KV heads in the model's order
-    if rep > 1:
-        k, v = (t.repeat_interleave(rep, dim=1) for t in (k, v))
     pattern = genrl_split.pattern()
-    if dropout == 0 and scaling in (None, q.shape[-1] ** -0.5):  # genrl's dispatch (flash-attn where it can)
+    causal = isinstance(pattern, BlockCausal)
+    plain = dropout == 0 and scaling in (None, q.shape[-1] ** -0.5)
+    if plain and resolve_backend(q, None if causal else pattern) != "sdpa":  # flash-attn / xformers via genrl's dispatch
+        if rep > 1:
+            k, v = (t.repeat_interleave(rep, dim=1) for t in (k, v))
         o = attention(q, k, v, pattern)
-    else:
-        mask = pattern.dense(q.shape[2], q.device) if isinstance(pattern, BlockCausal) else pattern
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    else:  # torch's kernel, which takes the shared KV heads as they are (nothing repeated is kept for backward)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else pattern, is_causal=causal,
+                                           dropout_p=dropout, scale=scaling, enable_gqa=rep > 1)
     return all_to_all(o, group, scatter=2, gather=1).transpose(1, 2).contiguous(), None
 
 
