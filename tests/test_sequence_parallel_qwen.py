@@ -1,4 +1,5 @@
-"""A transformers Qwen2-VL policy with its token sequence split over 2 gloo processes equals one process:
+"""A transformers Qwen2-VL policy with its token sequence (and its vision tower by frames) split over 2 gloo
+processes equals one process:
 log-probs and every gradient, padded rows and a row without padding, even and uneven lengths, KV heads the ranks share and ones
 they must repeat, with activation checkpointing; sampling runs whole; and `genrl grpo` with
 ``parallel.sequence=2`` under accelerate trains and resumes like one process."""
@@ -21,13 +22,39 @@ def _worker(rank, init, folders, out):
     import torch.distributed as dist
 
     from genrl.methods.qa import load_policy, prompts
-    from genrl.parallel import make_sequence_parallel
+    from genrl.models.hf_vlm import QwenVLPolicy
+    from genrl.parallel import every_rank, make_sequence_parallel
     from genrl.worlds.qa import ShapesQA
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     videos, items = ShapesQA().items("test", range(5))
     results, lengths = {}, []
+    # the vision tower alone, split by frames: 8 frames (4 temporal patches, 2 a rank), 6 (3: uneven) and 5 (odd:
+    # the last frame repeated, as the tower pads)
+    for frames in (8, 6, 5):
+        kw = dict(frames=frames, height=videos.shape[-2], width=videos.shape[-1], min_pixels=56 * 56)
+        single = QwenVLPolicy.from_pretrained(folders["kv2"], **kw)
+        split = make_sequence_parallel(QwenVLPolicy.from_pretrained(folders["kv2"], **kw), 2)
+        clips = videos[:2, :frames]
+        seen = []  # the temporal patches each call of this rank's tower encodes
+        split.visual.register_forward_pre_hook(lambda m, a, kw: seen.append(int(kw["grid_thw"][:, 0].sum())),
+                                               with_kwargs=True)
+        a = single.encode_video(clips)
+        with every_rank():
+            b = split.encode_video(clips)
+        assert seen == [2 * 2]  # 2 of the (padded) 4 temporal patches of each of the 2 clips: half the tower's work
+        w = torch.randn(a.shape, generator=torch.Generator().manual_seed(frames))
+        (a * w).sum().backward()
+        (b * w).sum().backward()
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        for (name, p), q in zip(split.visual.named_parameters(), single.visual.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=f"{name} {frames}")
+        results[("vision", frames)] = float((b - a).abs().max())
+        if rank == 0:  # outside a training step one process alone encodes whole, waiting on no other
+            torch.testing.assert_close(split.encode_video(clips), a, rtol=0, atol=0)
+            assert seen[-1] == 2 * -(-frames // 2)
+        dist.barrier()
     for kv, checkpointing in CASES:
         single, split = load_policy(folders[kv]), load_policy(folders[kv])
         make_sequence_parallel(split, 2)
@@ -55,7 +82,8 @@ def _worker(rank, init, folders, out):
             single.zero_grad()
             split.zero_grad()
             a = single.token_logprobs(single.encode_video(vids), pi, pm, c_ids, c_mask)
-            b = split.token_logprobs(split.encode_video(vids), pi, pm, c_ids, c_mask)
+            with every_rank():
+                b = split.token_logprobs(split.encode_video(vids), pi, pm, c_ids, c_mask)
             (a * w * c_mask).sum().backward()
             (b * w * c_mask).sum().backward()
             torch.testing.assert_close(b[c_mask], a[c_mask], rtol=1e-5, atol=1e-5)
@@ -79,7 +107,7 @@ def test_two_rank_sequence_parallel_qwen2vl_policy_equals_one_process(tmp_path):
     folders = {"kv2": str(tiny_qa_qwen2vl(tmp_path / "kv2")), "kv1": str(tiny_qa_qwen2vl(tmp_path / "kv1", kv_heads=1))}
     mp.spawn(_worker, args=(f"file://{tmp_path / 'rdv'}", folders, str(tmp_path / "out.pt")), nprocs=2, join=True)
     results, lengths = torch.load(tmp_path / "out.pt")
-    assert len(results) == 4 * len(CASES) and max(results.values()) < 1e-5
+    assert len(results) == 4 * len(CASES) + 3 and max(results.values()) < 1e-5
     assert {n % 2 for n in lengths[0::4] + lengths[1::4]} == {n % 2 for n in lengths[2::4] + lengths[3::4]} == {0, 1}
 
 

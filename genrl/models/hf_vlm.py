@@ -166,7 +166,7 @@ class QwenVLPolicy(CompletionPolicy):
         feats = getattr(out, "pooler_output", out)
         if isinstance(feats, (tuple, list)):
             feats = torch.cat(list(feats))
-        return feats.reshape(videos.shape[0], self.video_tokens, -1)
+        return feats.reshape(videos.shape[0], -1, feats.shape[-1])  # (B, video_tokens, hidden) for whole clips
 
     # ---------------------------------------------------------------- sequences
     def _sequence(self, prompt_ids, prompt_mask, completion_ids=None, completion_mask=None):

@@ -1,11 +1,12 @@
 """Parallelism applied to models after they are built: sequence parallelism (Ulysses) for the DiT, the Wan2.1
-transformer, the tiny VLM and transformers Qwen2-VL / Qwen2.5-VL policies, and sharding of frozen DiTs over the processes (FSDP2)."""
+transformer, the tiny VLM and transformers Qwen2-VL / Qwen2.5-VL policies, and sharding of frozen DiTs over
+the processes (FSDP2)."""
 
 from .sequence import (SequenceParallelDiT, SequenceParallelWanDiT, UlyssesAttention, all_to_all,
                        apply_sequence_parallel, apply_sequence_parallel_vlm,
-                       make_sequence_parallel, sequence_groups)
+                       every_rank, make_sequence_parallel, sequence_groups)
 from .shard import local_bytes, shard_frozen
 
 __all__ = ["SequenceParallelDiT", "SequenceParallelWanDiT", "UlyssesAttention", "all_to_all", "apply_sequence_parallel",
-           "apply_sequence_parallel_vlm", "local_bytes", "make_sequence_parallel",
+           "apply_sequence_parallel_vlm", "every_rank", "local_bytes", "make_sequence_parallel",
            "sequence_groups", "shard_frozen"]

@@ -12,8 +12,12 @@ causally over the whole sequence with its padding masked, and the result comes b
 The split state (the group and the whole sequence's key mask) travels as a keyword argument of the
 language model's forward, which transformers hands to every attention call, activation-checkpoint
 recomputation included; a pass without it (KV-cached sampling, which runs whole on every rank with
-the same seeds) falls through to the model's own attention implementation. The vision tower runs
-whole: GRPO encodes each clip once and caches the embeddings.
+the same seeds) falls through to the model's own attention implementation.
+
+The vision tower splits by frames (:class:`SequenceParallelQwenVision`): it attends within each 2-frame
+temporal patch, so each rank encodes its share of a clip's temporal patches and the embeddings are
+gathered, exact, with 1/P of the tower's work on each rank. It splits inside training steps only
+(:func:`genrl.parallel.sequence.every_rank`): an evaluation on the main process alone encodes whole.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import nn
 
 from ..attention import BlockCausal, attention, resolve_backend
 from ..errors import UsageError
-from .sequence import _Gather, _require_group, _sum_grad, _sum_param_grads, all_to_all
+from .sequence import _Gather, _require_group, _sum_grad, _sum_param_grads, all_to_all, ranks_together
 
 NAME = "genrl_ulysses"
 
@@ -131,13 +135,44 @@ class SequenceParallelQwenLM:
         return _Gather.apply(out.last_hidden_state, self.group, 1)[:, :L]
 
 
+class SequenceParallelQwenVision:
+    """``QwenVLPolicy.encode_video`` with each clip's frames split over the ranks of ``group`` (LongVILA-R1's
+    parallel video encoding): Qwen2-VL's vision tower attends within each 2-frame temporal patch and its
+    rotary positions are spatial, so each rank encodes its temporal patches alone and the embeddings, in
+    the tower's temporal-major order, are gathered whole on every rank."""
+
+    def __init__(self, policy: nn.Module, group=None):
+        self.encode, self.group = policy.encode_video, group
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        self.temporal = policy.vision_cfg.temporal_patch_size
+
+    def encode_video(self, videos: torch.Tensor) -> torch.Tensor:
+        if not ranks_together():  # e.g. the main process's evaluation: the others are not there to gather with
+            return self.encode(videos)
+        B, Fr = videos.shape[:2]
+        groups = -(-Fr // self.temporal)
+        per = -(-groups // self.world)
+        # the tower's own padding (the last frame repeated to a whole temporal patch), then whole patches of it
+        # until every rank has as many; the extra patches' tokens are dropped after the gather
+        pad = per * self.world * self.temporal - Fr
+        if pad:
+            videos = torch.cat((videos, videos[:, -1:].expand(B, pad, *videos.shape[2:])), dim=1)
+        lo = self.rank * per * self.temporal
+        mine = self.encode(videos[:, lo : lo + per * self.temporal])  # (B, per * tokens a patch, hidden)
+        tokens = mine.shape[1] // per * groups
+        return _Gather.apply(mine, self.group, 1)[:, :tokens]
+
+
 def apply_sequence_parallel_qwen(policy: nn.Module, size: int, group=None) -> nn.Module:
-    """Make a ``QwenVLPolicy``'s teacher-forced passes sequence-parallel over ``size`` ranks, in place: the
-    language model's layers and final norm run on each rank's tokens and end backward with whole gradients."""
+    """Make a ``QwenVLPolicy`` sequence-parallel over ``size`` ranks, in place: the language model's layers and
+    final norm run on each rank's tokens, the vision tower on each rank's frames, and both end backward with
+    whole gradients."""
     if size <= 1:
         return policy
     _require_group(size, group)
     sp = SequenceParallelQwenLM(policy.language_model, group)
     policy.hidden = sp.hidden
     _sum_param_grads(sp.lm, group, skip=policy.model.get_input_embeddings())  # the embeddings run whole
+    policy.encode_video = SequenceParallelQwenVision(policy, group).encode_video
+    _sum_param_grads(policy.visual, group)
     return policy

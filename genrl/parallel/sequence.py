@@ -19,6 +19,8 @@ its parameters, state_dict keys and checkpoints stay those of the plain model.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -159,6 +161,26 @@ def _ulysses_cores(blocks: nn.ModuleList, heads: int, what: str, group) -> list[
     for blk, core in zip(blocks, cores):
         blk.attn.core = core
     return cores
+
+
+_TOGETHER = [0]
+
+
+@contextmanager
+def every_rank():
+    """Marks code that every process of the launch runs at once (a training step). Splits that only speed a
+    pass up, and that a single process could run whole, split only inside it; outside (an evaluation the main
+    process runs alone) they run whole and wait on no other process."""
+    _TOGETHER[0] += 1
+    try:
+        yield
+    finally:
+        _TOGETHER[0] -= 1
+
+
+def ranks_together() -> bool:
+    """Inside :func:`every_rank`."""
+    return _TOGETHER[0] > 0
 
 
 def _require_group(size: int, group) -> None:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..config import check, save_config
+from ..parallel.sequence import every_rank
 from ..progress import progress_bar
 from .checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 
@@ -496,7 +497,7 @@ class Trainer:
         with _graceful_interrupt() as stop, progress_bar(self.cfg.steps - start, self.method.name, self.quiet or not self.is_main) as advance:
             for step in range(start + 1, self.cfg.steps + 1):
                 ctx.step_was_bad = False
-                with self.accelerator.autocast():
+                with self.accelerator.autocast(), every_rank():
                     last = self.method.train_step(step, ctx)
                 self._count_bad_step(ctx, step, last, time.time() - t0)
                 if self.is_main and (step % self.cfg.log_every == 0 or step == self.cfg.steps):
