@@ -115,6 +115,8 @@ class SequenceParallelQwenLM:
             raise UsageError("parallel.sequence: this policy is already split")
         for m in lm.modules():
             if hasattr(m, "num_key_value_groups"):  # its attention layers
+                # eager's function lives in each model's module, not in the interface; torch's kernel with the
+                # same (eager-built) mask computes the same attention
                 m.genrl_plain_attention = plain if plain != "eager" else "sdpa"
         lm.config._attn_implementation = _register(plain)
         self.lm = lm
@@ -166,7 +168,7 @@ class SequenceParallelQwenVision:
 def apply_sequence_parallel_qwen(policy: nn.Module, size: int, group=None) -> nn.Module:
     """Make a ``QwenVLPolicy`` sequence-parallel over ``size`` ranks, in place: the language model's layers and
     final norm run on each rank's tokens, the vision tower on each rank's frames, and both end backward with
-    whole gradients."""
+    whole gradients (summed over the group: a backward runs on every rank, as in a training step)."""
     if size <= 1:
         return policy
     _require_group(size, group)
