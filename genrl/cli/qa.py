@@ -73,9 +73,9 @@ def _final_stream_eval(model, out_dir: str, num: int, chunk_frames: int, quiet: 
 def sft(cfg: SFTConfig, quiet: bool):
     """Supervised warm-start of the tiny VLM on shapes video QA.
 
-    Writes a run folder; re-running the same command resumes. Works under
+    sft.init may name a local Qwen2-VL / Qwen2.5-VL folder instead. Writes a run folder; re-running the same command resumes. Works under
     `accelerate launch` and `torchrun` (`parallel.sequence=N` splits the VLM's
-    token sequence over N processes).
+    token sequence over N processes; a Qwen2-VL's vision tower by frames too).
 
     \b
     Examples:
@@ -106,13 +106,16 @@ def grpo(cfg: GRPOConfig, quiet: bool):
     Each step rolls out grpo.group_size answers per question, scores them with
     verifiable rewards (accuracy + format) and updates the policy; held-out
     accuracy is logged every train.sample_every steps and plotted in report.md.
-    Re-running the same command resumes. Works under `accelerate launch`.
+    Re-running the same command resumes. Works under `accelerate launch`
+    (`parallel.sequence=N` splits the policy's and the reference's scoring
+    passes over N processes, and a Qwen2-VL policy's vision tower by frames).
 
     \b
     Examples:
       genrl grpo --config configs/grpo_video_qa.yaml
       genrl grpo --config configs/grpo_video_qa.yaml grpo.variant=t_grpo out_dir=runs/t_grpo
       genrl grpo --config configs/grpo_video_qa.yaml grpo.cache_video=false
+      accelerate launch --num_processes 8 -m genrl.cli grpo --config configs/grpo_video_qa.yaml grpo.policy=/models/Qwen2-VL-2B-Instruct grpo.policy_dtype=bfloat16 parallel.sequence=4
     """
     from ..methods.grpo import build_grpo
     from ..methods.qa import accuracy_metrics, evaluate_qa
