@@ -627,7 +627,9 @@ def _sp_qwen_layer(rank: int, L: int, rounds: int, dim: int, heads: int) -> dict
     from ..parallel.qwen import SequenceParallelQwenLM
 
     half = dim // heads // 2  # M-RoPE sections (temporal, height, width) over half the head dim, as Qwen2-VL's
-    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    temporal = half // 4
+    height = (half - temporal) // 2
+    section = [temporal, height, half - temporal - height]
     torch.manual_seed(0)
     lm = Qwen2VLTextModel(Qwen2VLTextConfig(vocab_size=16, hidden_size=dim, intermediate_size=4 * dim,
                                             num_hidden_layers=1, num_attention_heads=heads,

@@ -73,9 +73,10 @@ def _final_stream_eval(model, out_dir: str, num: int, chunk_frames: int, quiet: 
 def sft(cfg: SFTConfig, quiet: bool):
     """Supervised warm-start of the tiny VLM on shapes video QA.
 
-    sft.init may name a local Qwen2-VL / Qwen2.5-VL folder instead. Writes a run folder; re-running the same command resumes. Works under
-    `accelerate launch` and `torchrun` (`parallel.sequence=N` splits the VLM's
-    token sequence over N processes; a Qwen2-VL's vision tower by frames too).
+    sft.init may name a local Qwen2-VL / Qwen2.5-VL folder instead. Writes a
+    run folder; re-running the same command resumes. Works under `accelerate
+    launch` and `torchrun` (`parallel.sequence=N` splits the VLM's token
+    sequence over N processes; a Qwen2-VL's vision tower by frames too).
 
     \b
     Examples:

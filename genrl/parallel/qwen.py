@@ -22,7 +22,7 @@ gathered, exact, with 1/P of the tower's work on each rank. It splits inside tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -36,28 +36,25 @@ from .sequence import _Gather, _require_group, _sum_grad, _sum_param_grads, all_
 NAME = "genrl_ulysses"
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Split:
-    """One split pass: its group and which of the (padded) sequence's keys are real."""
+    """One split pass, as every attention layer of it reads it."""
 
     group: object
-    keys: torch.Tensor
-    """(B, L) True for real tokens; the sequence-parallel padding at the end is False."""
-    length: int
-    """Tokens before that padding (a causal query never sees past its own position, so the padding's keys
-    are hidden from every real query)."""
-    _mask: torch.Tensor | None = field(default=None, repr=False)
+    pattern: torch.Tensor | BlockCausal
+    """Whom each query of the whole (padded) sequence attends to (see :func:`_causal_pattern`)."""
 
-    def pattern(self) -> torch.Tensor | BlockCausal:
-        """Token-causal without a mask when no row has padding (the kernels' causal mode); else (B, 1, L, L):
-        causal, real keys only, each token always seeing itself (so padded rows stay finite)."""
-        if bool(self.keys[:, : self.length].all()):
-            return BlockCausal(1)
-        if self._mask is None:
-            L, dev = self.keys.shape[1], self.keys.device
-            causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
-            self._mask = (causal & self.keys[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=dev)
-        return self._mask
+
+def _causal_pattern(keys: torch.Tensor, length: int) -> torch.Tensor | BlockCausal:
+    """Causal attention over a sequence whose real tokens are ``keys`` (B, L'), the first ``length`` of them
+    before the sequence-parallel padding. Token-causal without a mask when no row is padded before it (a
+    causal query never sees the padding after it: the kernels' causal mode); else (B, 1, L', L'): causal,
+    real keys only, each token always seeing itself (so padded rows stay finite)."""
+    if bool(keys[:, :length].all()):
+        return BlockCausal(1)
+    L, dev = keys.shape[1], keys.device
+    causal = torch.ones(L, L, dtype=torch.bool, device=dev).tril()
+    return (causal & keys[:, None, None, :]) | torch.eye(L, dtype=torch.bool, device=dev)
 
 
 def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, genrl_split=None,
@@ -75,10 +72,10 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
         key, value = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (key, value))
     q, k, v = (all_to_all(t, group, scatter=1, gather=2) for t in (query, key, value))
     rep = q.shape[1] // k.shape[1]  # my query heads share my KV heads in the model's order
-    pattern = genrl_split.pattern()
+    pattern = genrl_split.pattern
     causal = isinstance(pattern, BlockCausal)
-    plain = dropout == 0 and scaling in (None, q.shape[-1] ** -0.5)
-    if plain and resolve_backend(q, None if causal else pattern) != "sdpa":  # flash-attn / xformers via genrl's dispatch
+    default_kernel = dropout == 0 and scaling in (None, q.shape[-1] ** -0.5)  # what genrl's dispatch computes
+    if default_kernel and resolve_backend(q, None if causal else pattern) != "sdpa":  # flash-attn / xformers
         if rep > 1:
             k, v = (t.repeat_interleave(rep, dim=1) for t in (k, v))
         o = attention(q, k, v, pattern)
@@ -133,7 +130,8 @@ class SequenceParallelQwenLM:
             keys = F.pad(keys, (0, pad), value=False)
         lo = self.rank * per
         out = self.lm(inputs_embeds=embeds[:, lo : lo + per], position_ids=positions[..., lo : lo + per],
-                      attention_mask=None, use_cache=False, genrl_split=_Split(self.group, keys, L))
+                      attention_mask=None, use_cache=False,
+                      genrl_split=_Split(self.group, _causal_pattern(keys, L)))  # built once for every layer
         return _Gather.apply(out.last_hidden_state, self.group, 1)[:, :L]
 
 
