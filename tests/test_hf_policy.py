@@ -108,3 +108,41 @@ def test_sft_then_grpo_cli_train_resume_exactly_and_export_transformers_folders(
     assert any(r.get("grad_norm", 0) > 0 for r in rows)
     code, out, _ = run_cli("eval", "--task", "qa", "--checkpoint", str(straight), "--num", "4", "-q")
     assert code == 0 and "on 4 test questions: accuracy=" in out
+
+
+def test_activation_checkpointing_gives_the_same_gradients_keeping_less_and_sampling_keeps_its_cache(folder):
+    from genrl.cli.bench import saved_bytes
+    from genrl.train.trainer import Role, place_roles
+
+    videos, items = ShapesQA().items("test", range(4))
+    plain, ckpt = load_policy(str(folder)).train(), load_policy(str(folder)).train()
+    place_roles({"policy": Role(ckpt, trainable=True)}, torch.device("cpu"), TrainConfig(activation_checkpointing=True))
+    assert ckpt.checkpointing and not plain.checkpointing
+    p_ids, p_mask = prompts(plain, items)
+    with torch.no_grad():  # cached embeddings, as GRPO's default
+        emb = plain.encode_video(videos)
+    ids, mask = plain.generate(emb, p_ids, p_mask, 8, temperature=0)
+    # in training mode, checkpointed: the KV cache still serves sampling (transformers 4.x would drop it)
+    assert torch.equal(ckpt.generate(emb, p_ids, p_mask, 8, temperature=0)[0], ids) and ckpt.model.training
+    kept, losses = {}, {}
+    for name, m in (("plain", plain), ("ckpt", ckpt)):  # what the forward keeps; backward outside the hooks
+        kept[name] = saved_bytes(lambda m=m, name=name: losses.update({name: m.token_logprobs(emb, p_ids, p_mask, ids, mask)[mask].sum()}))
+        losses[name].backward()
+    grads = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+    assert len(grads) > 10 and all(ckpt.get_parameter(n).grad is not None for n in grads)
+    for n, g in grads.items():
+        torch.testing.assert_close(ckpt.get_parameter(n).grad, g, rtol=1e-5, atol=1e-6)
+    assert kept["ckpt"] < 0.5 * kept["plain"], kept
+
+
+def test_sampling_runs_the_lm_head_on_the_last_position_only(batch):
+    policy, videos, p_ids, p_mask = batch
+    emb = policy.encode_video(videos)
+    rows = []
+    hook = policy.model.get_output_embeddings().register_forward_hook(
+        lambda m, i, o: rows.append(i[0].numel() // i[0].shape[-1]))  # positions the head ran on
+    try:
+        ids, _ = policy.generate(emb, p_ids, p_mask, 4, temperature=0)
+    finally:
+        hook.remove()
+    assert rows and all(r == p_ids.shape[0] for r in rows), rows  # one a row, also on the prompt pass (not L a row)

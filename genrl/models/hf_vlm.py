@@ -118,6 +118,17 @@ class QwenVLPolicy(CompletionPolicy):
         self.register_buffer("head_ids", torch.tensor(head), persistent=False)
         self.register_buffer("tail_ids", torch.tensor(enc("<|im_end|>\n<|im_start|>assistant\n")), persistent=False)
 
+    def _with_cache(self, cache) -> dict:
+        """The KV-cache argument of the language model: ``cache`` from transformers 5.x on, ``past_key_values``
+        before."""
+        params = inspect.signature(self.language_model.forward).parameters
+        return {"cache" if "cache" in params else "past_key_values": cache}
+
+    @staticmethod
+    def _cache_of(out):
+        cache = getattr(out, "cache", None)
+        return out.past_key_values if cache is None else cache
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, **cfg) -> "QwenVLPolicy":
@@ -133,6 +144,20 @@ class QwenVLPolicy(CompletionPolicy):
         model = model_cls.from_pretrained(path, local_files_only=True, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         return cls(model, tok, QwenVLPolicyConfig(path=str(path), **cfg))
+
+    def enable_activation_checkpointing(self) -> None:
+        """Keep only each decoder layer's input for backward and re-run the layer there
+        (``train.activation_checkpointing``): transformers' own checkpointing, non-reentrant, on the language
+        model and the vision tower. Sampling, which runs without gradients, keeps its KV cache."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    @property
+    def checkpointing(self) -> bool:
+        return bool(getattr(self.language_model, "gradient_checkpointing", False))
 
     @property
     def video_dim(self) -> int:
@@ -228,11 +253,30 @@ class QwenVLPolicy(CompletionPolicy):
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample completions over the KV cache (greedy at temperature 0). Returns ids (B, T) and mask (B, T);
         a completion ends with (and includes) <|im_end|>; later positions hold the pad id, masked."""
+        if not (self.checkpointing and self.model.training):
+            return self._generate(video_emb, prompt_ids, prompt_mask, max_new_tokens, temperature, generator)
+        # transformers before 5.x drop the KV cache of a checkpointed model in training mode, gradients or
+        # not; sampling runs in eval mode then (the same outputs unless the config sets dropout)
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            return self._generate(video_emb, prompt_ids, prompt_mask, max_new_tokens, temperature, generator)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+    def _extend(self, embeds, mask, positions, cache=None):
+        """A language-model pass over new positions with the KV cache; the LM head runs on the last position
+        only (over a whole prompt its logits would be (B, L, vocab)). Returns (logits (B, vocab), cache)."""
+        out = self.language_model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions,
+                                  use_cache=True, **({} if cache is None else self._with_cache(cache)))
+        return self.model.get_output_embeddings()(out.last_hidden_state[:, -1]), self._cache_of(out)
+
+    def _generate(self, video_emb, prompt_ids, prompt_mask, max_new_tokens, temperature, generator):
         ids, mask, video = self._sequence(prompt_ids, prompt_mask)
         pos = self._positions(ids, mask, video)
-        out = self.model(inputs_embeds=self._embeds(ids, video, video_emb), attention_mask=mask.long(),
-                         position_ids=pos, use_cache=True)
-        cache = [out.past_key_values, mask]
+        first, past = self._extend(self._embeds(ids, video, video_emb), mask, pos)
+        cache = [past, mask]
         nxt = pos.amax(dim=(0, 2))  # (B,): text after the prompt continues from its largest position
         embed = self.model.get_input_embeddings()
 
@@ -240,10 +284,9 @@ class QwenVLPolicy(CompletionPolicy):
             past, m = cache
             m = torch.cat((m, torch.ones_like(m[:, :1])), 1)
             p = (nxt + m.shape[1] - mask.shape[1]).view(1, -1, 1).expand(3, -1, 1)
-            res = self.model(inputs_embeds=embed(tok)[:, None], attention_mask=m.long(), position_ids=p,
-                             past_key_values=past, use_cache=True)
-            cache[:] = [res.past_key_values, m]
-            return res.logits[:, -1]
+            logits, cache[0] = self._extend(embed(tok)[:, None], m, p, past)
+            cache[1] = m
+            return logits
 
-        return sample_completions(out.logits[:, -1], step, max_new_tokens, temperature, generator,
+        return sample_completions(first, step, max_new_tokens, temperature, generator,
                                   self.tokenizer.eos_id, self.tokenizer.pad_id)

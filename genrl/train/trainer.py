@@ -70,7 +70,8 @@ class TrainConfig:
     'float32', 'bfloat16' or 'float16'. Trainable roles keep float32 weights (autocast comes from
     `accelerate launch --mixed_precision`)."""
     activation_checkpointing: bool = False
-    """Recompute activations of trainable roles in backward (models that support it: Wan2.1)."""
+    """Recompute activations of trainable roles in backward (models that support it: Wan2.1 transformers,
+    transformers Qwen2-VL / Qwen2.5-VL policies)."""
     offload_frozen: bool = False
     """Keep frozen roles in CPU memory and stream their layers to the GPU as they run (accelerate's cpu_offload)."""
     shard_frozen: bool = False
@@ -248,16 +249,20 @@ def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig,
     if cfg.shard_frozen and cfg.offload_frozen:
         raise UsageError("train.shard_frozen and train.offload_frozen both place the frozen roles; valid: one of them")
     dtype = frozen_dtype(cfg.frozen_dtype, device)
+    if cfg.activation_checkpointing:  # every trainable network that can (a small head beside one need not)
+        nets = {n: getattr(r.module, "dit", r.module) for n, r in roles.items() if r.trainable}
+        able = [net for net in nets.values() if hasattr(net, "enable_activation_checkpointing")]
+        if not able:
+            names = ", ".join(f"the {n} ({type(net).__name__})" for n, net in nets.items())
+            raise UsageError(f"train.activation_checkpointing: no trainable role supports it ({names}); it applies "
+                             f"to Wan2.1 transformers and transformers Qwen2-VL / Qwen2.5-VL policies")
+        for net in able:
+            net.enable_activation_checkpointing()
     sharded: dict[str, tuple[int, int]] = {}
     for name, role in roles.items():
         m = role.module
         if role.trainable:
             m.to(device)
-            if cfg.activation_checkpointing:
-                dit = getattr(m, "dit", m)
-                if not hasattr(dit, "enable_activation_checkpointing"):
-                    raise UsageError(f"train.activation_checkpointing: the {name} ({type(dit).__name__}) does not support it")
-                dit.enable_activation_checkpointing()
             continue
         m.to(device, dtype) if role.cast and dtype is not None else m.to(device)
         if role.cast and cfg.offload_frozen and device.type == "cuda":
