@@ -7,16 +7,25 @@ trainable roles hold float32 weights, float32 gradients and two AdamW moments
 (16 bytes a parameter); an EMA holds float32 weights; frozen roles (teacher, text
 encoder, VAE, reward) hold weights in ``train.frozen_dtype`` (bfloat16 on GPUs).
 
-Activation memory is an estimate, stated as one: per transformer layer and token,
-a bf16 training step keeps about ``16 d + 2 ffn`` values for backward (attention
-through a fused kernel, so no score matrix); with activation checkpointing only
-each layer's input (``d`` values) plus one layer's full set. The VAE decode
-workspace and the reward model's own activations are not included.
+Activation memory is measured, not estimated by a formula: the trained roles' passes
+run on this machine's CPU under bfloat16 autocast (as ``accelerate launch
+--mixed_precision bf16`` runs them) with the real architecture at its full width but
+2 blocks, at the recipe's frames, chunking and batch but 4 and 8 video tokens a latent
+frame, and autograd's saved-tensor hooks count what each pass keeps for backward
+(:mod:`genrl.memory`). Both grow linearly in the tokens a frame (attention runs through
+a fused kernel: no score matrix is kept) and in the blocks, so the two sizes extrapolate
+exactly to the real frame size and depth. The passes are the student's streamed
+rollout (every chunk's gradient-carrying pass against the KV cache, which is counted
+too) and the critic's pass over a whole sample. With activation checkpointing a block
+keeps its input of every call, plus one call's full set while it runs again. Not
+included: the VAE decode and the reward model's backward of Stream-R1, and kernels'
+workspaces; CUDA's autocast casts a few ops differently from the CPU's.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,10 +84,27 @@ class Plan:
     tokens: int
     """Video tokens of one training sample (latent frames x patches per frame)."""
     batch: int
-    activations: dict[str, int] = field(default_factory=dict)
-    """'none' / 'checkpointing': estimated bytes kept for backward in the largest step."""
+    passes: dict[str, "PassMemory"] = field(default_factory=dict)
+    """Measured memory of each trained pass: 'student' (the streamed rollout), 'critic' (a whole sample)."""
     chunk_frames: int = 3
-    """Latent frames of the streaming student's chunks (its rollout's activations are the largest step's)."""
+    """Latent frames of the streaming student's chunks."""
+    frames: int = 21
+    """Latent frames of a training sample."""
+
+    @property
+    def activations(self) -> dict[str, int]:
+        """'none' / 'checkpointing': bytes of the largest step's activations (and the KV cache beside them)."""
+        return {k: max(p.total(k == "checkpointing") for p in self.passes.values()) for k in ("none", "checkpointing")}
+
+    def split_activations(self, n: int) -> int:
+        """The largest step's activations per rank with ``parallel.sequence=n`` and no checkpointing: the
+        streamed rollout pads each chunk to a multiple of n (a rank computes ceil(chunk / n) of its frames)
+        and keeps its heads of the KV cache (1/n); the critic's pass splits the sample's frames."""
+        out = 0
+        for name, p in self.passes.items():
+            span = self.chunk_frames if name == "student" else self.frames
+            out = max(out, int(p.kept * (-(-span // n)) / span + p.cache / n))
+        return out
 
     def fits(self, gpus: int, gpu_bytes: int) -> list[dict]:
         """Options and the memory each needs per GPU."""
@@ -86,39 +112,40 @@ class Plan:
         trainable = sum(r.total_bytes for r in self.roles if r.trainable or r.ema)
         biggest_frozen = max((r.weight_bytes / max(r.layers, 1) for r in self.roles if not r.trainable and not r.ema), default=0)
         teacher = sum(r.weight_bytes for r in self.roles if r.name == "teacher")
-        # (option, activations kept, frozen bytes on a GPU, trainable roles sharded over, supported, tokens split over)
+        acts = self.activations
+        # (option, activation bytes, frozen bytes on a GPU, trainable roles sharded over, supported)
         options = [
-            ("data parallel, everything on each GPU", "none", frozen, 1, True, 1),
-            ("+ activation checkpointing", "checkpointing", frozen, 1, True, 1),
-            ("+ frozen roles offloaded to CPU", "checkpointing", biggest_frozen, 1, True, 1),
-            (f"+ teacher sharded over {gpus} GPUs (train.shard_frozen)", "checkpointing", frozen - teacher + teacher / gpus,
-             1, True, 1),
+            ("data parallel, everything on each GPU", acts["none"], frozen, 1, True),
+            ("+ activation checkpointing", acts["checkpointing"], frozen, 1, True),
+            ("+ frozen roles offloaded to CPU", acts["checkpointing"], biggest_frozen, 1, True),
+            (f"+ teacher sharded over {gpus} GPUs (train.shard_frozen)", acts["checkpointing"],
+             frozen - teacher + teacher / gpus, 1, True),
         ]
-        split, share = self.sequence_parallel(gpus)
+        split = self.sequence_parallel(gpus)
         if split > 1:
-            options.append((f"data parallel, parallel.sequence={split}, no checkpointing", "none", frozen, 1, True, share))
-        options.append((f"FSDP full shard over {gpus} GPUs + checkpointing", "checkpointing", frozen / gpus, gpus, False, 1))
+            options.append((f"data parallel, parallel.sequence={split}, no checkpointing", self.split_activations(split),
+                            frozen, 1, True))
+        options.append((f"FSDP full shard over {gpus} GPUs + checkpointing", acts["checkpointing"], frozen / gpus, gpus,
+                        False))
         rows = []
-        for name, act, frozen_gpu, shard, supported, act_share in options:
-            need = int(trainable / shard + frozen_gpu + self.activations[act] * act_share)
+        for name, act, frozen_gpu, shard, supported in options:
+            need = int(trainable / shard + frozen_gpu + act)
             rows.append({"option": name, "per_gpu_bytes": need, "fits": need <= gpu_bytes, "supported": supported})
         return rows
 
-    def sequence_parallel(self, gpus: int) -> tuple[int, float]:
-        """The ``parallel.sequence`` these GPUs allow that leaves each rank the least of the student's activations,
-        and that share. The split divides the GPU count and the heads of every DiT it splits (teacher, critic,
-        student); the student's rollout pads each chunk of ``chunk_frames`` frames to a multiple of it, so a rank
-        computes ceil(chunk / N) of every chunk's frames (of 3, 1 for N = 3 and for N = 4 alike; the smaller wins)."""
+    def sequence_parallel(self, gpus: int) -> int:
+        """The ``parallel.sequence`` these GPUs allow that leaves each rank the least activations (the smallest
+        such split on a tie). It divides the GPU count and the heads of every DiT it splits (teacher, critic,
+        student)."""
         heads = [r.heads for r in self.roles if r.name in ("teacher", "critic", "student") and r.heads]
         allowed = [n for n in range(1, gpus + 1) if gpus % n == 0 and heads and all(h % n == 0 for h in heads)] or [1]
-        share = {n: -(-self.chunk_frames // n) / self.chunk_frames for n in allowed}
-        best = min(allowed, key=lambda n: (share[n], n))
-        return best, share[best]
+        return min(allowed, key=lambda n: (self.split_activations(n), n))
 
     def to_json(self, gpus: int, gpu_bytes: int) -> dict:
         return {"roles": [dict(r.__dict__, weight_bytes=r.weight_bytes, state_bytes=r.state_bytes,
                                total_bytes=r.total_bytes) for r in self.roles],
                 "tokens": self.tokens, "batch": self.batch, "activation_bytes": self.activations,
+                "passes": {k: dict(v.__dict__) for k, v in self.passes.items()},
                 "gpus": gpus, "gpu_bytes": gpu_bytes, "options": self.fits(gpus, gpu_bytes)}
 
 
@@ -194,12 +221,104 @@ def _role(name: str, arch: tuple[str, tuple[str, dict]], dtype: str, trainable=F
     return RolePlan(name, label, params, dtype, trainable, ema, layers, dim, ffn, heads)
 
 
-def activation_bytes(student: RolePlan, tokens: int, batch: int, checkpointing: bool, bytes_per_value: int = 2) -> int:
-    """Estimated values a training step keeps for backward through a transformer (see the module docstring)."""
-    per_layer = (16 * student.dim + 2 * student.ffn) * tokens * batch * bytes_per_value
-    if not checkpointing:
-        return per_layer * student.layers
-    return student.dim * tokens * batch * bytes_per_value * student.layers + per_layer
+@dataclass
+class PassMemory:
+    """Memory of one trained pass at the real depth and frame size (measured, then extrapolated)."""
+
+    kept: int
+    """Bytes saved for backward without checkpointing: activations and autocast's bf16 weight copies."""
+    checkpointed: int
+    """With activation checkpointing: each block call's input, one call's full set, the rest as without."""
+    cache: int = 0
+    """The KV cache at its fullest, held beside the activations (a streamed pass)."""
+
+    def total(self, checkpointing: bool) -> int:
+        return (self.checkpointed if checkpointing else self.kept) + self.cache
+
+
+MEASURED_TOKENS = (4, 8)
+"""Video tokens a latent frame of the measured passes (2 x 2 and 2 x 4 patches)."""
+
+
+def _wan_pass(config: dict, tokens_per_frame: int, frames: int, batch: int, text_len: int,
+              stream: tuple[int, int, int] | None, layers: int = 2) -> dict[str, int]:
+    """One pass of a ``layers``-block Wan2.1 transformer of this config with gradients, under CPU bf16 autocast:
+    the whole sample, or streamed ``(chunk, local, sink)`` frames at a time against the KV cache (each chunk's
+    gradient-carrying pass, then the cache written from it without gradients). Bytes of its second block,
+    of everything outside the blocks and of the KV cache a block at its fullest; and of the whole pass
+    ('kept') and the whole cache ('cache_all')."""
+    from diffusers import WanTransformer3DModel
+
+    from .memory import tally
+    from .models.wan import WanDiT, WanDiTConfig
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**dict(config, num_layers=layers))
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # values do not change what is saved; finite ones keep every kernel on its usual path
+        for prm in model.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
+    _, ph, pw = config.get("patch_size", (1, 2, 2))
+    h, w = 2 * ph, tokens_per_frame * pw // 2
+    if (h // ph) * (w // pw) != tokens_per_frame:
+        raise ValueError(f"{tokens_per_frame} tokens a frame do not tile {ph}x{pw} patches in 2 rows")
+    dit = WanDiT(model, WanDiTConfig(chunk_frames=stream[0] if stream else 3))
+    x = torch.randn(batch, frames, config.get("in_channels", 16), h, w, generator=gen)
+    text = torch.randn(batch, text_len, config["text_dim"], generator=gen)
+    t = torch.full((batch,), 500.0)
+    fullest, outs = [0], []  # the outputs keep every pass's graph, as the training step does until backward
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if stream is None:
+                outs.append(dit(x, t, text))
+                return
+            chunk, local, sink = stream
+            cache = dit.new_cache((h, w), local, sink)
+            for start in range(0, frames, chunk):
+                y = dit(x[:, start : start + chunk], t, text, cache=cache)
+                outs.append(y)
+                if start + chunk < frames:
+                    with torch.no_grad():
+                        cache.writing = True
+                        dit(y.detach(), torch.zeros(batch), text, cache=cache)
+                        cache.writing = False
+                    held = sum(a.untyped_storage().nbytes() for a in (*cache.k, *cache.v) if a is not None)
+                    fullest[0] = max(fullest[0], held)
+
+    with warnings.catch_warnings():  # CPU autocast hands rms_norm bf16 inputs with float32 weights; it says so
+        warnings.simplefilter("ignore", UserWarning)
+        got = tally(run, model.blocks, list(model.parameters()))
+    # what the first block saves beyond the second is shared by every block (RoPE tables, the timestep's
+    # modulation): it counts once, with the outside
+    return {"outside": got.total - layers * (got.blocks[1] + got.block_casts[1]), "block": got.blocks[1],
+            "block_casts": got.block_casts[1], "inputs": got.inputs[1], "call": max(got.calls[1]),
+            "cache": fullest[0] // layers, "kept": got.total, "cache_all": fullest[0]}
+
+
+_MEASURED: dict[str, dict[str, int]] = {}
+
+
+def measure_pass(kind: str, config: dict, layers: int, tokens_per_frame: int, frames: int, batch: int, text_len: int,
+                 stream: tuple[int, int, int] | None = None) -> PassMemory:
+    """The memory of a trained pass of this architecture at ``layers`` blocks and ``tokens_per_frame`` tokens a
+    latent frame: measured at 2 blocks and :data:`MEASURED_TOKENS` tokens a frame, every figure extrapolated
+    linearly in the tokens a frame and each block's in the blocks (see the module docstring)."""
+    if kind != "wan_transformer":
+        raise ValueError(f"no measured pass for {kind!r} architectures")
+    lo, hi = MEASURED_TOKENS
+    sizes = []
+    for n in MEASURED_TOKENS:
+        key = json.dumps([config, n, frames, batch, text_len, stream], sort_keys=True, default=str)
+        if key not in _MEASURED:
+            _MEASURED[key] = _wan_pass(config, n, frames, batch, text_len, stream)
+        sizes.append(_MEASURED[key])
+    f = {k: sizes[0][k] + (sizes[1][k] - sizes[0][k]) * (tokens_per_frame - lo) / (hi - lo) for k in sizes[0]
+         if k not in ("kept", "cache_all")}
+    kept = f["outside"] + layers * (f["block"] + f["block_casts"])
+    ckpt = f["outside"] + layers * (f["inputs"] + f["block_casts"]) + f["call"]
+    return PassMemory(int(kept), int(ckpt), int(layers * f["cache"]) if stream else 0)
 
 
 def plan_distill(cfg, frozen: str = "bfloat16") -> Plan:
@@ -216,15 +335,21 @@ def plan_distill(cfg, frozen: str = "bfloat16") -> Plan:
               _role("vae", arch_of(str(Path(cfg.teacher) / "vae"), "wan2.1-vae", "vae"), frozen)]
     if cfg.method == "stream_r1" and cfg.stream_r1.reward == "videoreward":
         roles.append(_role("reward", arch_of(cfg.stream_r1.reward_weights, a.reward, "reward"), frozen))
-    student = next(r for r in roles if r.name == "student")
+    from .models.wan import WanConfig, WanDiTConfig
+
     latent_frames = (cfg.world.frames - 1) // 4 + 1
     height, width = cfg.height or 480, cfg.width or 832
-    tokens = latent_frames * (height // 16) * (width // 16)
+    _, ph, pw = student_arch[1][1].get("patch_size", (1, 2, 2))
+    per_frame = (height // 8 // ph) * (width // 8 // pw)
     batch = cfg.dmd.batch_size if cfg.method != "ode_init" else cfg.ode.batch_size
-    acts = {k: activation_bytes(student, tokens, batch, k == "checkpointing") for k in ("none", "checkpointing")}
-    from .models.wan import WanDiTConfig
-
-    return Plan(roles, tokens, batch, acts, WanDiTConfig().chunk_frames)
+    chunk, st = WanDiTConfig().chunk_frames, cfg.streaming
+    layers = {r.name: r.layers for r in roles}
+    passes = {"student": measure_pass(*student_arch[1], layers["student"], per_frame, latent_frames, batch,
+                                      WanConfig().max_text_len, (chunk, st.local_frames, st.sink_frames))}
+    if cfg.method != "ode_init":
+        passes["critic"] = measure_pass(*critic_arch[1], layers["critic"], per_frame, latent_frames, batch,
+                                        WanConfig().max_text_len)
+    return Plan(roles, latent_frames * per_frame, batch, passes, chunk, latent_frames)
 
 
 def parse_memory(text: str) -> int:

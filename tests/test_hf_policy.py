@@ -111,7 +111,7 @@ def test_sft_then_grpo_cli_train_resume_exactly_and_export_transformers_folders(
 
 
 def test_activation_checkpointing_gives_the_same_gradients_keeping_less_and_sampling_keeps_its_cache(folder):
-    from genrl.cli.bench import saved_bytes
+    from genrl.memory import saved_bytes
     from genrl.train.trainer import Role, place_roles
 
     videos, items = ShapesQA().items("test", range(4))

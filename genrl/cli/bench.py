@@ -271,25 +271,6 @@ def bench_stream(student, teacher, num, rounds, chunks, teacher_steps, guidance,
 
 
 # ---------------------------------------------------------------------- train
-def saved_bytes(fn) -> int:
-    """Bytes of the tensors a step saves for backward (its activation memory), counted by autograd's hooks.
-
-    Each storage counts once, whole: views of one tensor saved by several ops (a key prefix per query
-    block) are one allocation."""
-    import torch
-
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        storages[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
-
-
 def train_report(cfg: DistillConfig, steps: int, quiet: bool) -> dict:
     import torch
     from accelerate import Accelerator
@@ -302,6 +283,8 @@ def train_report(cfg: DistillConfig, steps: int, quiet: bool) -> dict:
         methods[name] = DISTILL.build(dataclasses.replace(cfg, method=name), quiet=True)
     ctx = StepContext(Accelerator(cpu=not torch.cuda.is_available()), cfg.train)  # as the Trainer builds it
     times = alternate({n: (lambda i, m=m: m.train_step(i, ctx)) for n, m in methods.items()}, steps, "step", quiet)
+    from ..memory import saved_bytes
+
     memory = {n: saved_bytes(lambda m=m: m.generator_loss({}).backward()) for n, m in methods.items()}
     for m in methods.values():
         m.opt.zero_grad(set_to_none=True)
@@ -721,6 +704,8 @@ def _sp_measure(rank: int, one, two, rounds: int) -> dict:
     """Saved activation bytes of ``one`` (SP=1, rank 0 only) and ``two`` (SP=2, every rank), and their times over
     ``rounds`` alternating rounds after a warm-up round, a barrier on each side."""
     import torch.distributed as dist
+
+    from ..memory import saved_bytes
 
     mem = {"sp1": saved_bytes(one) if rank == 0 else 0, "sp2": saved_bytes(two)}
     times: dict[str, list[float]] = {"sp1": [], "sp2": []}

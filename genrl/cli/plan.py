@@ -43,8 +43,11 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path):
 
     Builds every role's architecture on the meta device (a local folder's config, or the
     preset named under `arch:` when the folder is not on this machine): nothing is
-    downloaded or allocated. Trainable roles count float32 weights, gradients and AdamW
-    moments; frozen roles their bfloat16 weights.
+    downloaded. Trainable roles count float32 weights, gradients and AdamW moments; frozen
+    roles their bfloat16 weights. Activations are measured: the student's streamed rollout
+    and the critic's pass run on the CPU at full width but 2 blocks and a few tokens a
+    frame (seconds, a few GB of memory), and what they keep for backward is extrapolated
+    to the real depth and frame size.
 
     \b
     Examples:
@@ -73,8 +76,15 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path):
                    f"{_gb(r.weight_bytes):>9} {states:>11} {_gb(r.total_bytes):>9}")
     click.echo(f"{'all roles':<13} {'':<26} {sum(r.params for r in p.roles) / 1e9:>7.2f}B {'':>9} {'':>9} {'':>11} "
                f"{_gb(sum(r.total_bytes for r in p.roles)):>9}")
-    click.echo(f"activations (estimate, bf16, {p.batch} x {p.tokens:,} video tokens a sample): "
-               f"{_gb(p.activations['none'])} kept for backward, {_gb(p.activations['checkpointing'])} with activation checkpointing")
+    from ..plan import MEASURED_TOKENS
+
+    click.echo(f"activations, measured (bf16 autocast on this CPU, 2 blocks at {' and '.join(map(str, MEASURED_TOKENS))} "
+               f"tokens a latent frame) and extrapolated to {p.batch} x {p.tokens:,} video tokens a sample:")
+    labels = {"student": "student rollout", "critic": "critic"}
+    for name, m in p.passes.items():
+        cache = f" + {_gb(m.cache)} KV cache" if m.cache else ""
+        click.echo(f"  {labels.get(name, name):<16} {_gb(m.kept)} kept for backward{cache}; "
+                   f"{_gb(m.checkpointed)}{cache} with activation checkpointing")
     click.echo(f"on {gpus} GPU(s) of {_gb(gpu_bytes)}:")
     for row in p.fits(gpus, gpu_bytes):
         verdict = "fits" if row["fits"] else "does not fit"
