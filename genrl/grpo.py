@@ -59,22 +59,27 @@ def regression_token_loss(logp, old_logp, advantages) -> torch.Tensor:
     return (torch.exp(logp - old_logp) - 1 - advantages[:, None]) ** 2
 
 
-def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, mode: str = "grpo", max_len: int | None = None) -> torch.Tensor:
-    """Reduce (N, T) per-token losses over the completion mask."""
+def aggregate(token_loss: torch.Tensor, mask: torch.Tensor, mode: str = "grpo", max_len: int | None = None,
+              whole: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Reduce (N, T) per-token losses over the completion mask. ``whole`` = (rows, completion tokens) of the
+    batch these rows are a micro-batch of: the micro-batches' results then sum to the whole batch's."""
+    rows, tokens = whole if whole is not None else (token_loss.shape[0], mask.sum())
     if mode == "grpo":
-        return ((token_loss * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
+        return ((token_loss * mask).sum(1) / mask.sum(1).clamp_min(1)).sum() / rows
     if mode in ("bnpo", "dapo"):
-        return (token_loss * mask).sum() / mask.sum().clamp_min(1)
+        return (token_loss * mask).sum() / tokens.clamp_min(1)
     if mode == "dr_grpo":
-        return (token_loss * mask).sum() / (token_loss.shape[0] * (max_len or token_loss.shape[1]))
+        return (token_loss * mask).sum() / (rows * (max_len or token_loss.shape[1]))
     raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
 
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float = 0.0, eps_low: float = 0.2,
               eps_high: float = 0.2, mode: str = "grpo", token_weights: torch.Tensor | None = None,
-              regression: bool = False, max_len: int | None = None) -> torch.Tensor:
+              regression: bool = False, max_len: int | None = None,
+              whole: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """The full per-batch objective; ``token_weights`` (N, T) scale each token (TW-GRPO); ``max_len``
-    is the longest completion the sampler may produce (Dr. GRPO divides by it, not by the batch's width)."""
+    is the longest completion the sampler may produce (Dr. GRPO divides by it, not by the batch's width);
+    ``whole`` makes it a micro-batch's share of a larger batch (see :func:`aggregate`)."""
     if regression:
         per_token = regression_token_loss(logp, old_logp, advantages)
     else:
@@ -83,7 +88,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, beta: float = 0.0, eps
         per_token = per_token + beta * k3_kl(logp, ref_logp)
     if token_weights is not None:
         per_token = per_token * token_weights
-    return aggregate(per_token, mask, mode, max_len)
+    return aggregate(per_token, mask, mode, max_len, whole)
 
 
 def tw_group_weights(logits: torch.Tensor, mask: torch.Tensor, group_size: int, alpha: float,

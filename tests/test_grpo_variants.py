@@ -13,15 +13,7 @@ from genrl.methods.qa import build_vlm
 from genrl.train.trainer import StepContext, TrainConfig
 from genrl.worlds.qa import ShapesQA
 
-
-class _Acc:  # the bits of an Accelerator StepContext uses, single process
-    num_processes, device = 1, torch.device("cpu")
-
-    def backward(self, loss):
-        loss.backward()
-
-    def clip_grad_norm_(self, params, max_norm):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+from tiny import OneProcess
 
 
 def _method(variant="grpo", seed=0, **kw):
@@ -74,7 +66,7 @@ def test_a_grpo_step_changes_the_policy_but_not_the_vision_tower_or_reference():
     m.accuracy_reward = lambda item, text: float(len(text.split()) % 2)  # a random policy earns no task reward
     before = {k: v.clone() for k, v in m.policy.state_dict().items()}
     ref_before = {k: v.clone() for k, v in m.ref.state_dict().items()}
-    ctx = StepContext(_Acc(), TrainConfig())
+    ctx = StepContext(OneProcess(), TrainConfig())
     for step in range(1, 4):
         out = m.train_step(step, ctx)
     after = m.policy.state_dict()
@@ -89,7 +81,7 @@ def test_train_vision_updates_the_tower_and_refuses_the_cache():
     m = _method(cache_video=False, train_vision=True, temperature=1.5)
     m.accuracy_reward = lambda item, text: float(len(text.split()) % 2)
     before = {k: v.clone() for k, v in m.policy.state_dict().items()}
-    m.train_step(1, StepContext(_Acc(), TrainConfig()))
+    m.train_step(1, StepContext(OneProcess(), TrainConfig()))
     changed = [k for k, v in m.policy.state_dict().items() if not torch.equal(before[k], v)]
     assert any(k.startswith("visual.") for k in changed) and any(k.startswith("blocks.") for k in changed)
     with pytest.raises(ValueError, match="train_vision needs grpo.cache_video=false"):

@@ -14,6 +14,7 @@ from genrl.train.trainer import StepContext, TrainConfig
 from genrl.worlds.qa import ShapesQA
 
 pytest.importorskip("transformers")
+from tiny import OneProcess  # noqa: E402
 from tiny_qwen import tiny_qa_qwen2vl  # noqa: E402
 
 
@@ -60,23 +61,13 @@ def test_kv_cached_greedy_decoding_matches_teacher_forcing(batch):
     assert torch.equal(a[0], b[0])  # seeded sampling repeats
 
 
-class _Acc:
-    num_processes, device = 1, torch.device("cpu")
-
-    def backward(self, loss):
-        loss.backward()
-
-    def clip_grad_norm_(self, params, max_norm):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
 def test_a_grpo_step_trains_the_language_model_only(folder):
     cfg = GRPOMethodConfig(policy=str(folder), prompts_per_step=2, group_size=4, eval_num=0, temperature=1.5)
     m = build_grpo(cfg, OptimConfig(lr=1e-2, warmup_steps=1), 0)
     m.accuracy_reward = lambda item, text: float(len(text.split()) % 2)  # a random policy earns no task reward
     before = {k: v.clone() for k, v in m.policy.state_dict().items()}
     for step in range(1, 3):
-        out = m.train_step(step, StepContext(_Acc(), TrainConfig()))
+        out = m.train_step(step, StepContext(OneProcess(), TrainConfig()))
     assert out["grad_norm"] > 0 and m.vision_rows == 2 * 2  # the tower ran once per question per step
     after = m.policy.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]

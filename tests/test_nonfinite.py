@@ -11,22 +11,13 @@ from genrl.errors import TrainingDiverged
 from genrl.train.trainer import StepContext, TrainConfig
 
 from test_distill_runs import TINY, assets, _distill  # noqa: F401 - the tiny teacher fixture
-
-
-class _Acc:
-    num_processes = 1
-
-    def backward(self, loss):
-        loss.backward()
-
-    def clip_grad_norm_(self, params, max_norm):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+from tiny import OneProcess
 
 
 def test_a_nonfinite_step_is_skipped_and_leaves_weights_and_optimiser_alone():
     w = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([w], lr=0.1)
-    ctx = StepContext(_Acc(), TrainConfig(grad_clip=1.0))
+    ctx = StepContext(OneProcess(), TrainConfig(grad_clip=1.0))
     out = ctx.optimize(opt, [w], lambda i: (w * float("nan")).sum())
     assert out["skipped"] == 1.0 and ctx.step_was_bad and torch.equal(w.detach(), torch.ones(3))
     assert w.grad is None and not opt.state  # no step taken, no moments started

@@ -33,3 +33,15 @@ def accelerate_launch(nproc: int) -> list[str]:
     launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
     return [launcher, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl.cli"]
+
+
+class OneProcess:
+    """The bits of an Accelerator that a StepContext uses, for one process on the CPU."""
+
+    num_processes, device = 1, torch.device("cpu")
+
+    def backward(self, loss):
+        loss.backward()
+
+    def clip_grad_norm_(self, params, max_norm):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)

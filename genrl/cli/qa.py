@@ -107,6 +107,8 @@ def grpo(cfg: GRPOConfig, quiet: bool):
     Each step rolls out grpo.group_size answers per question, scores them with
     verifiable rewards (accuracy + format) and updates the policy; held-out
     accuracy is logged every train.sample_every steps and plotted in report.md.
+    train.grad_accum=K scores and backpropagates the step's questions (each
+    with its whole group) in K passes: the same update, 1/K of the activations.
     Re-running the same command resumes. Works under `accelerate launch`
     (`parallel.sequence=N` splits the policy's and the reference's scoring
     passes over N processes, and a Qwen2-VL policy's vision tower by frames).
@@ -122,6 +124,9 @@ def grpo(cfg: GRPOConfig, quiet: bool):
     from ..methods.qa import accuracy_metrics, evaluate_qa
     from ..train.trainer import Trainer, seed_everything
 
+    if cfg.train.grad_accum > cfg.grpo.prompts_per_step:
+        raise UsageError(f"train.grad_accum is {cfg.train.grad_accum}: it splits a step's {cfg.grpo.prompts_per_step} "
+                         f"prompts (grpo.prompts_per_step), so at most {cfg.grpo.prompts_per_step}")
     seed_everything(cfg.train.seed)
     method = _build(lambda: build_grpo(cfg.grpo, cfg.optim, cfg.train.seed))
     trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)

@@ -286,21 +286,25 @@ class GRPOMethod(Method):
         ro.rewards = ro.accuracy + self.cfg.format_weight * ro.fmt
         return ro
 
-    def objective(self, ro: Rollouts, adv, old_logp, ref_logp) -> tuple[torch.Tensor, dict[str, float]]:
+    def objective(self, ro: Rollouts, adv, old_logp, ref_logp,
+                  whole: tuple[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of these rollouts, and its token means (KL, clip fraction). With ``whole`` = (rows,
+        completion tokens) of a batch these rollouts are a micro-batch of, both are their share of it."""
         emb = self.embeddings(ro, grad=self.cfg.train_vision)
         logp, logits = self.policy.token_logprobs(emb, ro.prompt_ids, ro.prompt_mask, ro.ids, ro.mask,
                                                   return_logits=True, temperature=self.cfg.temperature)
         old = logp.detach() if old_logp is None else old_logp
         w = self.token_weights(ro, logits)
         loss = G.grpo_loss(logp, old, ref_logp, adv.to(logp.device), ro.mask, self.cfg.beta, self.cfg.eps_low,
-                           self.cfg.eps_high, self.cfg.loss, w, self.regression, self.cfg.max_new_tokens)
+                           self.cfg.eps_high, self.cfg.loss, w, self.regression, self.cfg.max_new_tokens, whole)
         m = ro.mask.float()
+        tokens = float(whole[1] if whole is not None else m.sum())
         stats = {}
         if ref_logp is not None:
-            stats["kl"] = float((G.k3_kl(logp.detach(), ref_logp) * m).sum() / m.sum())
+            stats["kl"] = float((G.k3_kl(logp.detach(), ref_logp) * m).sum()) / tokens
         ratio = torch.exp(logp.detach() - old)
         clipped = ((ratio < 1 - self.cfg.eps_low) | (ratio > 1 + self.cfg.eps_high)).float()
-        stats["clip_fraction"] = float((clipped * m).sum() / m.sum())
+        stats["clip_fraction"] = float((clipped * m).sum()) / tokens
         return loss, stats
 
     @torch.no_grad()
@@ -313,18 +317,27 @@ class GRPOMethod(Method):
         videos, items = self.sample()
         ro = self.adjust(self.rollout(videos, items))
         adv = G.group_advantages(ro.rewards, self.cfg.group_size, self.cfg.scale)
-        old = self._logprobs(self.policy, ro) if self.cfg.iterations > 1 else None
-        ref = self._logprobs(self.ref, ro) if self.ref is not None else None
+        # train.grad_accum splits the prompts (each with its whole group) into passes whose losses sum to the
+        # batch's: the same gradient, each pass keeping its share of the activations and of the logits
+        parts = micro_batches(ro, ctx.cfg.grad_accum)
+        whole = (ro.mask.shape[0], ro.mask.sum())
+        old = [self._logprobs(self.policy, part) for part, _ in parts] if self.cfg.iterations > 1 else None
+        ref = [self._logprobs(self.ref, part) for part, _ in parts] if self.ref is not None else None
         stats: dict[str, float] = {}
         for _ in range(self.cfg.iterations):
-            box = {}
+            sums: dict[str, float] = {}
 
-            def micro(_: int) -> torch.Tensor:
-                loss, box["stats"] = self.objective(ro, adv, old, ref)
+            def micro(i: int) -> torch.Tensor:
+                part, rows = parts[i]
+                loss, part_stats = self.objective(part, adv[rows], None if old is None else old[i],
+                                                  None if ref is None else ref[i], whole)
+                for k, v in part_stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 return loss
 
-            out = ctx.optimize(self.opt, [p for p in self.policy.parameters() if p.requires_grad], micro, self.sched)
-            stats = {**out, **box["stats"]}
+            out = ctx.optimize(self.opt, [p for p in self.policy.parameters() if p.requires_grad], micro, self.sched,
+                               parts=len(parts))
+            stats = {**out, **sums}
         return {**stats, "reward": float(ro.rewards.mean()), "reward_accuracy": float(ro.accuracy.mean()),
                 "reward_format": float(ro.fmt.mean()), "completion_tokens": float(ro.mask.sum(1).float().mean()),
                 "zero_advantage_groups": float((ro.rewards.view(-1, self.cfg.group_size).std(1) == 0).float().mean()),
@@ -559,6 +572,30 @@ class ThinkerGRPOMethod(GRPOMethod):
         ro.rewards = ro.rewards + self.cfg.thinker.clue_weight * clues
         self._stats = {"reward_clues": float(clues.mean())}
         return ro
+
+
+def micro_batches(ro: Rollouts, n: int) -> list[tuple[Rollouts, slice]]:
+    """``ro``'s prompts in ``n`` consecutive parts (sizes differing by at most one), each with all its rows,
+    and the rows each part holds. Group-level quantities (advantages, TW-GRPO's token weights) stay whole."""
+    from ..errors import UsageError
+
+    P = len(ro.items)
+    if n > P:
+        raise UsageError(f"train.grad_accum is {n}: it splits a step's {P} prompts (grpo.prompts_per_step), so at "
+                         f"most {P}")
+    Gs = ro.ids.shape[0] // P
+    out, start = [], 0
+    for k in range(n):
+        stop = start + P // n + (k < P % n)
+        rows = slice(start * Gs, stop * Gs)
+        part = replace(ro, videos=ro.videos[start:stop], items=ro.items[start:stop],
+                       video_emb=None if ro.video_emb is None else ro.video_emb[start:stop],
+                       texts=None if ro.texts is None else ro.texts[rows])
+        for name in ("prompt_ids", "prompt_mask", "ids", "mask", "accuracy", "fmt", "rewards"):
+            setattr(part, name, getattr(ro, name)[rows])
+        out.append((part, rows))
+        start = stop
+    return out
 
 
 def splice(ro: Rollouts, idx: list[int], new: Rollouts) -> Rollouts:

@@ -39,7 +39,8 @@ class TrainConfig:
     steps: int = check(1000, ">=0")
     """Optimiser steps to train for (in total, counting resumed ones)."""
     grad_accum: int = check(1, ">=1")
-    """Micro-batches accumulated per optimiser step."""
+    """Micro-batches accumulated per optimiser step (`grpo`: the step's prompts, with their groups, split into
+    this many forward/backward passes; the same gradient, a fraction of the activations)."""
     grad_clip: float = check(1.0, ">=0")
     """Max gradient norm (0 = no clipping)."""
     log_every: int = check(10, ">=1")
@@ -104,13 +105,16 @@ class StepContext:
         self.bad_steps_in_a_row = 0
         self.step_was_bad = False
 
-    def optimize(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], micro_loss: Callable[[int], torch.Tensor], scheduler=None) -> dict[str, float]:
-        """Run ``grad_accum`` micro-batches of ``micro_loss(i)``, clip, step, zero. Returns loss and grad norm."""
+    def optimize(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], micro_loss: Callable[[int], torch.Tensor], scheduler=None,
+                 parts: int | None = None) -> dict[str, float]:
+        """Run ``grad_accum`` micro-batches of ``micro_loss(i)`` (their mean is the loss), clip, step, zero.
+        With ``parts``, run that many and sum them: each is its share of one batch the method has split.
+        Returns loss and grad norm."""
         params = [p for p in params if p.requires_grad]
         total = 0.0
-        n = self.cfg.grad_accum
+        n = parts or self.cfg.grad_accum
         for i in range(n):
-            loss = micro_loss(i) / n
+            loss = micro_loss(i) if parts else micro_loss(i) / n
             self.accelerator.backward(loss)
             total += float(loss.detach())
         if self.accelerator.num_processes > 1:
