@@ -21,7 +21,7 @@ from genrl.train.trainer import StepContext, TrainConfig
 from genrl.worlds.shapes import ShapesWorld, WorldConfig
 from rewards.shapes import ShapesReward, ShapesRewardConfig
 
-from test_nonfinite import _Acc
+from tiny import OneProcess
 from tiny import tiny_video_model
 
 
@@ -29,7 +29,7 @@ class _Recording(StepContext):
     """The real StepContext, recording which optimiser stepped and the loss it returned."""
 
     def __init__(self):
-        super().__init__(_Acc(), TrainConfig(grad_clip=1.0))
+        super().__init__(OneProcess(), TrainConfig(grad_clip=1.0))
         self.calls = []
 
     def optimize(self, optimizer, params, micro_loss, scheduler=None):

@@ -11,7 +11,7 @@ from genrl.train.trainer import StepContext, TrainConfig
 from genrl.worlds.shapes import ShapesWorld, WorldConfig
 from rewards.shapes import ShapesRewardConfig
 
-from test_nonfinite import _Acc
+from tiny import OneProcess
 
 
 def _train(monkeypatch, flip: bool, steps: int = 50) -> tuple[float, float]:
@@ -22,7 +22,7 @@ def _train(monkeypatch, flip: bool, steps: int = 50) -> tuple[float, float]:
     if flip:  # the worse clip wins
         loss = T.bt_ties_loss
         monkeypatch.setattr(T, "bt_ties_loss", lambda a, b, label, k=5.0: loss(a, b, -label, k))
-    ctx = StepContext(_Acc(), TrainConfig(grad_clip=1.0))
+    ctx = StepContext(OneProcess(), TrainConfig(grad_clip=1.0))
     before = T.pair_accuracy(method.model, method.world, 128)["vq_accuracy"]
     for step in range(steps):
         method.train_step(step, ctx)
@@ -129,7 +129,7 @@ def test_a_reward_step_draws_pairs_with_the_configured_axes_and_steps_the_schedu
     monkeypatch.setattr(T, "make_pairs", lambda *a: (seen.append(a), make(*a))[1])
     lrs = []
     for step in range(3):
-        method.train_step(step, StepContext(_Acc(), TrainConfig()))
+        method.train_step(step, StepContext(OneProcess(), TrainConfig()))
         lrs.append(method.opt.param_groups[0]["lr"])
     assert all(a[5] == (0.0, 0.0, 1.0) and a[4] == cfg.tie_prob for a in seen)
     assert lrs == pytest.approx([1e-3 * 2 / 4, 1e-3 * 3 / 4, 1e-3])  # warm-up stepped once per step

@@ -11,7 +11,7 @@ from genrl.methods.grpo import GRPOMethodConfig, VerIPOConfig, build_grpo, prefe
 from genrl.methods.qa import build_vlm, verify
 from genrl.worlds.qa import NONE, QAItem, ShapesQA
 
-from test_grpo_variants import _Acc  # noqa: E402  (the single-process Accelerator stand-in)
+from tiny import OneProcess  # noqa: E402  (the single-process Accelerator stand-in)
 
 
 def _text(think: str, answer: str) -> str:
@@ -80,7 +80,7 @@ def test_a_cycle_is_grpo_steps_then_dpo_steps_on_the_verifiers_pairs(monkeypatch
     m = _veripo()
     assert [m.phase(s) for s in range(1, 9)] == ["grpo", "grpo", "dpo", "dpo"] * 2
     assert m.ref is not None  # DPO's reference even with beta 0
-    ctx = StepContext(_Acc(), TrainConfig(grad_clip=1.0))
+    ctx = StepContext(OneProcess(), TrainConfig(grad_clip=1.0))
     videos, items = m.sample()
     ro = m.rollout(videos, items)
     # every group: row 0 a right answer the verifier passes, row 1 a right one it fails, rows 2-3 wrong
@@ -144,6 +144,28 @@ def test_the_nll_term_adds_the_chosen_answers_mean_token_nll_to_dpo():
         with torch.no_grad():
             lp = m.policy.token_logprobs(torch.stack([c["video_emb"] for c in chosen]), p_ids, p_mask, ids, mask)
         nll = float(-(lp * mask).sum() / mask.sum())
-        losses[w] = m.dpo_step(StepContext(_Acc(), TrainConfig(grad_clip=1.0)))["loss"]
+        losses[w] = m.dpo_step(StepContext(OneProcess(), TrainConfig(grad_clip=1.0)))["loss"]
     assert picks[0.0] == picks[0.5] and nll > 0
     assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * nll, rel=1e-4)
+
+
+def test_dpo_passes_split_by_train_grad_accum_give_the_one_pass_update():
+    from genrl.train.trainer import StepContext, TrainConfig
+
+    moved, outs = {}, {}
+    for parts in (1, 2, 3):  # 3 pairs: one pass, 2 + 1, one pair a pass
+        m = _veripo(nll_weight=0.5, dpo_batch=3)
+        ro = m.rollout(*m.sample())
+        for p in range(4):
+            m.buffer.pairs.append({"video_emb": ro.video_emb[p], "prompt": ro.prompt_ids[4 * p][ro.prompt_mask[4 * p]],
+                                   "chosen": ro.ids[4 * p][ro.mask[4 * p]], "rejected": ro.ids[4 * p + 1][ro.mask[4 * p + 1]]})
+        m.opt, m.sched = torch.optim.SGD([p for p in m.policy.parameters() if p.requires_grad], lr=1.0), None
+        before = {n: p.detach().clone() for n, p in m.policy.named_parameters()}
+        outs[parts] = m.dpo_step(StepContext(OneProcess(), TrainConfig(grad_clip=0, grad_accum=parts)))
+        moved[parts] = {n: before[n] - p.detach() for n, p in m.policy.named_parameters()}
+    assert sum(float(d.abs().sum()) for d in moved[1].values()) > 0
+    for parts in (2, 3):
+        for n, d in moved[1].items():
+            torch.testing.assert_close(moved[parts][n], d, rtol=1e-5, atol=1e-7)
+        for key in ("loss", "grad_norm", "dpo_margin", "dpo_accuracy"):
+            assert outs[parts][key] == pytest.approx(outs[1][key], rel=1e-5, abs=1e-8), key

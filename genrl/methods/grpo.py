@@ -531,20 +531,29 @@ class VerIPOMethod(GRPOMethod):
                               left_pad=False)
         p_ids, p_mask, ids, mask = (t.to(dev) for t in (p_ids, p_mask, ids, mask))
         emb = torch.stack([p["video_emb"] for p in pairs]).to(dev).repeat(2, 1, 1)  # the frozen tower's, as rolled out
+        n = len(pairs)
+        # train.grad_accum splits the pairs into passes (each pair's chosen and rejected rows together) whose
+        # losses sum to the batch's: the DPO mean and the NLL token mean divide by the whole batch's counts
+        parts = [torch.cat((i, i + n)).to(dev) for i in torch.arange(n).tensor_split(min(ctx.cfg.grad_accum, n))]
+        rows = lambda r: (emb[r], p_ids[r], p_mask[r], ids[r], mask[r])  # noqa: E731
         with torch.no_grad():
-            ref = (self.ref.token_logprobs(emb, p_ids, p_mask, ids, mask) * mask).sum(1)
-        box = {}
+            ref = [(self.ref.token_logprobs(*rows(r)) * mask[r]).sum(1) for r in parts]
+        chosen_tokens, margins = mask[:n].sum(), []
 
-        def micro(_: int) -> torch.Tensor:
-            tokens = self.policy.token_logprobs(emb, p_ids, p_mask, ids, mask) * mask
-            logp, n = tokens.sum(1), len(pairs)
-            loss, box["margin"] = G.dpo_loss(logp[:n], logp[n:], ref[:n], ref[n:], c.dpo_beta)
+        def micro(i: int) -> torch.Tensor:
+            r, k = parts[i], len(parts[i]) // 2
+            tokens = self.policy.token_logprobs(*rows(r)) * mask[r]
+            logp = tokens.sum(1)
+            loss, margin = G.dpo_loss(logp[:k], logp[k:], ref[i][:k], ref[i][k:], c.dpo_beta)
+            margins.append(margin.detach())
+            loss = loss * k / n
             if c.nll_weight:
-                loss = loss - c.nll_weight * tokens[:n].sum() / mask[:n].sum()
+                loss = loss - c.nll_weight * tokens[:k].sum() / chosen_tokens
             return loss
 
-        out = ctx.optimize(self.opt, [p for p in self.policy.parameters() if p.requires_grad], micro, self.sched)
-        margin = box["margin"].detach()
+        out = ctx.optimize(self.opt, [p for p in self.policy.parameters() if p.requires_grad], micro, self.sched,
+                           parts=len(parts))
+        margin = torch.cat(margins)
         return {**out, "dpo_margin": float(margin.mean()), "dpo_accuracy": float((margin > 0).float().mean()),
                 "dpo_pairs": float(len(self.buffer))}
 
