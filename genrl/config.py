@@ -77,6 +77,10 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     return obj  # type: ignore[return-value]
 
 
+ENV_VAR = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}")
+"""A ``${oc.env:NAME}`` value without a default (one with a default never needs the variable)."""
+
+
 def _unset_env_keys(node: Any, prefix: str = "") -> list[tuple[str, str]]:
     """(dotted key, variable) of every ``${oc.env:NAME}`` value (without a default) whose variable is unset."""
     import os
@@ -88,8 +92,7 @@ def _unset_env_keys(node: Any, prefix: str = "") -> list[tuple[str, str]]:
         if isinstance(v, DictConfig):
             out += _unset_env_keys(v, f"{key}.")
         elif isinstance(v, str):
-            out += [(key, m.group(1)) for m in re.finditer(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}", v)
-                    if m.group(1) not in os.environ]
+            out += [(key, m.group(1)) for m in ENV_VAR.finditer(v) if m.group(1) not in os.environ]
     return out
 
 

@@ -116,3 +116,15 @@ def test_measured_passes_extrapolate_exactly_to_more_blocks_and_larger_frames():
     assert all(plain.blocks.values()) and not any(ckpt.blocks.values()) and ckpt.inputs == plain.inputs
     shared = plain.blocks[0] - plain.blocks[1]
     assert plain.outside <= ckpt.outside <= plain.outside + shared + sum(plain.inputs.values())
+
+
+def test_plan_blanks_only_the_environment_variables_without_a_default(run_cli, tmp_path, monkeypatch):
+    for name in ("WAN_DIR", "GENRL_PROMPTS", "VIDEOREWARD_DIR", "GENRL_TEST_UNSET"):
+        monkeypatch.delenv(name, raising=False)
+    text = (ROOT / "configs/stream_r1_wan.yaml").read_text()
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(text.replace("out_dir: runs/stream_r1_wan", "out_dir: ${oc.env:GENRL_TEST_UNSET,runs/x}"))
+    out = tmp_path / "plan.json"
+    code, stdout, err = run_cli("plan", "--config", str(cfg), "--json", str(out))
+    assert code == 0, err
+    assert "(GENRL_PROMPTS, VIDEOREWARD_DIR, WAN_DIR not set" in stdout  # the default one is left to its default

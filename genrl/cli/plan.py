@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +16,9 @@ from .options import output_file
 @contextmanager
 def _env_placeholders(config: str | None):
     """Unset ``${oc.env:NAME}`` variables read as empty while planning (a plan needs no machine paths)."""
-    names = set(re.findall(r"oc\.env:([A-Za-z_][A-Za-z0-9_]*)", Path(config).read_text())) if config and Path(config).is_file() else set()
+    from ..config import ENV_VAR
+
+    names = set(ENV_VAR.findall(Path(config).read_text())) if config and Path(config).is_file() else set()
     missing = [n for n in names if n not in os.environ]
     for n in missing:
         os.environ[n] = ""
@@ -80,7 +81,7 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path):
 
     click.echo(f"activations, measured (bf16 autocast on this CPU, 2 blocks at {' and '.join(map(str, MEASURED_TOKENS))} "
                f"tokens a latent frame) and extrapolated to {p.batch} x {p.tokens:,} video tokens a sample:")
-    labels = {"student": "student rollout", "critic": "critic"}
+    labels = {"student": "student, streamed", "critic": "critic"}
     for name, m in p.passes.items():
         cache = f" + {_gb(m.cache)} KV cache" if m.cache else ""
         click.echo(f"  {labels.get(name, name):<16} {_gb(m.kept)} kept for backward{cache}; "
