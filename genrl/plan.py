@@ -49,6 +49,26 @@ PRESETS: dict[str, tuple[str, dict]] = {
                            spatial_merge_size=2, temporal_patch_size=2),
         tie_word_embeddings=True)),
 }
+_MROPE = {"type": "mrope", "mrope_section": [16, 24, 24]}
+_QWEN2_VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
+                     temporal_patch_size=2)
+_QWEN25_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, hidden_act="silu", patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])
+PRESETS.update({  # the released Instruct models' configs
+    "qwen2-vl-2b": PRESETS["videoreward-qwen2-vl-2b"],
+    "qwen2-vl-7b": ("qwen2_vl", dict(
+        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False, rope_scaling=_MROPE),
+        vision_config=dict(_QWEN2_VISION, hidden_size=3584), tie_word_embeddings=False)),
+    "qwen2.5-vl-3b": ("qwen2_5_vl", dict(
+        text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                         num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True, rope_scaling=_MROPE),
+        vision_config=dict(_QWEN25_VISION, out_hidden_size=2048), tie_word_embeddings=True)),
+    "qwen2.5-vl-7b": ("qwen2_5_vl", dict(
+        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False, rope_scaling=_MROPE),
+        vision_config=dict(_QWEN25_VISION, out_hidden_size=3584), tie_word_embeddings=False)),
+})
 
 
 @dataclass
@@ -63,15 +83,22 @@ class RolePlan:
     dim: int = 0
     ffn: int = 0
     heads: int = 0
+    frozen_params: int = 0
+    """Parameters of a trainable role that stay frozen (a policy's vision tower)."""
+
+    @property
+    def bytes_per_param(self) -> int:
+        return torch.finfo(getattr(torch, self.dtype)).bits // 8
 
     @property
     def weight_bytes(self) -> int:
-        return self.params * torch.finfo(getattr(torch, self.dtype)).bits // 8
+        return self.params * self.bytes_per_param
 
     @property
     def state_bytes(self) -> int:
-        """Gradients (float32) and AdamW's two moments (float32) of a trainable role."""
-        return self.params * 12 if self.trainable else 0
+        """Gradients and AdamW's two moments of a trainable role's trained parameters, in its dtype (float32 for
+        genrl's trained roles, unless a policy is loaded in bf16)."""
+        return (self.params - self.frozen_params) * 3 * self.bytes_per_param if self.trainable else 0
 
     @property
     def total_bytes(self) -> int:
@@ -168,12 +195,16 @@ def _build_meta(kind: str, config: dict) -> torch.nn.Module:
             from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
             return Qwen2VLForConditionalGeneration(Qwen2VLConfig(**config))
+        if kind == "qwen2_5_vl":
+            from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+            return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**config))
     raise ValueError(f"unknown architecture kind {kind!r}")
 
 
 def _folder_arch(path: Path) -> tuple[str, dict] | None:
     """(kind, config) read from a local diffusers/transformers folder, or None."""
-    for folder in (path / "transformer", path):
+    for folder in (path / "transformer", path / "model", path):
         cfg = folder / "config.json"
         if cfg.is_file():
             data = json.loads(cfg.read_text())
@@ -185,8 +216,9 @@ def _folder_arch(path: Path) -> tuple[str, dict] | None:
                 keys = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "feed_forward_proj",
                         "relative_attention_num_buckets")
                 return "umt5", {k: data[k] for k in keys if k in data}
-            if data.get("model_type") in ("qwen2_vl",):
-                return "qwen2_vl", {k: v for k, v in data.items() if k not in ("architectures", "model_type") and not k.startswith("_")}
+            if data.get("model_type") in ("qwen2_vl", "qwen2_5_vl"):
+                return data["model_type"], {k: v for k, v in data.items()
+                                            if k not in ("architectures", "model_type") and not k.startswith("_")}
     return None
 
 
@@ -216,9 +248,16 @@ def _role(name: str, arch: tuple[str, tuple[str, dict]], dtype: str, trainable=F
         layers, ffn, heads = config["num_layers"], config["ffn_dim"], config["num_attention_heads"]
     elif kind == "umt5":
         layers = config["num_layers"]
-    elif kind == "qwen2_vl":
-        layers = config["text_config"]["num_hidden_layers"]
+    elif kind in ("qwen2_vl", "qwen2_5_vl"):
+        text = text_config(config)
+        layers, dim, ffn = text["num_hidden_layers"], text["hidden_size"], text["intermediate_size"]
+        heads = text["num_attention_heads"]
     return RolePlan(name, label, params, dtype, trainable, ema, layers, dim, ffn, heads)
+
+
+def text_config(config: dict) -> dict:
+    """The language model's keys of a Qwen-VL config: its text_config, or the top level of older configs."""
+    return config.get("text_config") or config
 
 
 @dataclass

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-reward": ("reward", "train_reward", "Train the shapes reward model (VQ, MQ, TA) with Bradley–Terry-with-ties."),
     "distill": ("distill", "distill", "Distil the teacher into a streaming student (ODE init, DMD, Stream-R1)."),
     "sweep": ("sweep", "sweep", "Run a distillation recipe over variants x seeds and tabulate the evals."),
-    "plan": ("plan", "plan", "Parameters and memory per role of a distillation recipe, and what fits on your GPUs."),
+    "plan": ("plan", "plan", "Parameters and memory per role of a distillation or GRPO recipe, and what fits on your GPUs."),
     "sft": ("qa", "sft", "Supervised warm-start of the tiny VLM on shapes video QA."),
     "grpo": ("qa", "grpo", "GRPO (or T-GRPO, TW-GRPO, Reg-GRPO) on shapes video QA from an SFT start."),
     "rl-vs-sft": ("qa", "rl_vs_sft", "SEED-Bench-R1's question on the shapes world: from one start, more SFT or GRPO?"),

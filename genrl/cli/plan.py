@@ -39,8 +39,11 @@ def _gb(n: float) -> str:
 @click.option("--gpus", type=click.IntRange(1, 4096), default=1, help="GPUs the run would use.")
 @click.option("--gpu-memory", default="80GB", help="Memory of one GPU (e.g. 80GB, 141GB).")
 @click.option("--json", "json_path", type=output_file((".json",)), default=None, help="Also write the plan as JSON.")
-def plan(overrides, config_path, gpus, gpu_memory, json_path):
-    """Parameters and memory per role of a distillation recipe, and what fits on your GPUs.
+@click.option("--arch", default="", metavar="NAME",
+              help="A grpo recipe's policy architecture when grpo.policy is not a folder on this machine "
+                   "(qwen2-vl-2b, qwen2-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-7b).")
+def plan(overrides, config_path, gpus, gpu_memory, json_path, arch):
+    """Parameters and memory per role of a distillation or GRPO recipe, and what fits on your GPUs.
 
     Builds every role's architecture on the meta device (a local folder's config, or the
     preset named under `arch:` when the folder is not on this machine): nothing is
@@ -50,11 +53,17 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path):
     frame (seconds, a few GB of memory), and what they keep for backward is extrapolated
     to the real depth and frame size.
 
+    A `grpo` recipe with a transformers Qwen2-VL / Qwen2.5-VL policy gets the policy and
+    its KL reference, the KV cache of a step's sampling, and what one scoring pass keeps
+    for backward (measured the same way), as configured, with activation checkpointing
+    and with one question's group a pass (train.grad_accum).
+
     \b
     Examples:
       genrl plan --config configs/stream_r1_wan.yaml
       genrl plan --config configs/stream_r1_wan.yaml --gpus 8 --gpu-memory 80GB
       genrl plan --config configs/stream_r1_wan.yaml arch.teacher=wan2.1-t2v-14b arch.critic=wan2.1-t2v-1.3b
+      genrl plan --config configs/grpo_video_qa.yaml --arch qwen2-vl-7b grpo.policy_dtype=bfloat16 grpo.qa.frames=32
     """
     from ..config import load_config
     from ..plan import parse_memory, plan_distill
@@ -63,6 +72,13 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path):
     DistillConfig = RECIPES.get("distill").config
 
     gpu_bytes = parse_memory(gpu_memory)
+    from ..policy_plan import is_grpo_recipe
+
+    if is_grpo_recipe(config_path):
+        return _plan_grpo(config_path, overrides, arch, gpus, gpu_bytes, json_path)
+    if arch:
+        raise UsageError("--arch names a grpo recipe's policy; a distillation recipe names its roles' "
+                         "architectures with arch.teacher=, arch.student=, arch.critic=")
     with _env_placeholders(config_path) as missing:
         cfg = load_config(DistillConfig, config_path, overrides)
     if cfg.teacher.startswith("shapes-"):
@@ -70,11 +86,7 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path):
     p = plan_distill(cfg)
     if missing:
         click.echo(f"({', '.join(sorted(missing))} not set: architectures from the config's arch: section)")
-    click.echo(f"{'role':<13} {'architecture':<26} {'params':>8} {'dtype':>9} {'weights':>9} {'grads+Adam':>11} {'total':>9}")
-    for r in p.roles:
-        states = _gb(r.state_bytes) if r.trainable else "-"
-        click.echo(f"{r.name:<13} {Path(r.arch).name[:26]:<26} {r.params / 1e9:>7.2f}B {r.dtype:>9} "
-                   f"{_gb(r.weight_bytes):>9} {states:>11} {_gb(r.total_bytes):>9}")
+    _roles(p.roles, 13)
     click.echo(f"{'all roles':<13} {'':<26} {sum(r.params for r in p.roles) / 1e9:>7.2f}B {'':>9} {'':>9} {'':>11} "
                f"{_gb(sum(r.total_bytes for r in p.roles)):>9}")
     from ..plan import MEASURED_TOKENS
@@ -84,12 +96,53 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path):
     labels = {"student": "student, streamed", "critic": "critic"}
     for name, m in p.passes.items():
         cache = f" + {_gb(m.cache)} KV cache" if m.cache else ""
-        click.echo(f"  {labels.get(name, name):<16} {_gb(m.kept)} kept for backward{cache}; "
+        click.echo(f"  {labels.get(name, name):<18} {_gb(m.kept)} kept for backward{cache}; "
                    f"{_gb(m.checkpointed)}{cache} with activation checkpointing")
     click.echo(f"on {gpus} GPU(s) of {_gb(gpu_bytes)}:")
+    _options(p, gpus, gpu_bytes, json_path, 52)
+
+
+def _plan_grpo(config_path, overrides, arch, gpus, gpu_bytes, json_path):
+    from .qa import GRPOConfig
+    from ..config import load_config
+    from ..policy_plan import TEXT_TOKENS, plan_grpo
+
+    with _env_placeholders(config_path):
+        cfg = load_config(GRPOConfig, config_path, overrides)
+    if cfg.grpo.policy.startswith("shapes-") and not arch:
+        raise UsageError("genrl plan covers transformers Qwen2-VL / Qwen2.5-VL policies (a folder as grpo.policy, or "
+                         "--arch NAME); the shapes VLM fits any laptop")
+    p = plan_grpo(cfg, arch)
+    _roles(p.roles, 11)
+    frozen = next(r.frozen_params for r in p.roles if r.name == "policy")
+    if frozen:
+        click.echo(f"(the policy's vision tower, {frozen / 1e9:.2f}B, is frozen: weights only)")
+    click.echo(f"a row: {p.tokens:,} tokens ({p.video_tokens:,} video, {p.completion} completion, {TEXT_TOKENS} allowed "
+               f"for the template and question); a step: {p.prompts} questions x {p.group} rows")
+    click.echo(f"sampling: {_gb(p.sampling)} of KV cache for the step's {p.prompts * p.group} rows")
+    s = p.scoring(p.passes)
+    click.echo(f"scoring, measured (bf16 autocast on this CPU, 2 layers) for a pass of {p.rows(p.passes)} rows: "
+               f"{_gb(s.kept)} kept for backward, {_gb(s.checkpointed)} with activation checkpointing")
+    click.echo(f"on {gpus} GPU(s) of {_gb(gpu_bytes)} (data parallel: each holds the policy and the reference):")
+    _options(p, gpus, gpu_bytes, json_path, 60)
+    click.echo("parallel.sequence=N also splits each row's tokens over N GPUs (`genrl bench sp` measures a layer's share)")
+
+
+def _options(p, gpus: int, gpu_bytes: int, json_path, width: int) -> None:
+    """The plan's options with their memory per GPU and verdicts (and the JSON, when asked)."""
     for row in p.fits(gpus, gpu_bytes):
         verdict = "fits" if row["fits"] else "does not fit"
         note = "" if row["supported"] else "  (not yet in genrl's trainer)"
-        click.echo(f"  {row['option']:<52} {_gb(row['per_gpu_bytes']):>9} per GPU: {verdict}{note}")
+        click.echo(f"  {row['option']:<{width}} {_gb(row['per_gpu_bytes']):>9} per GPU: {verdict}{note}")
     if json_path:
         Path(json_path).write_text(json.dumps(p.to_json(gpus, gpu_bytes), indent=2) + "\n")
+
+
+def _roles(roles, width: int) -> None:
+    """The table of roles: parameters, dtype, weights, gradients and AdamW states, total."""
+    click.echo(f"{'role':<{width}} {'architecture':<26} {'params':>8} {'dtype':>9} {'weights':>9} {'grads+Adam':>11} "
+               f"{'total':>9}")
+    for r in roles:
+        states = _gb(r.state_bytes) if r.trainable else "-"
+        click.echo(f"{r.name:<{width}} {Path(r.arch).name[:26]:<26} {r.params / 1e9:>7.2f}B {r.dtype:>9} "
+                   f"{_gb(r.weight_bytes):>9} {states:>11} {_gb(r.total_bytes):>9}")

@@ -68,6 +68,12 @@ def is_hf_folder(path: str | Path) -> bool:
         return False
 
 
+def language_model_of(model: nn.Module) -> nn.Module:
+    """The decoder stack of a transformers Qwen-VL model, in every layout transformers has used."""
+    inner = getattr(model, "model", model)
+    return getattr(inner, "language_model", inner)
+
+
 class _Tokens:
     """The tokenizer surface genrl's QA code uses, over a transformers tokenizer."""
 
@@ -230,8 +236,7 @@ class QwenVLPolicy(CompletionPolicy):
     @property
     def language_model(self) -> nn.Module:
         """The decoder stack (embeddings, layers, final norm) without the vision tower and the LM head."""
-        inner = getattr(self.model, "model", self.model)
-        return getattr(inner, "language_model", inner)
+        return language_model_of(self.model)
 
     def hidden(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The language model's last hidden states (B, L, hidden), after its final norm, for whole sequences

@@ -230,11 +230,18 @@ class CompletionPolicy(nn.Module):
                        temperature: float = 1.0):
         """log pi(token) (B, T) of each completion token under the sampling distribution at ``temperature``
         (logits / T, as the tokens were drawn); with ``return_logits`` also those scaled logits."""
-        logits = self.logits(video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask).float()
-        if temperature > 0 and temperature != 1.0:
-            logits = logits / temperature
-        lp = torch.gather(logits.log_softmax(-1), 2, completion_ids[..., None]).squeeze(-1)
+        logits = self.logits(video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        lp, logits = completion_logprobs(logits, completion_ids, temperature)
         return (lp, logits) if return_logits else lp
+
+
+def completion_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi of each token of ``ids`` (B, T) under ``logits`` (B, T, vocab) at ``temperature``, in float32, and
+    the float32 logits / T they come from."""
+    logits = logits.float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    return torch.gather(logits.log_softmax(-1), 2, ids[..., None]).squeeze(-1), logits
 
 
 def sample_completions(logits: torch.Tensor, step, max_new_tokens: int, temperature: float,

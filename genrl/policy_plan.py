@@ -1,0 +1,253 @@
+"""Memory plan of a `genrl grpo` recipe with a transformers Qwen2-VL / Qwen2.5-VL policy.
+
+The policy and its KL reference are built on the ``meta`` device (a local folder's config, or a named
+preset), so parameter counts are exact. The policy trains its language model (and its vision tower with
+``grpo.train_vision``): weights, gradients and AdamW's two moments in ``grpo.policy_dtype``; the frozen
+tower and the reference hold weights only, the reference in bf16 (``train.frozen_dtype`` on a GPU).
+
+A step's memory peaks in one of two places. Sampling holds the KV cache of every row the step rolls out
+(prompts x group size, prompt and completion): that is allocation arithmetic from the config. Scoring
+runs the language model with gradients over each pass's rows (``train.grad_accum`` passes a step) and the
+LM head over their completion tokens; what those keep for backward is measured as :mod:`genrl.plan` does
+for a DiT: the language model at full width with 2 decoder layers at 64 and 128 tokens, and the head at
+2 vocabulary sizes and 2 completion lengths, under CPU bf16 autocast with autograd's saved-tensor hooks,
+extrapolated linearly to the real depth, tokens and vocabulary (the head's float32 logits, which the
+objective holds while it runs, are counted with it). A row's length is its video tokens (from the clip
+geometry, as the policy's processor resizes it), the completion (``grpo.max_new_tokens``) and an
+allowance of :data:`TEXT_TOKENS` for the chat template and the question. Not counted: a padded batch's
+(rows, L, L) attention mask, which transformers builds when rows differ in length; the vision tower's
+activations (it is frozen, its embeddings cached, by default); kernels' workspaces.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .plan import PassMemory, RolePlan, _build_meta, _role, arch_of, text_config
+
+TEXT_TOKENS = 96
+"""Tokens a row holds besides the video and the completion: system turn, chat template and question."""
+MEASURED_TOKENS = (64, 128)
+MEASURED_HEAD = ((8, 16), (512, 1024))
+"""(completion lengths, vocabulary sizes) the LM head is measured at."""
+
+
+@dataclass
+class PolicyPlan:
+    roles: list[RolePlan]
+    prompts: int
+    """Questions a step (per process)."""
+    group: int
+    passes: int
+    """Scoring passes a step (``train.grad_accum``)."""
+    video_tokens: int
+    completion: int
+    lm: list[dict]
+    """The measured language-model passes (at :data:`MEASURED_TOKENS`), for :meth:`scoring`."""
+    head: dict
+    """Bilinear fit of the head's bytes in completion tokens and vocabulary: a + b C + c V + e C V."""
+    layers: int
+    vocab: int
+    cache_per_token: int
+    """KV-cache bytes a token of a sampled row (every layer's keys and values, bf16)."""
+
+    @property
+    def tokens(self) -> int:
+        """A row's tokens."""
+        return TEXT_TOKENS + self.video_tokens + self.completion
+
+    def rows(self, passes: int) -> int:
+        """Rows of the largest of ``passes`` scoring passes."""
+        return math.ceil(self.prompts / passes) * self.group
+
+    def scoring(self, passes: int) -> PassMemory:
+        """What the largest scoring pass keeps: its rows through the language model, and the head over their
+        completions."""
+        rows = self.rows(passes)
+        lm = lm_memory(self.lm, self.layers, rows * self.tokens)
+        head = int(head_memory(self.head, rows * self.completion, self.vocab))
+        return PassMemory(lm.kept + head, lm.checkpointed + head)
+
+    @property
+    def sampling(self) -> int:
+        """The KV cache of sampling every row of a step, at its longest."""
+        return self.prompts * self.group * self.tokens * self.cache_per_token
+
+    def fits(self, gpus: int, gpu_bytes: int) -> list[dict]:
+        held = sum(r.total_bytes for r in self.roles)
+        options = [(f"as configured (train.grad_accum={self.passes})", self.scoring(self.passes).kept),
+                   ("+ activation checkpointing", self.scoring(self.passes).checkpointed)]
+        if self.passes < self.prompts:
+            options.append((f"+ one question's group a pass (train.grad_accum={self.prompts})",
+                            self.scoring(self.prompts).checkpointed))
+        options = [(name, act, held, True) for name, act in options]
+        options.append((f"FSDP full shard over {gpus} GPUs + checkpointing, a group a pass",
+                        self.scoring(self.prompts).checkpointed, held / gpus, False))
+        rows = []
+        for name, act, weights, supported in options:
+            need = int(weights + max(act, self.sampling))
+            rows.append({"option": name, "per_gpu_bytes": need, "fits": need <= gpu_bytes, "supported": supported})
+        return rows
+
+    def to_json(self, gpus: int, gpu_bytes: int) -> dict:
+        return {"roles": [dict(r.__dict__, weight_bytes=r.weight_bytes, state_bytes=r.state_bytes,
+                               total_bytes=r.total_bytes) for r in self.roles],
+                "rows_per_pass": self.rows(self.passes), "tokens_per_row": self.tokens,
+                "video_tokens": self.video_tokens, "completion_tokens": self.completion,
+                "scoring": dict(self.scoring(self.passes).__dict__), "sampling_cache_bytes": self.sampling,
+                "gpus": gpus, "gpu_bytes": gpu_bytes, "options": self.fits(gpus, gpu_bytes)}
+
+
+# ---------------------------------------------------------------------- measured
+def _materialise(kind: str, config: dict, dtype: torch.dtype) -> torch.nn.Module:
+    model = _build_meta(kind, config).to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
+    return model.to(dtype)
+
+
+def _quietly(make):
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return make()
+    finally:
+        logging.set_verbosity(level)
+
+
+def _lm_pass(kind: str, config: dict, dtype: torch.dtype, tokens: int, layers: int = 2) -> dict[str, int]:
+    """The language model of a ``layers``-layer copy of this architecture (its vision tower cut to one block,
+    its vocabulary to 1,024: neither is in the pass) over ``tokens`` tokens of one unpadded row, with
+    gradients, under CPU bf16 autocast. Bytes of its second layer, of the rest, and of the whole pass."""
+    from .memory import tally
+    from .models.hf_vlm import language_model_of
+
+    cfg = copy.deepcopy(config)
+    text = text_config(cfg)
+    text.update(num_hidden_layers=layers, vocab_size=1024)
+    text.pop("layer_types", None)  # one entry a layer in newer configs: rebuilt for the cut depth
+    cfg.setdefault("vision_config", {})["depth"] = 1
+    model = _quietly(lambda: _materialise(kind, cfg, dtype))  # it notes the special tokens past the cut vocabulary
+    lm = language_model_of(model)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, tokens, text["hidden_size"], generator=gen, dtype=dtype, requires_grad=True)
+    pos = torch.arange(tokens).view(1, 1, -1).expand(3, 1, -1)
+    mask = torch.ones(1, tokens, dtype=torch.long)
+    outs = []
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        got = tally(run, lm.layers, list(model.parameters()))
+    return {"outside": got.total - layers * (got.blocks[1] + got.block_casts[1]), "block": got.blocks[1],
+            "block_casts": got.block_casts[1], "inputs": got.inputs[1], "call": max(got.calls[1]), "kept": got.total}
+
+
+def _head_pass(dim: int, vocab: int, completion: int, dtype: torch.dtype, temperature: float) -> int:
+    """Bytes the LM head and the completion log-probs keep for backward over ``completion`` tokens of one row,
+    plus the float32 logits the objective holds, under CPU bf16 autocast."""
+    from .memory import tally
+    from .models.vlm import completion_logprobs
+
+    gen = torch.Generator().manual_seed(2)
+    head = torch.nn.Linear(dim, vocab, bias=False).to(dtype)
+    h = torch.randn(1, completion, dim, generator=gen, dtype=dtype, requires_grad=True)
+    ids = torch.randint(vocab, (1, completion), generator=gen)
+    outs = []
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(completion_logprobs(head(h), ids, temperature))
+
+    got = tally(run, [], list(head.parameters()))
+    return got.total + outs[0][1].untyped_storage().nbytes()
+
+
+def _head_fit(dim: int, dtype: torch.dtype, temperature: float) -> dict[str, float]:
+    (c1, c2), (v1, v2) = MEASURED_HEAD
+    f = {(c, v): _head_pass(dim, v, c, dtype, temperature) for c in (c1, c2) for v in (v1, v2)}
+    e = (f[c2, v2] - f[c2, v1] - f[c1, v2] + f[c1, v1]) / ((c2 - c1) * (v2 - v1))
+    b = (f[c2, v1] - f[c1, v1]) / (c2 - c1) - e * v1
+    c = (f[c1, v2] - f[c1, v1]) / (v2 - v1) - e * c1
+    return {"a": f[c1, v1] - b * c1 - c * v1 - e * c1 * v1, "b": b, "c": c, "e": e}
+
+
+def lm_memory(measured: list[dict], layers: int, tokens: int) -> PassMemory:
+    """The language model's pass over ``tokens`` tokens at ``layers`` layers, from the two measured passes
+    (linear in the tokens; each layer's share in the layers)."""
+    (t1, t2), (m1, m2) = MEASURED_TOKENS, measured
+    f = {k: m1[k] + (m2[k] - m1[k]) * (tokens - t1) / (t2 - t1) for k in m1 if k != "kept"}
+    kept = f["outside"] + layers * (f["block"] + f["block_casts"])
+    return PassMemory(int(kept), int(f["outside"] + layers * (f["inputs"] + f["block_casts"]) + f["call"]))
+
+
+def head_memory(fit: dict[str, float], completion: int, vocab: int) -> float:
+    return fit["a"] + fit["b"] * completion + fit["c"] * vocab + fit["e"] * completion * vocab
+
+
+# ---------------------------------------------------------------------- the plan
+def video_tokens(frames: int, height: int, width: int, min_pixels: int, max_pixels: int) -> int:
+    """Tokens of a clip as a Qwen2-VL policy sees it: frames in pairs, each frame resized to multiples of 28
+    within the pixel bounds, 14-pixel patches merged 2 x 2."""
+    from .models.qwen_vision import smart_resize
+
+    h, w = smart_resize(height, width, 28, min_pixels, max_pixels)
+    return (frames // 2) * (h // 28) * (w // 28)
+
+
+def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16") -> PolicyPlan:
+    """The memory plan of a `genrl grpo` recipe (``cfg`` a GRPOConfig) whose policy is a transformers Qwen-VL
+    folder (or, not on this machine, the preset ``arch``)."""
+    from .models.hf_vlm import QwenVLPolicyConfig
+
+    g = cfg.grpo
+    label, (kind, config) = arch_of(g.policy, arch, "policy")
+    if kind not in ("qwen2_vl", "qwen2_5_vl"):
+        from .errors import UsageError
+
+        raise UsageError(f"grpo.policy: {g.policy} is a {kind} folder; genrl plan covers Qwen2-VL / Qwen2.5-VL policies")
+    policy = _role("policy", (label, (kind, config)), g.policy_dtype, trainable=True)
+    meta = _build_meta(kind, config)
+    inner = getattr(meta, "model", meta)
+    visual = getattr(inner, "visual", None) or meta.visual
+    if not g.train_vision:
+        policy.frozen_params = sum(p.numel() for p in visual.parameters())
+    roles = [policy]
+    if g.beta or g.variant == "veripo":
+        roles.append(_role("reference", (label, (kind, config)), frozen))
+    text = text_config(config)
+    dtype = getattr(torch, g.policy_dtype)
+    lm = [_lm_pass(kind, config, dtype, n) for n in MEASURED_TOKENS]
+    head = _head_fit(text["hidden_size"], dtype, g.temperature)
+    geometry = QwenVLPolicyConfig()
+    clip = video_tokens(g.qa.frames, g.qa.world.height, g.qa.world.width, geometry.min_pixels, geometry.max_pixels)
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    per_token = 2 * text["num_hidden_layers"] * text.get("num_key_value_heads", text["num_attention_heads"]) * head_dim * 2
+    return PolicyPlan(roles, g.prompts_per_step, g.group_size, cfg.train.grad_accum, clip, g.max_new_tokens, lm, head,
+                      text["num_hidden_layers"], text["vocab_size"], per_token)
+
+
+def is_grpo_recipe(path: str) -> bool:
+    """A config file whose top level has a ``grpo:`` section."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "grpo" in data
+

@@ -1,0 +1,86 @@
+"""`genrl plan` of a GRPO recipe with a transformers Qwen-VL policy: exact parameter counts of the released
+architectures, the clip's token count as the policy's own processor gives it, and measured scoring passes
+that extrapolate exactly to more layers, tokens, completions and vocabulary."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from tiny_qwen import tiny_qa_qwen2vl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_presets_count_the_released_models():
+    from genrl.plan import PRESETS, _build_meta
+
+    params = {name: sum(p.numel() for p in _build_meta(*PRESETS[name]).parameters())
+              for name in ("qwen2-vl-2b", "qwen2-vl-7b", "qwen2.5-vl-3b", "qwen2.5-vl-7b")}
+    assert params["qwen2-vl-2b"] == 2_208_985_600  # as VideoReward's backbone
+    # the model cards' sizes: 8.29B, 3.75B, 8.29B
+    assert [round(params[n] / 1e9, 2) for n in ("qwen2-vl-7b", "qwen2.5-vl-3b", "qwen2.5-vl-7b")] == [8.29, 3.75, 8.29]
+
+
+def test_measured_passes_extrapolate_exactly():
+    from genrl.plan import text_config
+    from genrl.policy_plan import _head_fit, _head_pass, _lm_pass, head_memory, lm_memory
+    from transformers import Qwen2VLConfig
+
+    cfg = Qwen2VLConfig(text_config=dict(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2,
+                                          rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+                        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2)).to_dict()
+    cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type") and not k.startswith("_")}
+    assert text_config(cfg)["hidden_size"] == 64
+    measured = [_lm_pass("qwen2_vl", cfg, torch.float32, n) for n in (64, 128)]
+    for tokens in (96, 200):
+        whole = _lm_pass("qwen2_vl", cfg, torch.float32, tokens, layers=3)
+        planned = lm_memory(measured, 3, tokens)
+        assert planned.kept == whole["kept"] and planned.checkpointed < planned.kept
+    fit = _head_fit(64, torch.float32, 1.0)
+    for completion, vocab in ((24, 3000), (5, 700)):
+        assert head_memory(fit, completion, vocab) == pytest.approx(_head_pass(64, vocab, completion, torch.float32, 1.0),
+                                                                    abs=1e-6)
+    # a float32 policy under autocast: the head's bf16 weight copy (vocab x 64 x 2 bytes) is the term in vocab alone
+    assert fit["c"] == pytest.approx(64 * 2) and fit["e"] == pytest.approx(8)  # log-softmax output + the held logits
+
+
+def test_plan_of_a_grpo_recipe_on_a_local_qwen_folder(tmp_path, run_cli):
+    from genrl.methods.grpo import GRPOMethodConfig
+    from genrl.methods.qa import load_policy
+
+    folder = tiny_qa_qwen2vl(tmp_path / "qwen")
+    out = tmp_path / "plan.json"
+    code, stdout, err = run_cli("plan", "--config", str(ROOT / "configs/grpo_video_qa.yaml"), f"grpo.policy={folder}",
+                                "grpo.prompts_per_step=4", "train.grad_accum=2", "--json", str(out))
+    assert code == 0, err
+    plan = json.loads(out.read_text())
+    policy = load_policy(str(folder))
+    roles = {r["name"]: r for r in plan["roles"]}
+    assert roles["policy"]["params"] == roles["reference"]["params"] == sum(p.numel() for p in policy.parameters())
+    assert roles["policy"]["frozen_params"] == sum(p.numel() for p in policy.visual.parameters())
+    assert roles["policy"]["state_bytes"] == 12 * (roles["policy"]["params"] - roles["policy"]["frozen_params"])
+    assert roles["reference"]["dtype"] == "bfloat16" and not roles["reference"]["trainable"]
+    assert plan["video_tokens"] == policy.video_tokens  # what the policy's processor makes of the clip
+    assert plan["completion_tokens"] == GRPOMethodConfig().max_new_tokens and plan["rows_per_pass"] == 2 * 8
+    assert plan["tokens_per_row"] == 96 + policy.video_tokens + plan["completion_tokens"]
+    options = plan["options"]
+    assert [o["option"] for o in options] == ["as configured (train.grad_accum=2)", "+ activation checkpointing",
+                                               "+ one question's group a pass (train.grad_accum=4)",
+                                               "FSDP full shard over 1 GPUs + checkpointing, a group a pass"]
+    assert options[0]["per_gpu_bytes"] > options[1]["per_gpu_bytes"] > options[2]["per_gpu_bytes"]
+    assert [o["supported"] for o in options] == [True, True, True, False]
+    assert "scoring, measured" in stdout and "sampling:" in stdout
+
+
+def test_plan_of_a_grpo_recipe_names_what_it_covers(run_cli):
+    code, _, err = run_cli("plan", "--config", str(ROOT / "configs/grpo_video_qa.yaml"))
+    assert code == 2 and "Qwen2-VL / Qwen2.5-VL" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("plan", "--config", str(ROOT / "configs/grpo_video_qa.yaml"), "--arch", "qwen9")
+    assert code == 2 and "unknown architecture 'qwen9'" in err and "qwen2-vl-7b" in err
+    code, _, err = run_cli("plan", "--config", str(ROOT / "configs/stream_r1_wan.yaml"), "--arch", "qwen2-vl-7b")
+    assert code == 2 and "arch.teacher=" in err
