@@ -298,7 +298,7 @@ class GRPOMethod(Method):
         loss = G.grpo_loss(logp, old, ref_logp, adv.to(logp.device), ro.mask, self.cfg.beta, self.cfg.eps_low,
                            self.cfg.eps_high, self.cfg.loss, w, self.regression, self.cfg.max_new_tokens, whole)
         m = ro.mask.float()
-        tokens = float(whole[1] if whole is not None else m.sum())
+        tokens = max(float(whole[1] if whole is not None else m.sum()), 1.0)
         stats = {}
         if ref_logp is not None:
             stats["kl"] = float((G.k3_kl(logp.detach(), ref_logp) * m).sum()) / tokens
