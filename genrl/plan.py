@@ -340,7 +340,7 @@ _MEASURED: dict[str, dict[str, int]] = {}
 
 
 def measure_pass(kind: str, config: dict, layers: int, tokens_per_frame: int, frames: int, batch: int, text_len: int,
-                 stream: tuple[int, int, int] | None = None) -> PassMemory:
+                 stream: tuple[int, int, int] | None = None, advance=lambda: None) -> PassMemory:
     """The memory of a trained pass of this architecture at ``layers`` blocks and ``tokens_per_frame`` tokens a
     latent frame: measured at 2 blocks and :data:`MEASURED_TOKENS` tokens a frame, every figure extrapolated
     linearly in the tokens a frame and each block's in the blocks (see the module docstring)."""
@@ -353,6 +353,7 @@ def measure_pass(kind: str, config: dict, layers: int, tokens_per_frame: int, fr
         if key not in _MEASURED:
             _MEASURED[key] = _wan_pass(config, n, frames, batch, text_len, stream)
         sizes.append(_MEASURED[key])
+        advance()
     f = {k: sizes[0][k] + (sizes[1][k] - sizes[0][k]) * (tokens_per_frame - lo) / (hi - lo) for k in sizes[0]
          if k not in ("kept", "cache_all")}
     kept = f["outside"] + layers * (f["block"] + f["block_casts"])
@@ -360,7 +361,7 @@ def measure_pass(kind: str, config: dict, layers: int, tokens_per_frame: int, fr
     return PassMemory(int(kept), int(ckpt), int(layers * f["cache"]) if stream else 0)
 
 
-def plan_distill(cfg, frozen: str = "bfloat16") -> Plan:
+def plan_distill(cfg, frozen: str = "bfloat16", quiet: bool = True) -> Plan:
     """The memory plan of a `genrl distill` recipe on Wan2.1 (``cfg`` a DistillConfig)."""
     a = cfg.arch
     teacher_arch = arch_of(cfg.teacher, a.teacher, "teacher")
@@ -383,11 +384,16 @@ def plan_distill(cfg, frozen: str = "bfloat16") -> Plan:
     batch = cfg.dmd.batch_size if cfg.method != "ode_init" else cfg.ode.batch_size
     chunk, st = WanDiTConfig().chunk_frames, cfg.streaming
     layers = {r.name: r.layers for r in roles}
-    passes = {"student": measure_pass(*student_arch[1], layers["student"], per_frame, latent_frames, batch,
-                                      WanConfig().max_text_len, (chunk, st.local_frames, st.sink_frames))}
-    if cfg.method != "ode_init":
-        passes["critic"] = measure_pass(*critic_arch[1], layers["critic"], per_frame, latent_frames, batch,
-                                        WanConfig().max_text_len)
+    from .progress import progress_bar
+
+    critic = cfg.method != "ode_init"
+    with progress_bar(2 * len(MEASURED_TOKENS) if critic else len(MEASURED_TOKENS), "measuring passes on the CPU",
+                      quiet) as advance:
+        passes = {"student": measure_pass(*student_arch[1], layers["student"], per_frame, latent_frames, batch,
+                                          WanConfig().max_text_len, (chunk, st.local_frames, st.sink_frames), advance)}
+        if critic:
+            passes["critic"] = measure_pass(*critic_arch[1], layers["critic"], per_frame, latent_frames, batch,
+                                            WanConfig().max_text_len, advance=advance)
     return Plan(roles, latent_frames * per_frame, batch, passes, chunk, latent_frames)
 
 

@@ -207,7 +207,7 @@ def video_tokens(frames: int, height: int, width: int, min_pixels: int, max_pixe
     return (frames // 2) * (h // 28) * (w // 28)
 
 
-def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16") -> PolicyPlan:
+def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16", quiet: bool = True) -> PolicyPlan:
     """The memory plan of a `genrl grpo` recipe (``cfg`` a GRPOConfig) whose policy is a transformers Qwen-VL
     folder (or, not on this machine, the preset ``arch``)."""
     from .models.hf_vlm import QwenVLPolicyConfig
@@ -229,8 +229,15 @@ def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16") -> PolicyPlan:
         roles.append(_role("reference", (label, (kind, config)), frozen))
     text = text_config(config)
     dtype = getattr(torch, g.policy_dtype)
-    lm = [_lm_pass(kind, config, dtype, n) for n in MEASURED_TOKENS]
-    head = _head_fit(text["hidden_size"], dtype, g.temperature)
+    from .progress import progress_bar
+
+    with progress_bar(len(MEASURED_TOKENS) + 1, "measuring passes on the CPU", quiet) as advance:
+        lm = []
+        for n in MEASURED_TOKENS:
+            lm.append(_lm_pass(kind, config, dtype, n))
+            advance()
+        head = _head_fit(text["hidden_size"], dtype, g.temperature)
+        advance()
     geometry = QwenVLPolicyConfig()
     clip = video_tokens(g.qa.frames, g.qa.world.height, g.qa.world.width, geometry.min_pixels, geometry.max_pixels)
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]

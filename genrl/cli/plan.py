@@ -42,7 +42,8 @@ def _gb(n: float) -> str:
 @click.option("--arch", default="", metavar="NAME",
               help="A grpo recipe's policy architecture when grpo.policy is not a folder on this machine "
                    "(qwen2-vl-2b, qwen2-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-7b).")
-def plan(overrides, config_path, gpus, gpu_memory, json_path, arch):
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar while the passes are measured.")
+def plan(overrides, config_path, gpus, gpu_memory, json_path, arch, quiet):
     """Parameters and memory per role of a distillation or GRPO recipe, and what fits on your GPUs.
 
     Builds every role's architecture on the meta device (a local folder's config, or the
@@ -75,7 +76,7 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path, arch):
     from ..policy_plan import is_grpo_recipe
 
     if is_grpo_recipe(config_path):
-        return _plan_grpo(config_path, overrides, arch, gpus, gpu_bytes, json_path)
+        return _plan_grpo(config_path, overrides, arch, gpus, gpu_bytes, json_path, quiet)
     if arch:
         raise UsageError("--arch names a grpo recipe's policy; a distillation recipe names its roles' "
                          "architectures with arch.teacher=, arch.student=, arch.critic=")
@@ -83,7 +84,7 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path, arch):
         cfg = load_config(DistillConfig, config_path, overrides)
     if cfg.teacher.startswith("shapes-"):
         raise UsageError("genrl plan covers Wan2.1 recipes; the shapes models fit any laptop")
-    p = plan_distill(cfg)
+    p = plan_distill(cfg, quiet=quiet)
     if missing:
         click.echo(f"({', '.join(sorted(missing))} not set: architectures from the config's arch: section)")
     _roles(p.roles, 13)
@@ -102,7 +103,7 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path, arch):
     _options(p, gpus, gpu_bytes, json_path, 52)
 
 
-def _plan_grpo(config_path, overrides, arch, gpus, gpu_bytes, json_path):
+def _plan_grpo(config_path, overrides, arch, gpus, gpu_bytes, json_path, quiet):
     from .qa import GRPOConfig
     from ..config import load_config
     from ..policy_plan import TEXT_TOKENS, plan_grpo
@@ -112,7 +113,7 @@ def _plan_grpo(config_path, overrides, arch, gpus, gpu_bytes, json_path):
     if cfg.grpo.policy.startswith("shapes-") and not arch:
         raise UsageError("genrl plan covers transformers Qwen2-VL / Qwen2.5-VL policies (a folder as grpo.policy, or "
                          "--arch NAME); the shapes VLM fits any laptop")
-    p = plan_grpo(cfg, arch)
+    p = plan_grpo(cfg, arch, quiet=quiet)
     _roles(p.roles, 11)
     frozen = next(r.frozen_params for r in p.roles if r.name == "policy")
     if frozen:
