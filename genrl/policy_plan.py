@@ -12,10 +12,10 @@ LM head over their completion tokens; what those keep for backward is measured a
 for a DiT: the language model at full width with 2 decoder layers at 64 and 128 tokens, and the head at
 2 vocabulary sizes and 2 completion lengths, under CPU bf16 autocast with autograd's saved-tensor hooks,
 extrapolated linearly to the real depth, tokens and vocabulary (the head's float32 logits, which the
-objective holds while it runs, are counted with it). A row's length is its video tokens (from the clip
+objective holds while it runs, are counted with it), plus the bool (rows, L, L) attention mask
+transformers builds for sdpa once a row is padded. A row's length is its video tokens (from the clip
 geometry, as the policy's processor resizes it), the completion (``grpo.max_new_tokens``) and an
-allowance of :data:`TEXT_TOKENS` for the chat template and the question. Not counted: a padded batch's
-(rows, L, L) attention mask, which transformers builds when rows differ in length; the vision tower's
+allowance of :data:`TEXT_TOKENS` for the chat template and the question. Not counted: the vision tower's
 activations (it is frozen, its embeddings cached, by default); kernels' workspaces.
 """
 
@@ -71,7 +71,12 @@ class PolicyPlan:
         rows = self.rows(passes)
         lm = lm_memory(self.lm, self.layers, rows * self.tokens)
         head = int(head_memory(self.head, rows * self.completion, self.vocab))
-        return PassMemory(lm.kept + head, lm.checkpointed + head)
+        return PassMemory(lm.kept + head + self.mask(rows), lm.checkpointed + head + self.mask(rows))
+
+    def mask(self, rows: int) -> int:
+        """The bool (rows, 1, L, L) attention mask transformers builds for sdpa once a row is padded (rows of
+        different lengths, or completions that ended early), shared by every layer."""
+        return rows * self.tokens**2
 
     @property
     def sampling(self) -> int:
