@@ -35,11 +35,11 @@ def _gb(n: float) -> str:
 
 @click.command(context_settings={"show_default": True})
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="A `genrl distill` recipe.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="A `genrl distill` or `genrl grpo` recipe.")
 @click.option("--gpus", type=click.IntRange(1, 4096), default=1, help="GPUs the run would use.")
 @click.option("--gpu-memory", default="80GB", help="Memory of one GPU (e.g. 80GB, 141GB).")
 @click.option("--json", "json_path", type=output_file((".json",)), default=None, help="Also write the plan as JSON.")
-@click.option("--arch", default="", metavar="NAME",
+@click.option("--arch", default="", metavar="NAME", show_default=False,
               help="A grpo recipe's policy architecture when grpo.policy is not a folder on this machine "
                    "(qwen2-vl-2b, qwen2-vl-7b, qwen2.5-vl-3b, qwen2.5-vl-7b).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar while the passes are measured.")
