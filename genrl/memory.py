@@ -22,18 +22,7 @@ def saved_bytes(fn: Callable[[], object]) -> int:
 
     Each storage counts once, whole: views of one tensor saved by several ops (a key prefix per query
     block) are one allocation."""
-    storages: dict[int, int] = {}
-    held = []  # no storage is freed and its address reused while counting
-
-    def pack(t):
-        st = t.untyped_storage()
-        storages[st.data_ptr()] = st.nbytes()
-        held.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
+    return tally(fn, []).total
 
 
 @dataclass

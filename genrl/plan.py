@@ -238,9 +238,11 @@ def arch_of(path: str, preset: str, what: str) -> tuple[str, tuple[str, dict]]:
                      f"arch.{what}=NAME ({', '.join(PRESETS)})")
 
 
-def _role(name: str, arch: tuple[str, tuple[str, dict]], dtype: str, trainable=False, ema=False) -> RolePlan:
+def _role(name: str, arch: tuple[str, tuple[str, dict]], dtype: str, trainable=False, ema=False,
+          model: torch.nn.Module | None = None) -> RolePlan:
+    """A role of this architecture, counted on ``model`` (its meta build, made here when not given)."""
     label, (kind, config) = arch
-    model = _build_meta(kind, config)
+    model = _build_meta(kind, config) if model is None else model
     params = sum(p.numel() for p in model.parameters())
     dim = layers = ffn = heads = 0
     if kind == "wan_transformer":
@@ -274,6 +276,45 @@ class PassMemory:
     def total(self, checkpointing: bool) -> int:
         return (self.checkpointed if checkpointing else self.kept) + self.cache
 
+    @classmethod
+    def of_blocks(cls, f: dict[str, float], layers: int, cache: int = 0) -> "PassMemory":
+        """The pass of ``layers`` blocks from one block's figures and the rest's (see :func:`measure_blocks`):
+        without checkpointing every block keeps its set; with it, its inputs, and one call its set again."""
+        kept = f["outside"] + layers * (f["block"] + f["block_casts"])
+        return cls(int(kept), int(f["outside"] + layers * (f["inputs"] + f["block_casts"]) + f["call"]), cache)
+
+
+def fitted(measured: list[dict[str, int]], at: tuple[int, int], x: int) -> dict[str, float]:
+    """Each figure of two passes measured at sizes ``at``, taken linearly to size ``x``."""
+    (lo, hi), (a, b) = at, measured
+    return {k: a[k] + (b[k] - a[k]) * (x - lo) / (hi - lo) for k in a}
+
+
+def materialise(kind: str, config: dict, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """An architecture built on the CPU with small random weights: their values do not change what a pass
+    saves, and finite ones keep every kernel on its usual path."""
+    model = _build_meta(kind, config).to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
+    return model.to(dtype)
+
+
+def measure_blocks(run, blocks, model: torch.nn.Module) -> dict[str, int]:
+    """What ``run`` (a pass through ``blocks``, at least 2, of ``model``) keeps for backward: its second block's
+    activations, autocast copies of that block's weights, hidden-state inputs and largest call, the rest of
+    the pass ('outside'), and the whole pass ('kept')."""
+    from .memory import tally
+
+    with warnings.catch_warnings():  # CPU autocast hands rms_norm bf16 inputs with float32 weights; it says so
+        warnings.simplefilter("ignore", UserWarning)
+        got = tally(run, blocks, list(model.parameters()))
+    # what the first block saves beyond the second is shared by every block (RoPE tables, the timestep's
+    # modulation): it counts once, with the outside
+    return {"outside": got.total - len(blocks) * (got.blocks[1] + got.block_casts[1]), "block": got.blocks[1],
+            "block_casts": got.block_casts[1], "inputs": got.inputs[1], "call": max(got.calls[1]), "kept": got.total}
+
 
 MEASURED_TOKENS = (4, 8)
 """Video tokens a latent frame of the measured passes (2 x 2 and 2 x 4 patches)."""
@@ -286,18 +327,10 @@ def _wan_pass(config: dict, tokens_per_frame: int, frames: int, batch: int, text
     gradient-carrying pass, then the cache written from it without gradients). Bytes of its second block,
     of everything outside the blocks and of the KV cache a block at its fullest; and of the whole pass
     ('kept') and the whole cache ('cache_all')."""
-    from diffusers import WanTransformer3DModel
-
-    from .memory import tally
     from .models.wan import WanDiT, WanDiTConfig
 
-    with torch.device("meta"):
-        model = WanTransformer3DModel(**dict(config, num_layers=layers))
-    model = model.to_empty(device="cpu")
+    model = materialise("wan_transformer", dict(config, num_layers=layers))
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # values do not change what is saved; finite ones keep every kernel on its usual path
-        for prm in model.parameters():
-            prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
     _, ph, pw = config.get("patch_size", (1, 2, 2))
     h, w = 2 * ph, tokens_per_frame * pw // 2
     if (h // ph) * (w // pw) != tokens_per_frame:
@@ -326,14 +359,7 @@ def _wan_pass(config: dict, tokens_per_frame: int, frames: int, batch: int, text
                     held = sum(a.untyped_storage().nbytes() for a in (*cache.k, *cache.v) if a is not None)
                     fullest[0] = max(fullest[0], held)
 
-    with warnings.catch_warnings():  # CPU autocast hands rms_norm bf16 inputs with float32 weights; it says so
-        warnings.simplefilter("ignore", UserWarning)
-        got = tally(run, model.blocks, list(model.parameters()))
-    # what the first block saves beyond the second is shared by every block (RoPE tables, the timestep's
-    # modulation): it counts once, with the outside
-    return {"outside": got.total - layers * (got.blocks[1] + got.block_casts[1]), "block": got.blocks[1],
-            "block_casts": got.block_casts[1], "inputs": got.inputs[1], "call": max(got.calls[1]),
-            "cache": fullest[0] // layers, "kept": got.total, "cache_all": fullest[0]}
+    return {**measure_blocks(run, model.blocks, model), "cache": fullest[0] // layers, "cache_all": fullest[0]}
 
 
 _MEASURED: dict[str, dict[str, int]] = {}
@@ -346,7 +372,6 @@ def measure_pass(kind: str, config: dict, layers: int, tokens_per_frame: int, fr
     linearly in the tokens a frame and each block's in the blocks (see the module docstring)."""
     if kind != "wan_transformer":
         raise ValueError(f"no measured pass for {kind!r} architectures")
-    lo, hi = MEASURED_TOKENS
     sizes = []
     for n in MEASURED_TOKENS:
         key = json.dumps([config, n, frames, batch, text_len, stream], sort_keys=True, default=str)
@@ -354,11 +379,8 @@ def measure_pass(kind: str, config: dict, layers: int, tokens_per_frame: int, fr
             _MEASURED[key] = _wan_pass(config, n, frames, batch, text_len, stream)
         sizes.append(_MEASURED[key])
         advance()
-    f = {k: sizes[0][k] + (sizes[1][k] - sizes[0][k]) * (tokens_per_frame - lo) / (hi - lo) for k in sizes[0]
-         if k not in ("kept", "cache_all")}
-    kept = f["outside"] + layers * (f["block"] + f["block_casts"])
-    ckpt = f["outside"] + layers * (f["inputs"] + f["block_casts"]) + f["call"]
-    return PassMemory(int(kept), int(ckpt), int(layers * f["cache"]) if stream else 0)
+    f = fitted(sizes, MEASURED_TOKENS, tokens_per_frame)
+    return PassMemory.of_blocks(f, layers, int(layers * f["cache"]) if stream else 0)
 
 
 def plan_distill(cfg, frozen: str = "bfloat16", quiet: bool = True) -> Plan:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from .plan import PassMemory, RolePlan, _build_meta, _role, arch_of, text_config
+from .plan import (PassMemory, RolePlan, _build_meta, _role, arch_of, fitted, materialise, measure_blocks,
+                   text_config)
 
 TEXT_TOKENS = 96
 """Tokens a row holds besides the video and the completion: system turn, chat template and question."""
@@ -109,15 +109,6 @@ class PolicyPlan:
 
 
 # ---------------------------------------------------------------------- measured
-def _materialise(kind: str, config: dict, dtype: torch.dtype) -> torch.nn.Module:
-    model = _build_meta(kind, config).to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for prm in model.parameters():
-            prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
-    return model.to(dtype)
-
-
 def _quietly(make):
     from transformers.utils import logging
 
@@ -133,7 +124,6 @@ def _lm_pass(kind: str, config: dict, dtype: torch.dtype, tokens: int, layers: i
     """The language model of a ``layers``-layer copy of this architecture (its vision tower cut to one block,
     its vocabulary to 1,024: neither is in the pass) over ``tokens`` tokens of one unpadded row, with
     gradients, under CPU bf16 autocast. Bytes of its second layer, of the rest, and of the whole pass."""
-    from .memory import tally
     from .models.hf_vlm import language_model_of
 
     cfg = copy.deepcopy(config)
@@ -141,7 +131,7 @@ def _lm_pass(kind: str, config: dict, dtype: torch.dtype, tokens: int, layers: i
     text.update(num_hidden_layers=layers, vocab_size=1024)
     text.pop("layer_types", None)  # one entry a layer in newer configs: rebuilt for the cut depth
     cfg.setdefault("vision_config", {})["depth"] = 1
-    model = _quietly(lambda: _materialise(kind, cfg, dtype))  # it notes the special tokens past the cut vocabulary
+    model = _quietly(lambda: materialise(kind, cfg, dtype))  # it notes the special tokens past the cut vocabulary
     lm = language_model_of(model)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1, tokens, text["hidden_size"], generator=gen, dtype=dtype, requires_grad=True)
@@ -153,11 +143,7 @@ def _lm_pass(kind: str, config: dict, dtype: torch.dtype, tokens: int, layers: i
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outs.append(lm(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        got = tally(run, lm.layers, list(model.parameters()))
-    return {"outside": got.total - layers * (got.blocks[1] + got.block_casts[1]), "block": got.blocks[1],
-            "block_casts": got.block_casts[1], "inputs": got.inputs[1], "call": max(got.calls[1]), "kept": got.total}
+    return measure_blocks(run, lm.layers, model)
 
 
 def _head_pass(dim: int, vocab: int, completion: int, dtype: torch.dtype, temperature: float) -> int:
@@ -192,10 +178,7 @@ def _head_fit(dim: int, dtype: torch.dtype, temperature: float) -> dict[str, flo
 def lm_memory(measured: list[dict], layers: int, tokens: int) -> PassMemory:
     """The language model's pass over ``tokens`` tokens at ``layers`` layers, from the two measured passes
     (linear in the tokens; each layer's share in the layers)."""
-    (t1, t2), (m1, m2) = MEASURED_TOKENS, measured
-    f = {k: m1[k] + (m2[k] - m1[k]) * (tokens - t1) / (t2 - t1) for k in m1 if k != "kept"}
-    kept = f["outside"] + layers * (f["block"] + f["block_casts"])
-    return PassMemory(int(kept), int(f["outside"] + layers * (f["inputs"] + f["block_casts"]) + f["call"]))
+    return PassMemory.of_blocks(fitted(measured, MEASURED_TOKENS, tokens), layers)
 
 
 def head_memory(fit: dict[str, float], completion: int, vocab: int) -> float:
@@ -223,15 +206,13 @@ def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16", quiet: bool = True)
         from .errors import UsageError
 
         raise UsageError(f"grpo.policy: {g.policy} is a {kind} folder; genrl plan covers Qwen2-VL / Qwen2.5-VL policies")
-    policy = _role("policy", (label, (kind, config)), g.policy_dtype, trainable=True)
-    meta = _build_meta(kind, config)
+    meta = _build_meta(kind, config)  # built once: the policy's counts, its tower's, the reference's
+    policy = _role("policy", (label, (kind, config)), g.policy_dtype, trainable=True, model=meta)
     inner = getattr(meta, "model", meta)
     visual = getattr(inner, "visual", None) or meta.visual
-    if not g.train_vision:
-        policy.frozen_params = sum(p.numel() for p in visual.parameters())
-    roles = [policy]
+    roles = [replace(policy, frozen_params=0 if g.train_vision else sum(p.numel() for p in visual.parameters()))]
     if g.beta or g.variant == "veripo":
-        roles.append(_role("reference", (label, (kind, config)), frozen))
+        roles.append(replace(policy, name="reference", dtype=frozen, trainable=False))
     text = text_config(config)
     dtype = getattr(torch, g.policy_dtype)
     from .progress import progress_bar

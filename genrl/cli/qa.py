@@ -120,13 +120,11 @@ def grpo(cfg: GRPOConfig, quiet: bool):
       genrl grpo --config configs/grpo_video_qa.yaml grpo.cache_video=false
       accelerate launch --num_processes 8 -m genrl.cli grpo --config configs/grpo_video_qa.yaml grpo.policy=/models/Qwen2-VL-2B-Instruct grpo.policy_dtype=bfloat16 parallel.sequence=4
     """
-    from ..methods.grpo import build_grpo
+    from ..methods.grpo import build_grpo, check_passes
     from ..methods.qa import accuracy_metrics, evaluate_qa
     from ..train.trainer import Trainer, seed_everything
 
-    if cfg.train.grad_accum > cfg.grpo.prompts_per_step:
-        raise UsageError(f"train.grad_accum is {cfg.train.grad_accum}: it splits a step's {cfg.grpo.prompts_per_step} "
-                         f"prompts (grpo.prompts_per_step), so at most {cfg.grpo.prompts_per_step}")
+    check_passes(cfg.train.grad_accum, cfg.grpo.prompts_per_step)  # before any model is loaded
     seed_everything(cfg.train.seed)
     method = _build(lambda: build_grpo(cfg.grpo, cfg.optim, cfg.train.seed))
     trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)

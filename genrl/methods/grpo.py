@@ -583,15 +583,20 @@ class ThinkerGRPOMethod(GRPOMethod):
         return ro
 
 
+def check_passes(n: int, prompts: int) -> None:
+    """``train.grad_accum`` splits a step's prompts: at most one pass a prompt."""
+    from ..errors import UsageError
+
+    if n > prompts:
+        raise UsageError(f"train.grad_accum is {n}: it splits a step's {prompts} prompts (grpo.prompts_per_step), "
+                         f"so at most {prompts}")
+
+
 def micro_batches(ro: Rollouts, n: int) -> list[tuple[Rollouts, slice]]:
     """``ro``'s prompts in ``n`` consecutive parts (sizes differing by at most one), each with all its rows,
     and the rows each part holds. Group-level quantities (advantages, TW-GRPO's token weights) stay whole."""
-    from ..errors import UsageError
-
     P = len(ro.items)
-    if n > P:
-        raise UsageError(f"train.grad_accum is {n}: it splits a step's {P} prompts (grpo.prompts_per_step), so at "
-                         f"most {P}")
+    check_passes(n, P)
     Gs = ro.ids.shape[0] // P
     out, start = [], 0
     for k in range(n):

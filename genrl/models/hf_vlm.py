@@ -126,9 +126,11 @@ class QwenVLPolicy(CompletionPolicy):
 
     def _with_cache(self, cache) -> dict:
         """The KV-cache argument of the language model: ``cache`` from transformers 5.x on, ``past_key_values``
-        before."""
-        params = inspect.signature(self.language_model.forward).parameters
-        return {"cache" if "cache" in params else "past_key_values": cache}
+        before (read once from its signature, not at every sampled token)."""
+        if not hasattr(self, "_cache_arg"):
+            params = inspect.signature(self.language_model.forward).parameters
+            self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        return {self._cache_arg: cache}
 
     @staticmethod
     def _cache_of(out):
