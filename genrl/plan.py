@@ -222,20 +222,22 @@ def _folder_arch(path: Path) -> tuple[str, dict] | None:
     return None
 
 
-def arch_of(path: str, preset: str, what: str) -> tuple[str, tuple[str, dict]]:
-    """The architecture of a role: its local folder when present, else the named preset."""
+def arch_of(path: str, preset: str, what: str, kinds: tuple[str, ...] = (), option: str = "") -> tuple[str, tuple[str, dict]]:
+    """The architecture of a role: its local folder when present, else the named preset (one of ``kinds``
+    when given, named by ``option``, by default ``arch.<what>=NAME``)."""
     from .errors import UsageError
 
+    valid = [n for n, (k, _) in PRESETS.items() if not kinds or k in kinds]
     if path and Path(path).is_dir():
         found = _folder_arch(Path(path))
         if found:
             return str(path), found
     if preset:
-        if preset not in PRESETS:
-            raise UsageError(f"unknown architecture {preset!r} for {what}; valid: {', '.join(PRESETS)}")
+        if preset not in valid:
+            raise UsageError(f"unknown architecture {preset!r} for {what}; valid: {', '.join(valid)}")
         return preset, PRESETS[preset]
     raise UsageError(f"{what}: {path or '(not set)'} is not a local model folder; name its architecture with "
-                     f"arch.{what}=NAME ({', '.join(PRESETS)})")
+                     f"{option or f'arch.{what}='}NAME ({', '.join(valid)})")
 
 
 def _role(name: str, arch: tuple[str, tuple[str, dict]], dtype: str, trainable=False, ema=False,

@@ -201,8 +201,9 @@ def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16", quiet: bool = True)
     from .models.hf_vlm import QwenVLPolicyConfig
 
     g = cfg.grpo
-    label, (kind, config) = arch_of(g.policy, arch, "policy")
-    if kind not in ("qwen2_vl", "qwen2_5_vl"):
+    qwen = ("qwen2_vl", "qwen2_5_vl")
+    label, (kind, config) = arch_of(g.policy, arch, "policy", kinds=qwen, option="--arch ")
+    if kind not in qwen:  # a local folder of another kind
         from .errors import UsageError
 
         raise UsageError(f"grpo.policy: {g.policy} is a {kind} folder; genrl plan covers Qwen2-VL / Qwen2.5-VL policies")

@@ -82,5 +82,9 @@ def test_plan_of_a_grpo_recipe_names_what_it_covers(run_cli):
     assert code == 2 and "Qwen2-VL / Qwen2.5-VL" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("plan", "--config", str(ROOT / "configs/grpo_video_qa.yaml"), "--arch", "qwen9")
     assert code == 2 and "unknown architecture 'qwen9'" in err and "qwen2-vl-7b" in err
+    code, _, err = run_cli("plan", "--config", str(ROOT / "configs/grpo_video_qa.yaml"), "--arch", "wan2.1-t2v-1.3b")
+    assert code == 2 and "unknown architecture 'wan2.1-t2v-1.3b' for policy; valid: videoreward-qwen2-vl-2b" in err
+    code, _, err = run_cli("plan", "--config", str(ROOT / "configs/grpo_video_qa.yaml"), "grpo.policy=/no/such/folder")
+    assert code == 2 and "name its architecture with --arch NAME (" in err and "wan2.1" not in err
     code, _, err = run_cli("plan", "--config", str(ROOT / "configs/stream_r1_wan.yaml"), "--arch", "qwen2-vl-7b")
     assert code == 2 and "arch.teacher=" in err
