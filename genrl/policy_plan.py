@@ -55,6 +55,10 @@ class PolicyPlan:
     vocab: int
     cache_per_token: int
     """KV-cache bytes a token of a sampled row (every layer's keys and values, bf16)."""
+    gathered: int = 0
+    """Bytes a sharded policy holds whole at once (``train.shard_trained``): its root unit (embeddings, LM head,
+    norms, the tower's stem and merger) and two decoder layers (FSDP gathers the next while one runs), and the
+    gradients of the root and of one layer before they are reduce-scattered."""
 
     @property
     def tokens(self) -> int:
@@ -91,8 +95,8 @@ class PolicyPlan:
             options.append((f"+ one question's group a pass (train.grad_accum={self.prompts})",
                             self.scoring(self.prompts).checkpointed))
         options = [(name, act, held, True) for name, act in options]
-        options.append((f"FSDP full shard over {gpus} GPUs + checkpointing, a group a pass",
-                        self.scoring(self.prompts).checkpointed, held / gpus, False))
+        options.append((f"+ train.shard_trained and shard_frozen over {gpus} GPUs",
+                        self.scoring(self.prompts).checkpointed, held / gpus + self.gathered, True))
         rows = []
         for name, act, weights, supported in options:
             need = int(weights + max(act, self.sampling))
@@ -105,7 +109,7 @@ class PolicyPlan:
                 "rows_per_pass": self.rows(self.passes), "tokens_per_row": self.tokens,
                 "video_tokens": self.video_tokens, "completion_tokens": self.completion,
                 "scoring": dict(self.scoring(self.passes).__dict__), "sampling_cache_bytes": self.sampling,
-                "gpus": gpus, "gpu_bytes": gpu_bytes, "options": self.fits(gpus, gpu_bytes)}
+                "gathered_bytes": self.gathered, "gpus": gpus, "gpu_bytes": gpu_bytes, "options": self.fits(gpus, gpu_bytes)}
 
 
 # ---------------------------------------------------------------------- measured
@@ -230,7 +234,16 @@ def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16", quiet: bool = True)
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     per_token = 2 * text["num_hidden_layers"] * text.get("num_key_value_heads", text["num_attention_heads"]) * head_dim * 2
     return PolicyPlan(roles, g.prompts_per_step, g.group_size, cfg.train.grad_accum, clip, g.max_new_tokens, lm, head,
-                      text["num_hidden_layers"], text["vocab_size"], per_token)
+                      text["num_hidden_layers"], text["vocab_size"], per_token, _gathered(meta, policy.bytes_per_param))
+
+
+def _gathered(model: torch.nn.Module, bytes_per_param: int) -> int:
+    """:attr:`PolicyPlan.gathered` of ``model`` sharded as :func:`genrl.parallel.shard` shards it."""
+    from .parallel.shard import units
+
+    blocks = [sum(p.numel() for p in b.parameters()) for b in units(model)]
+    root = sum(p.numel() for p in model.parameters()) - sum(blocks)
+    return bytes_per_param * (2 * root + 3 * max(blocks))
 
 
 def is_grpo_recipe(path: str) -> bool:

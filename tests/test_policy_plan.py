@@ -71,9 +71,17 @@ def test_plan_of_a_grpo_recipe_on_a_local_qwen_folder(tmp_path, run_cli):
     options = plan["options"]
     assert [o["option"] for o in options] == ["as configured (train.grad_accum=2)", "+ activation checkpointing",
                                                "+ one question's group a pass (train.grad_accum=4)",
-                                               "FSDP full shard over 1 GPUs + checkpointing, a group a pass"]
+                                               "+ train.shard_trained and shard_frozen over 1 GPUs"]
     assert options[0]["per_gpu_bytes"] > options[1]["per_gpu_bytes"] > options[2]["per_gpu_bytes"]
-    assert [o["supported"] for o in options] == [True, True, True, False]
+    assert all(o["supported"] for o in options)
+    # sharded: every role's bytes over the GPUs, the root's weights (all but decoder layers and vision blocks)
+    # twice (with their gradients) and a decoder layer's three times, in float32
+    root = sum(p.numel() for n, p in policy.named_parameters() if ".layers." not in n and ".blocks." not in n)
+    layer = sum(p.numel() for n, p in policy.named_parameters() if ".layers.0." in n)
+    assert plan["gathered_bytes"] == 4 * (2 * root + 3 * layer)
+    held = sum(r["total_bytes"] for r in plan["roles"])
+    assert options[3]["per_gpu_bytes"] == int(held + plan["gathered_bytes"] + max(options[2]["per_gpu_bytes"] - held,
+                                                                                  plan["sampling_cache_bytes"]))
     assert "scoring, measured" in stdout and "sampling:" in stdout
 
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from tiny import accelerate_launch
 
 pytest.importorskip("transformers")
-from tiny_qwen import tiny_qa_qwen2vl  # noqa: E402
+from tiny_qwen import sft_qwen2vl, tiny_qa_qwen2vl  # noqa: E402
 
 CASES = [("kv2", False), ("kv1", False), ("kv2", True)]  # (KV heads over 2 ranks: shared / repeated, checkpointing)
 
@@ -130,14 +130,7 @@ def test_grpo_on_a_qwen2vl_policy_with_parallel_sequence_2_under_accelerate_equa
     from safetensors.torch import load_file
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    # a random policy never writes the tagged format, so every reward would be 0: a short SFT first
-    sft = subprocess.run([sys.executable, "-m", "genrl.cli", "sft", "--config", "configs/sft_video_qa.yaml",
-                          f"sft.init={tiny_qa_qwen2vl(tmp_path / 'random')}", f"out_dir={tmp_path / 'sft'}",
-                          "train.steps=60", "sft.batch_size=8", "sft.eval_num=0", "eval_num=0", "optim.lr=5e-3",
-                          "optim.warmup_steps=5", "train.sample_every=100", "--quiet"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert sft.returncode == 0, sft.stderr[-2000:]
-    folder = tmp_path / "sft" / "model"
+    folder = sft_qwen2vl(tmp_path, env)
     args = ["grpo", "--config", "configs/grpo_video_qa.yaml", f"grpo.policy={folder}", "train.log_every=1",
             "train.sample_every=0", "train.checkpoint_every=1", "grpo.prompts_per_step=2", "grpo.group_size=3",
             "grpo.eval_num=0", "eval_num=2", "grpo.max_new_tokens=24", "grpo.temperature=1.5", "optim.lr=1e-2",

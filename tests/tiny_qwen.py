@@ -73,3 +73,18 @@ def tiny_qa_qwen2vl(folder, seed=0, kv_heads=2):
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def sft_qwen2vl(tmp_path, env):
+    """A tiny Qwen2-VL after a 60-step SFT (a random one never writes the tagged format, so every GRPO reward
+    would be 0); returns its transformers folder."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "genrl.cli", "sft", "--config", "configs/sft_video_qa.yaml",
+                        f"sft.init={tiny_qa_qwen2vl(tmp_path / 'random')}", f"out_dir={tmp_path / 'sft'}",
+                        "train.steps=60", "sft.batch_size=8", "sft.eval_num=0", "eval_num=0", "optim.lr=5e-3",
+                        "optim.warmup_steps=5", "train.sample_every=100", "--quiet"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp_path / "sft" / "model"

@@ -44,11 +44,15 @@ class GRPOConfig:
     """After training, score the policy on this many test-split questions into {out_dir}/eval.json (0 = skip)."""
 
 
-def _final_eval(model, out_dir: str, num: int, quiet: bool, start: dict | None = None) -> dict:
+def _final_eval(model, out_dir: str, num: int, quiet: bool, start: dict | None = None, write: bool = True) -> dict:
+    """Score ``model`` on ``num`` test questions into eval.json and the report (``write=False``: only score, as
+    the other processes of a sharded policy do beside the main one)."""
     from ..methods.qa import evaluate_qa, summary
     from ..report import write_report
 
-    report = evaluate_qa(model, "test", num, quiet=quiet)
+    report = evaluate_qa(model, "test", num, quiet=quiet or not write)
+    if not write:
+        return report
     if start is not None:  # the starting policy on the curve's first (smaller) set of questions
         report["start"] = {k: start[k] for k in ("accuracy", "per_type", "num")}
     Path(out_dir, "eval.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -111,7 +115,9 @@ def grpo(cfg: GRPOConfig, quiet: bool):
     with its whole group) in K passes: the same update, 1/K of the activations.
     Re-running the same command resumes. Works under `accelerate launch`
     (`parallel.sequence=N` splits the policy's and the reference's scoring
-    passes over N processes, and a Qwen2-VL policy's vision tower by frames).
+    passes over N processes, and a Qwen2-VL policy's vision tower by frames;
+    train.shard_trained=true shards the policy's weights, gradients and AdamW
+    state over the processes, train.shard_frozen=true the reference's).
 
     \b
     Examples:
@@ -119,6 +125,7 @@ def grpo(cfg: GRPOConfig, quiet: bool):
       genrl grpo --config configs/grpo_video_qa.yaml grpo.variant=t_grpo out_dir=runs/t_grpo
       genrl grpo --config configs/grpo_video_qa.yaml grpo.cache_video=false
       accelerate launch --num_processes 8 -m genrl.cli grpo --config configs/grpo_video_qa.yaml grpo.policy=/models/Qwen2-VL-2B-Instruct grpo.policy_dtype=bfloat16 parallel.sequence=4
+      accelerate launch --num_processes 8 -m genrl.cli grpo --config configs/grpo_video_qa.yaml grpo.policy=/models/Qwen2-VL-7B-Instruct train.shard_trained=true train.shard_frozen=true train.activation_checkpointing=true
     """
     from ..methods.grpo import build_grpo, check_passes
     from ..methods.qa import accuracy_metrics, evaluate_qa
@@ -129,15 +136,19 @@ def grpo(cfg: GRPOConfig, quiet: bool):
     method = _build(lambda: build_grpo(cfg.grpo, cfg.optim, cfg.train.seed))
     trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)
     start = None
-    metrics = Path(cfg.out_dir) / "metrics.jsonl"
-    if cfg.grpo.eval_num and trainer.is_main and not metrics.exists():  # the curve's first point: the SFT start
+    fresh = trainer.main_value(not (Path(cfg.out_dir) / "metrics.jsonl").exists())
+    if cfg.grpo.eval_num and trainer.runs_samples and fresh:  # the curve's first point: the SFT start
         start = evaluate_qa(method.policy, "test", cfg.grpo.eval_num, quiet=True)
-        trainer.log(0, accuracy_metrics(start, "heldout"), 0.0)
-    last = trainer.fit()
+        if trainer.is_main:
+            trainer.log(0, accuracy_metrics(start, "heldout"), 0.0)
+
+    def final_eval():
+        if cfg.eval_num and trainer.runs_samples:  # a sharded policy's processes all run it; the main one writes
+            _final_eval(method.policy, cfg.out_dir, cfg.eval_num, quiet, start, write=trainer.is_main)
+
+    last = trainer.fit(final_eval)
     if not trainer.is_main:
         return
-    if cfg.eval_num:
-        _final_eval(method.policy, cfg.out_dir, cfg.eval_num, quiet, start)
     click.echo(f"{cfg.grpo.variant} run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:4]))
 
 

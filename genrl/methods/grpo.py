@@ -364,10 +364,14 @@ class GRPOMethod(Method):
             return {}
         return accuracy_metrics(evaluate_qa(self.policy, "test", self.cfg.eval_num, qa=self.qa), "heldout")
 
-    def export(self, run_dir: Path) -> Path:
+    def shard_trained_refusal(self) -> str | None:
+        return None
+
+    def export(self, run_dir: Path, weights: dict[str, dict] | None = None) -> Path:
+        whole = None if weights is None else weights["policy"]
         if isinstance(self.policy, QwenVLPolicy):  # transformers folder: loads with from_pretrained too
-            return self.policy.save_pretrained(run_dir / "model")
-        return save_weights(self.policy, run_dir / "model.safetensors", "vlm", self.policy.cfg)
+            return self.policy.save_pretrained(run_dir / "model", whole)
+        return save_weights(self.policy, run_dir / "model.safetensors", "vlm", self.policy.cfg, weights=whole)
 
 
 class TGRPOMethod(GRPOMethod):
@@ -411,6 +415,10 @@ class RegGRPOMethod(GRPOMethod):
     name = "reg_grpo"
     regression = True
 
+    def shard_trained_refusal(self) -> str | None:
+        return ("reg_grpo re-rolls only the groups its own process found saturated, so the processes would run the "
+                "policy unequally often (grpo.reg_grpo.augment=false lifts it)") if self.cfg.reg_grpo.augment else None
+
     def adjust(self, ro: Rollouts) -> Rollouts:
         if not self.cfg.reg_grpo.augment:
             return ro
@@ -432,6 +440,9 @@ class CurriculumGRPOMethod(GRPOMethod):
     span masked, the masked share decaying over training."""
 
     name = "tg_grpo"
+
+    def shard_trained_refusal(self) -> str | None:
+        return "tg_grpo re-rolls only the questions its own process found hard, so the processes would run the policy unequally often"
 
     def mask_ratio(self, step: int) -> float:
         c = self.cfg.curriculum
@@ -477,6 +488,9 @@ class VerIPOMethod(GRPOMethod):
     """VerIPO: GRPO phases whose rollouts the verifier turns into preference pairs, then DPO phases on them."""
 
     name = "veripo"
+
+    def shard_trained_refusal(self) -> str | None:
+        return "veripo's DPO steps run where its own process kept preference pairs, so the processes would run the policy unequally often"
 
     def __init__(self, cfg: GRPOMethodConfig, optim: OptimConfig, seed: int, policy: Policy | None = None):
         super().__init__(cfg, optim, seed, policy)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..parallel.shard import is_sharded
 from .vlm import CompletionPolicy, pad_batch, sample_completions
 
 ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
@@ -172,9 +173,15 @@ class QwenVLPolicy(CompletionPolicy):
         """Width of the video embeddings :meth:`encode_video` returns (the language model's hidden size)."""
         return self.model.get_input_embeddings().embedding_dim
 
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
+        """A transformers folder (config, weights, tokenizer files); ``weights``: this policy's whole state dict,
+        when it is sharded."""
         folder = Path(folder)
-        self.model.save_pretrained(folder)
+        if weights is None:
+            self.model.save_pretrained(folder)
+        else:  # the policy's keys are the model's under "model." (and the vision tower's again under "visual.")
+            self.model.save_pretrained(folder, state_dict={k[len("model."):]: v for k, v in weights.items()
+                                                           if k.startswith("model.")})
         self.tokenizer.tok.save_pretrained(folder)
         return folder
 
@@ -296,4 +303,4 @@ class QwenVLPolicy(CompletionPolicy):
             return logits
 
         return sample_completions(first, step, max_new_tokens, temperature, generator,
-                                  self.tokenizer.eos_id, self.tokenizer.pad_id)
+                                  self.tokenizer.eos_id, self.tokenizer.pad_id, is_sharded(self))

@@ -90,13 +90,16 @@ def check_finite(state: dict, where: str) -> None:
             raise TrainingDiverged(f"{where}: weight {k!r} is not finite; nothing was written")
 
 
-def save_weights(module: nn.Module, path: str | Path, kind: str, config: Any, dtype: torch.dtype | None = None) -> Path:
-    """Write ``module``'s state as safetensors with its kind and config in the metadata (atomically)."""
+def save_weights(module: nn.Module, path: str | Path, kind: str, config: Any, dtype: torch.dtype | None = None,
+                 weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``module``'s state (or ``weights``, its whole state dict when it is sharded) as safetensors with its
+    kind and config in the metadata (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
-    check_finite(module.state_dict(), str(path))
-    for k, v in module.state_dict().items():
+    weights = module.state_dict() if weights is None else weights
+    check_finite(weights, str(path))
+    for k, v in weights.items():
         v = v.detach().cpu().contiguous()
         state[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v.clone()
     meta = {"genrl_kind": kind, "genrl_config": json.dumps(dataclasses.asdict(config))}

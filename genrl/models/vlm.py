@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import BlockCausal, attention
+from ..parallel.shard import is_sharded
 from .dit import RMSNorm, apply_rope, rope_angles, token_positions
 
 SPECIALS = ("<pad>", "<eos>", "<unk>", "<vision_start>", "<vision_end>", "<think>", "</think>", "<answer>", "</answer>")
@@ -226,6 +227,10 @@ class VisionTower(nn.Module):
 class CompletionPolicy(nn.Module):
     """What every genrl policy derives from its ``logits``: per-token log-probabilities of completions."""
 
+    SHARD_METHODS = ("encode_video", "generate", "logits")
+    """The methods genrl calls on a policy (none calls another): a sharded policy gathers its root weights
+    for each (:func:`genrl.parallel.shard`)."""
+
     def token_logprobs(self, video_emb, prompt_ids, prompt_mask, completion_ids, completion_mask, return_logits=False,
                        temperature: float = 1.0):
         """log pi(token) (B, T) of each completion token under the sampling distribution at ``temperature``
@@ -245,27 +250,50 @@ def completion_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: fl
 
 
 def sample_completions(logits: torch.Tensor, step, max_new_tokens: int, temperature: float,
-                       generator: torch.Generator | None, eos: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+                       generator: torch.Generator | None, eos: int, pad: int,
+                       together: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The decoding loop: sample from ``logits`` (B, vocab) (greedy at temperature 0), feed the token to
     ``step(tok) -> next logits`` (a KV-cache pass), until every row has emitted ``eos`` or ``max_new_tokens``.
     Returns ids (B, T) and mask (B, T); tokens after a row's ``eos`` are ``pad``, masked. Sampling draws on
-    the CPU so one CPU generator seeds it on any device."""
+    the CPU so one CPU generator seeds it on any device.
+
+    ``together`` (a sharded policy, whose every pass gathers weights from all processes): each process runs
+    ``step`` until every process's rows are done, feeding ``pad`` once its own are; it draws no more samples
+    then and returns what it would have alone."""
     B, dev = logits.shape[0], logits.device
     toks, live, done = [], [], torch.zeros(B, dtype=torch.bool, device=dev)
+    length = None  # tokens this process needed, once its rows are done
     for k in range(max_new_tokens):
-        if temperature > 0:
+        if length is not None:
+            tok = torch.full((B,), pad, dtype=torch.long, device=dev)
+        elif temperature > 0:
             probs = (logits.float() / temperature).softmax(-1)
             tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(dev)
         else:
             tok = logits.argmax(-1)
-        tok = torch.where(done, torch.full_like(tok, pad), tok)
-        toks.append(tok)
-        live.append(~done)
-        done = done | (tok == eos)
-        if bool(done.all()) or k == max_new_tokens - 1:
+        if length is None:
+            tok = torch.where(done, torch.full_like(tok, pad), tok)
+            toks.append(tok)
+            live.append(~done)
+            done = done | (tok == eos)
+            if bool(done.all()):
+                length = k + 1
+        finished = length is not None if not together else not _any_live(length is None, dev)
+        if finished or k == max_new_tokens - 1:
             break
         logits = step(tok)
     return torch.stack(toks, 1), torch.stack(live, 1)
+
+
+def _any_live(live: bool, device: torch.device) -> bool:
+    """Whether any process of the launch still samples (every process asks at every token, or none)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return live
+    flag = torch.tensor([float(live)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 class TinyVLM(CompletionPolicy):
@@ -367,7 +395,7 @@ class TinyVLM(CompletionPolicy):
         ones = torch.ones(B, V + 2, dtype=torch.bool, device=x.device)
         real = torch.cat((ones, prompt_mask, completion_mask), 1)
         T = completion_ids.shape[1]
-        return self._forward(x, real)[:, -T - 1 : -1]
+        return self._forward(x, real)[:, -T - 1 : -1].clone()  # not a view: a sharded policy's output gets a hook
 
     @torch.no_grad()
     def generate(self, video_emb, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,
@@ -387,7 +415,7 @@ class TinyVLM(CompletionPolicy):
             real[0] = torch.cat((real[0], one), 1)
             return out
 
-        return sample_completions(logits, step, max_new_tokens, temperature, generator, EOS, PAD)
+        return sample_completions(logits, step, max_new_tokens, temperature, generator, EOS, PAD, is_sharded(self))
 
 
 def _init(m: nn.Module) -> None:

@@ -1,9 +1,16 @@
-"""Sharding frozen models over the processes of a launch (PyTorch FSDP2's ``fully_shard``).
+"""Sharding models over the processes of a launch (PyTorch FSDP2's ``fully_shard``).
 
-A frozen DiT (the teacher) is read, never trained, yet every data-parallel process holds all of it: a
-14B Wan2.1 teacher is 26.6 GiB in bf16 on each GPU. Sharded block by block, each process keeps 1/N of its
-weights and gathers one block at a time while the DiT runs (and frees it again after), so its outputs
-are exactly those of the whole model.
+Every data-parallel process holds a whole copy of each model unless told otherwise: a 14B Wan2.1 teacher is
+26.6 GiB in bf16 on each GPU; a 7B Qwen2-VL policy trained in float32 holds 28 GiB of weights, 28 of
+gradients and 56 of AdamW state. Sharded block by block, each process keeps 1/N of the weights (and of a
+trained model's gradients and optimizer state) and gathers one block at a time while the model runs, freeing
+it again after, so its outputs are exactly those of the whole model.
+
+Units: each element of every ``blocks`` or ``layers`` list (the DiT's and Wan2.1's blocks, the policies'
+decoder layers and vision blocks) is one; the rest of the weights (embeddings, heads, norms) form the root's.
+The root gathers on ``forward`` and on the methods genrl calls instead (a DiT's ``forward_frames`` / ``run``, a
+policy's ``SHARD_METHODS``); none of those may call another, or the inner call would free the root's weights
+under the outer one.
 """
 
 from __future__ import annotations
@@ -11,25 +18,46 @@ from __future__ import annotations
 from torch import nn
 
 FORWARD_METHODS = ("forward_frames", "run")
-"""Methods other than ``forward`` that run the DiT's weights: they gather like ``forward`` does."""
+"""Methods other than ``forward`` that run a DiT's weights: they gather like ``forward`` does."""
+UNIT_LISTS = ("blocks", "layers")
+"""Names of the module lists whose elements are units of their own."""
+
+
+def units(module: nn.Module) -> list[nn.Module]:
+    """Every element of each ``blocks`` / ``layers`` list under ``module``, each once."""
+    out: list[nn.Module] = []
+    for name, child in module.named_modules():
+        if name.rsplit(".", 1)[-1] in UNIT_LISTS and isinstance(child, nn.ModuleList):
+            out.extend(b for b in child if all(b is not o for o in out))
+    return out
+
+
+def shard(module: nn.Module) -> nn.Module:
+    """Shard ``module`` in place over the default process group: each of its :func:`units` on its own, the
+    remaining weights as the root's unit; each is gathered for its forward (the root's for ``forward`` and the
+    module's ``SHARD_METHODS``, else :data:`FORWARD_METHODS`) and freed after it. A trained module's gradients
+    are reduce-scattered (averaged over the processes) as backward leaves each unit. Returns ``module``."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for block in units(module):
+        fully_shard(block)
+    fully_shard(module, reshard_after_forward=True)  # a root keeps its weights gathered after forward unless told
+    for name in getattr(module, "SHARD_METHODS", FORWARD_METHODS):
+        if hasattr(module, name):
+            register_fsdp_forward_method(module, name)
+    return module
 
 
 def shard_frozen(dit: nn.Module) -> nn.Module:
-    """Shard ``dit`` in place over the default process group: every block of each ``blocks`` list is a unit
-    of its own, the remaining weights (embeddings, final layer) one more, and each unit is gathered for its
-    forward and freed after it. Returns ``dit``."""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    """Shard a frozen DiT (the teacher) block by block: :func:`shard`."""
+    return shard(dit)
 
-    for module in list(dit.modules()):
-        blocks = getattr(module, "blocks", None)
-        if isinstance(blocks, nn.ModuleList):
-            for block in blocks:
-                fully_shard(block)
-    fully_shard(dit, reshard_after_forward=True)  # a root keeps its weights gathered after forward unless told
-    for name in FORWARD_METHODS:
-        if hasattr(dit, name):
-            register_fsdp_forward_method(dit, name)
-    return dit
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module``'s weights are sharded (DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def local_bytes(module: nn.Module) -> int:

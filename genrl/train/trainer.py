@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..config import check, save_config
+from ..errors import UsageError
 from ..parallel.sequence import every_rank
 from ..progress import progress_bar
 from .checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
@@ -79,7 +80,15 @@ class TrainConfig:
     """Shard frozen DiTs (the teacher) over the processes of the launch, block by block (FSDP2's fully_shard):
     each process keeps 1/N of their weights and gathers one block at a time as it runs; outputs are unchanged.
     Every process must run them equally often, as genrl's methods do (samples and validation use the EMA
-    student). Does nothing in one process."""
+    student). A frozen policy (GRPO's reference) is sharded layer by layer the same way. Does nothing in one
+    process."""
+    shard_trained: bool = False
+    """Shard the trained policy over the processes of the launch, layer by layer (FSDP2's fully_shard): each
+    process keeps 1/N of its weights, gradients and AdamW state, and gathers one layer at a time as it runs;
+    gradients are reduce-scattered instead of all-reduced. The same updates as an unsharded run (to float
+    rounding). Checkpoints and the exported model hold the whole weights; evaluations run on every process.
+    Methods: grpo, t_grpo, tw_grpo, thinker (and reg_grpo without augmentation); not with parallel.sequence
+    yet. Pair with shard_frozen for the reference. Does nothing in one process."""
 
 
 @dataclass
@@ -117,14 +126,17 @@ class StepContext:
             loss = micro_loss(i) if parts else micro_loss(i) / n
             self.accelerator.backward(loss)
             total += float(loss.detach())
+        sharded = [p for p in params if _is_dtensor(p)]  # train.shard_trained: FSDP reduce-scattered (averaged) these
         if self.accelerator.num_processes > 1:
-            total = self._average_gradients(params, total)
-        gn = torch.sqrt(sum((p.grad.detach().float() ** 2).sum() for p in params if p.grad is not None))
+            total = self._average_gradients([p for p in params if not _is_dtensor(p)], total)
+        gn = grad_norm(params)
         if not self._finite(total, gn):
             optimizer.zero_grad(set_to_none=True)
             self.step_was_bad = True
             return {"loss": total, "grad_norm": float(gn), "skipped": 1.0}
-        if self.cfg.grad_clip > 0:
+        if self.cfg.grad_clip > 0 and sharded:
+            clip_gradients(params, self.cfg.grad_clip, gn)
+        elif self.cfg.grad_clip > 0:
             gn = self.accelerator.clip_grad_norm_(params, self.cfg.grad_clip)
         optimizer.step()
         if scheduler is not None:
@@ -152,7 +164,8 @@ class StepContext:
 
         world = self.accelerator.num_processes
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss], device=grads[0].device)])
+        device = grads[0].device if grads else self.accelerator.device
+        flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss], device=device)])
         dist.all_reduce(flat)
         flat /= world  # sequence-parallel models end backward with whole gradients, so this is the replicas' mean
         offset = 0
@@ -160,6 +173,35 @@ class StepContext:
             p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
             offset += g.numel()
         return float(flat[-1])
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    """The L2 norm of every gradient of ``params``: sharded ones (DTensors) contribute their shards' squares,
+    summed over the processes."""
+    whole = [p.grad for p in params if p.grad is not None and not _is_dtensor(p.grad)]
+    shards = [p.grad.to_local() for p in params if p.grad is not None and _is_dtensor(p.grad)]
+    if not shards:
+        return torch.sqrt(sum((g.detach().float() ** 2).sum() for g in whole))
+    import torch.distributed as dist
+
+    square = sum((g.detach().float() ** 2).sum() for g in shards)
+    dist.all_reduce(square)
+    return torch.sqrt(square + sum((g.detach().float() ** 2).sum().to(square.device) for g in whole))
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float, norm: torch.Tensor) -> None:
+    """Scale every gradient by max_norm / (norm + 1e-6) when that is below 1 (torch's clip_grad_norm_, for
+    gradients some of which are sharded)."""
+    coef = float((max_norm / (norm + 1e-6)).clamp(max=1.0))
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(coef)
 
 
 @dataclass
@@ -190,6 +232,11 @@ class Method:
         replica = accelerator.process_index // sequence
         if data is not None and replica:
             data.generator.manual_seed(int(data.generator.initial_seed()) + 1_000_003 * replica)
+
+    def shard_trained_refusal(self) -> str | None:
+        """Why ``train.shard_trained`` cannot shard this method's trained roles (None: it can). A sharded model
+        gathers its weights from every process at each pass, so every process must run it equally often."""
+        return f"the {self.name} method does not support it yet"
 
     def sequence_parallel_models(self) -> list[nn.Module]:
         """The DiTs ``parallel.sequence`` splits over processes (none: the method does not support it)."""
@@ -225,7 +272,8 @@ class Method:
         raise NotImplementedError
 
     def export(self, run_dir: Path) -> Path | None:
-        """Write the final model weights (safetensors) into ``run_dir``."""
+        """Write the final model weights (safetensors) into ``run_dir``. A method that shards its trained roles
+        also takes ``weights``: the whole state dicts of :meth:`checkpoint_modules`, gathered by the trainer."""
         return None
 
 
@@ -237,8 +285,6 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if name not in _DTYPES:
-        from ..errors import UsageError
-
         raise UsageError(f"train.frozen_dtype is {name!r}; valid: auto, {', '.join(_DTYPES)}")
     return _DTYPES[name]
 
@@ -246,9 +292,9 @@ def frozen_dtype(name: str, device: torch.device) -> torch.dtype | None:
 def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig,
                 processes: int = 1) -> dict[str, tuple[int, int]]:
     """The one place models meet the device: move every role, cast and offload or shard frozen ones,
-    checkpoint activations of trainable ones. Methods never move models themselves. Returns, for each
-    sharded role, the bytes of its DiT's weights this process holds and those of the whole DiT."""
-    from ..errors import UsageError
+    checkpoint activations of trainable ones and shard them. Methods never move models themselves. Returns,
+    for each sharded role, the bytes of its (DiT's) weights this process holds and those of the whole."""
+    from ..parallel import local_bytes, shard
 
     if cfg.shard_frozen and cfg.offload_frozen:
         raise UsageError("train.shard_frozen and train.offload_frozen both place the frozen roles; valid: one of them")
@@ -262,23 +308,81 @@ def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig,
                              f"to Wan2.1 transformers and transformers Qwen2-VL / Qwen2.5-VL policies")
         for net in able:
             net.enable_activation_checkpointing()
+    if cfg.shard_trained and processes > 1:
+        for name, role in roles.items():
+            if role.trainable and not hasattr(role.module, "SHARD_METHODS"):
+                raise UsageError(f"train.shard_trained shards trained policies (genrl VLMs, transformers Qwen2-VL / "
+                                 f"Qwen2.5-VL); the {name} role is a {type(role.module).__name__}; valid: false")
     sharded: dict[str, tuple[int, int]] = {}
     for name, role in roles.items():
         m = role.module
         if role.trainable:
             m.to(device)
+            if cfg.shard_trained and processes > 1:
+                whole = local_bytes(m)
+                sharded[name] = (local_bytes(shard(m)), whole)
             continue
         m.to(device, dtype) if role.cast and dtype is not None else m.to(device)
         if role.cast and cfg.offload_frozen and device.type == "cuda":
             from accelerate import cpu_offload
 
             cpu_offload(m, execution_device=device)
-        if role.cast and cfg.shard_frozen and processes > 1 and hasattr(m, "dit"):
-            from ..parallel import local_bytes, shard_frozen
-
-            whole = local_bytes(m.dit)
-            sharded[name] = (local_bytes(shard_frozen(m.dit)), whole)
+        target = m.dit if hasattr(m, "dit") else m if hasattr(m, "SHARD_METHODS") else None  # a DiT, a policy
+        if role.cast and cfg.shard_frozen and processes > 1 and target is not None:
+            whole = local_bytes(target)
+            sharded[name] = (local_bytes(shard(target)), whole)
     return sharded
+
+
+def _rebind_optimizers(stateful: dict[str, Any], modules: dict[str, nn.Module],
+                       names: dict[str, dict[int, str]]) -> dict[str, nn.Module]:
+    """Point every optimizer at the sharded parameters (FSDP replaces each parameter of a module it shards by
+    a DTensor of the same name; optimizers are built before, on the originals, with no state yet). ``names``:
+    each module's parameter names by the id of the original. Returns the module each optimizer updates."""
+    owners: dict[str, nn.Module] = {}
+    for key, opt in stateful.items():
+        if not isinstance(opt, torch.optim.Optimizer):
+            continue
+        found = set()
+        for group in opt.param_groups:
+            new = []
+            for p in group["params"]:
+                owner = next((n for n, ids in names.items() if id(p) in ids), None)
+                if owner is None:
+                    raise RuntimeError(f"train.shard_trained: optimizer {key!r} updates a parameter outside the "
+                                       "sharded trained roles")
+                found.add(owner)
+                new.append(modules[owner].get_parameter(names[owner][id(p)]))
+            group["params"] = new
+        if len(found) != 1 or opt.state:
+            raise RuntimeError(f"train.shard_trained: optimizer {key!r} must update one trained role and have no "
+                               "state yet")
+        owners[key] = modules[found.pop()]
+    return owners
+
+
+def whole_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict; a sharded module's whole one, gathered to the CPU of the main process (every
+    process must call it then; the others get an empty dict)."""
+    from ..parallel import is_sharded
+
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_whole_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole state dict into ``module``, sharded or not (each process keeps its shards)."""
+    from ..parallel import is_sharded
+
+    if not is_sharded(module):
+        module.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
 
 
 def _size(n: float) -> str:
@@ -311,11 +415,16 @@ class Trainer:
                  parallel: ParallelConfig | None = None):
         from accelerate import Accelerator
 
-        if cfg.val_every and method.val_key is None:  # before the run folder or any process group exists
-            from ..errors import UsageError
-
+        # refusals before the run folder or any process group exists
+        if cfg.val_every and method.val_key is None:
             raise UsageError(f"config key 'train.val_every' is {cfg.val_every}, but the {method.name} method has no "
                              "validation; valid: 0 (the distill methods validate)")
+        if cfg.shard_trained and (why := method.shard_trained_refusal()):
+            raise UsageError(f"train.shard_trained: {why}; valid: false")
+        if cfg.shard_trained and parallel is not None and parallel.sequence > 1:
+            raise UsageError(f"train.shard_trained with parallel.sequence={parallel.sequence}: not supported yet (the "
+                             "split layers sum their gradients over the group on unsharded parameters, which FSDP "
+                             "replaces); valid: one of them")
         self.cfg, self.method, self.quiet = cfg, method, quiet
         self.run_dir = Path(run_dir)
         log_with = None if cfg.tracker == "none" else cfg.tracker
@@ -328,11 +437,24 @@ class Trainer:
                 save_config(full_config, self.run_dir / "config.yaml")
         if log_with:
             self.accelerator.init_trackers(method.name)
-        self.sharded = place_roles(self.method.roles(), self.accelerator.device, cfg, self.accelerator.num_processes)
-        """(bytes this process holds, bytes of the whole) of each sharded frozen role's DiT (train.shard_frozen)."""
+        roles = self.method.roles()
+        self.shards_trained = cfg.shard_trained and self.accelerator.num_processes > 1
+        """Whether the trained roles are sharded (train.shard_trained): their checkpoints, exports and
+        evaluations then need every process."""
+        names = {n: {id(p): k for k, p in r.module.named_parameters()} for n, r in roles.items() if r.trainable}
+        self.sharded = place_roles(roles, self.accelerator.device, cfg, self.accelerator.num_processes)
+        """(bytes this process holds, bytes of the whole) of each sharded role's weights (train.shard_frozen: a
+        frozen DiT or policy; train.shard_trained: a trained policy)."""
+        self.optimized: dict[str, nn.Module] = {}
+        """The sharded trained module each optimizer (by its name in the method's stateful) updates."""
+        if self.shards_trained:
+            self.optimized = _rebind_optimizers(method.stateful(), {n: roles[n].module for n in names}, names)
         if self.sharded and self.is_main and not quiet:
-            print("train.shard_frozen: " + ", ".join(f"{n} {_size(held)} of {_size(whole)} per process"
-                                                     for n, (held, whole) in self.sharded.items()), file=sys.stderr)
+            for key, kinds in (("train.shard_frozen", False), ("train.shard_trained", True)):
+                held = [f"{n} {_size(h)} of {_size(w)} per process" for n, (h, w) in self.sharded.items()
+                        if roles[n].trainable == kinds]
+                if held:
+                    print(f"{key}: " + ", ".join(held), file=sys.stderr)
         self.sequence = (parallel or ParallelConfig()).sequence
         if self.sequence > 1:
             self._apply_sequence_parallel()
@@ -342,7 +464,6 @@ class Trainer:
         """{"step", "key", "value"} of the best validation so far (checkpointed, so a resumed run keeps it)."""
 
     def _apply_sequence_parallel(self) -> None:
-        from ..errors import UsageError
         from ..parallel import make_sequence_parallel, sequence_groups
 
         models = self.method.sequence_parallel_models()
@@ -356,6 +477,22 @@ class Trainer:
         group = sequence_groups(self.sequence)
         for m in models:
             make_sequence_parallel(m, self.sequence, group)
+
+    @property
+    def runs_samples(self) -> bool:
+        """Whether this process runs the method's samples and evaluations: the main one, or every one when the
+        trained roles are sharded (each pass gathers from all)."""
+        return self.is_main or self.shards_trained
+
+    def main_value(self, value: Any) -> Any:
+        """The main process's ``value``, on every process (every process must call it)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     # -------------------------------------------------------------- checkpoints
     PER_PROCESS = ("data",)
@@ -375,10 +512,11 @@ class Trainer:
 
             per_process = [None] * self.accelerator.num_processes
             dist.all_gather_object(per_process, self._own_state())
+        modules = {n: self.accelerator.unwrap_model(m) for n, m in self.method.checkpoint_modules().items()}
+        weights = {n: whole_state_dict(m) for n, m in modules.items()}  # sharded ones gather: every process
+        stateful = {n: self._state_of(n, o) for n, o in self.method.stateful().items()}
         if not self.is_main:
             return
-        modules = {n: self.accelerator.unwrap_model(m) for n, m in self.method.checkpoint_modules().items()}
-        weights = {n: m.state_dict() for n, m in modules.items()}
         from ..models.registry import check_finite, model_metadata
 
         for n, w in weights.items():
@@ -386,7 +524,8 @@ class Trainer:
         state = {
             "step": step,
             "num_processes": self.accelerator.num_processes,
-            "stateful": {n: o.state_dict() for n, o in self.method.stateful().items()},
+            "shards_trained": self.shards_trained,
+            "stateful": stateful,
             "method": self.method.extra_state(),
             "rng": _rng_state(),
             "per_process": per_process,
@@ -394,6 +533,15 @@ class Trainer:
         }
         save_checkpoint(self.ckpt_root, step, weights, state, keep=self.cfg.keep_checkpoints,
                         metadata={n: model_metadata(m) for n, m in modules.items()})
+
+    def _state_of(self, name: str, obj: Any) -> dict[str, Any]:
+        """``obj``'s state dict; a sharded role's optimizer's whole one, by parameter name (every process)."""
+        if name not in self.optimized:
+            return obj.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.optimized[name], obj,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def maybe_resume(self) -> int:
         """Load the newest intact checkpoint (warning about damaged newer ones); cut metrics.jsonl back to it."""
@@ -408,18 +556,26 @@ class Trainer:
         step, weights, state = load_checkpoint(path, verify=False)  # resumable_checkpoint just verified every checksum
         saved, now = state.get("num_processes", 1), self.accelerator.num_processes
         if saved != now:
-            from ..errors import UsageError
-
             raise UsageError(f"{path} was written by {saved} process(es) and this run has {now}: each process's data "
                              f"stream and RNG are in the checkpoint, so resume with {saved} (accelerate launch "
                              f"--num_processes {saved}), or start a new out_dir")
+        if state.get("shards_trained", False) != self.shards_trained:  # whole vs per-parameter optimizer states
+            was = str(state.get("shards_trained", False)).lower()
+            raise UsageError(f"{path} was written with train.shard_trained={was} over {saved} process(es): resume "
+                             f"with train.shard_trained={was}, or start a new out_dir")
         if self.is_main:
             self._cut_metrics(step)
         for n, m in self.method.checkpoint_modules().items():
-            self.accelerator.unwrap_model(m).load_state_dict(weights[n])
+            load_whole_state_dict(self.accelerator.unwrap_model(m), weights[n])
         own = state.get("per_process", [None] * now)[self.accelerator.process_index] or {}
         for n, o in self.method.stateful().items():
-            o.load_state_dict(own.get("stateful", {}).get(n, state["stateful"][n]))
+            saved_state = own.get("stateful", {}).get(n, state["stateful"][n])
+            if n in self.optimized:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(self.optimized[n], o, saved_state, options=StateDictOptions(full_state_dict=True))
+            else:
+                o.load_state_dict(saved_state)
         self.method.load_extra_state(own.get("method", state["method"]))
         _set_rng_state(own.get("rng", state["rng"]))
         self.best = state.get("best")
@@ -494,7 +650,9 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
 
     # --------------------------------------------------------------------- loop
-    def fit(self) -> dict[str, float]:
+    def fit(self, finish: Callable[[], Any] | None = None) -> dict[str, float]:
+        """Train to ``cfg.steps`` (resuming), checkpoint, export, then call ``finish`` on every process (a final
+        evaluation: a sharded policy's needs every process, before they leave the process group)."""
         seed_everything(self.cfg.seed)
         start = self.maybe_resume()
         ctx = StepContext(self.accelerator, self.cfg)
@@ -514,8 +672,10 @@ class Trainer:
                 val_due = self.cfg.val_every and (step % self.cfg.val_every == 0 or step == self.cfg.steps)
                 if val_due and self.is_main:
                     self._validate(step, time.time() - t0)
-                if self.cfg.sample_every and step % self.cfg.sample_every == 0 and step != self.cfg.steps and self.is_main:
-                    self.log(step, self.method.write_samples(step, self.run_dir / "samples"), time.time() - t0)
+                if self.cfg.sample_every and step % self.cfg.sample_every == 0 and step != self.cfg.steps and self.runs_samples:
+                    samples = self.method.write_samples(step, self.run_dir / "samples")
+                    if self.is_main:
+                        self.log(step, samples, time.time() - t0)
                 if stop():  # Ctrl-C: finish the step, checkpoint it, leave
                     self.save(step)
                     raise KeyboardInterrupt
@@ -524,12 +684,18 @@ class Trainer:
                 advance(1, " ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:3]))
         if step > start:
             self.save(self.cfg.steps)
+        samples = self.method.write_samples(self.cfg.steps, self.run_dir / "samples") if self.runs_samples else {}
+        if self.shards_trained:  # the whole weights, gathered from every process
+            weights = {n: whole_state_dict(self.accelerator.unwrap_model(m))
+                       for n, m in self.method.checkpoint_modules().items()}
         if self.is_main:
-            self.log(self.cfg.steps, self.method.write_samples(self.cfg.steps, self.run_dir / "samples"), time.time() - t0)
-            self.method.export(self.run_dir)
+            self.log(self.cfg.steps, samples, time.time() - t0)
+            self.method.export(self.run_dir, weights=weights) if self.shards_trained else self.method.export(self.run_dir)
             from ..report import write_report
 
             write_report(self.run_dir)
+        if finish is not None:
+            finish()
         self.accelerator.wait_for_everyone()  # end_training leaves the process group: all together, after the
         self.accelerator.end_training()  # main process's writes (one leaving early could abort at teardown)
         return last

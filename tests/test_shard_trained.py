@@ -1,0 +1,143 @@
+"""Trained policies sharded over 2 gloo processes (train.shard_trained, FSDP2): the same GRPO updates as the
+unsharded run, checkpoints that resume exactly, whole exported weights; and the sampling loop that keeps the
+processes of a sharded policy in step."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from tiny import accelerate_launch
+from tiny_qwen import sft_qwen2vl
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+EOS, PAD, VOCAB = 1, 0, 5
+
+
+def _decode(ends: list[int], together: bool, generator: torch.Generator):
+    """sample_completions over logits that favour <eos> at row r's step ends[r] (and never before); returns
+    (ids, mask, passes run)."""
+    from genrl.models.vlm import sample_completions
+
+    calls = [0]
+
+    def logits_at(k: int) -> torch.Tensor:
+        out = torch.zeros(len(ends), VOCAB)
+        out[:, EOS] = torch.tensor([30.0 if k >= e else -30.0 for e in ends])
+        return out
+
+    def step(tok):
+        calls[0] += 1
+        return logits_at(calls[0])
+
+    ids, mask = sample_completions(logits_at(0), step, 8, 1.0, generator, EOS, PAD, together)
+    return ids, mask, calls[0]
+
+
+def _sampling_worker(rank, init, out):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    ends = [[1, 2], [4, 0]][rank]  # this process's rows are done after 3 tokens; the other's after 5
+    alone = _decode(ends, False, torch.Generator().manual_seed(rank))
+    g = torch.Generator().manual_seed(rank)
+    together = _decode(ends, True, g)
+    after = torch.Generator().manual_seed(rank)
+    _decode(ends, False, after)
+    result = {"equal": torch.equal(alone[0], together[0]) and torch.equal(alone[1], together[1]),
+              "passes": (alone[2], together[2]), "rng": torch.equal(g.get_state(), after.get_state())}
+    results = [None, None]
+    dist.all_gather_object(results, result)
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def test_sampling_together_runs_every_process_to_the_last_token_and_returns_what_each_samples_alone(tmp_path):
+    mp.spawn(_sampling_worker, args=(f"file://{tmp_path / 'rdv'}", str(tmp_path / "out.pt")), nprocs=2, join=True)
+    r = torch.load(tmp_path / "out.pt")
+    assert [x["passes"] for x in r] == [(2, 4), (4, 4)]  # alone: 3 and 5 tokens; together both run 5
+    assert all(x["equal"] and x["rng"] for x in r)  # same ids, same mask, no extra draws from the generator
+
+
+def _rows(folder):
+    return [{k: v for k, v in json.loads(x).items() if k != "time"}
+            for x in (folder / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def _same_run(a_dir, b_dir, weights, rtol=1e-5):
+    """The two runs logged the same rewards and (to float rounding) losses and gradient norms, and exported the
+    same weights."""
+    a, b = _rows(a_dir), _rows(b_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 2
+    assert [r["reward"] for r in a] == [r["reward"] for r in b]  # the same rollouts
+    assert any(r["grad_norm"] > 0 for r in a)
+    for key in ("loss", "grad_norm", "kl"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=rtol, abs=1e-7), key
+    wa, wb = load_file(str(a_dir / weights)), load_file(str(b_dir / weights))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def _launch(*args, quiet=True):
+    r = subprocess.run([*accelerate_launch(2), *args, *(["--quiet"] if quiet else [])], env=ENV,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+GRPO = ["grpo", "--config", "configs/grpo_video_qa.yaml", "train.log_every=1", "train.sample_every=0",
+        "train.checkpoint_every=1", "grpo.prompts_per_step=2", "grpo.group_size=3", "grpo.eval_num=4", "eval_num=4"]
+
+
+def test_two_process_grpo_with_a_sharded_policy_equals_the_unsharded_run_and_resumes(tmp_path):
+    """The shapes VLM: 3 steps unsharded against 2 sharded steps (policy and reference) and a resume to 3."""
+    args = [*GRPO, "grpo.temperature=2.0", "optim.lr=1e-3", "grpo.max_new_tokens=16"]
+    _launch(*args, "train.steps=3", f"out_dir={tmp_path / 'whole'}")
+    sharded = [*args, "train.shard_trained=true", "train.shard_frozen=true", f"out_dir={tmp_path / 'sharded'}"]
+    r = _launch(*sharded, "train.steps=2", quiet=False)
+    held = {line.split(":")[0]: line for line in r.stderr.splitlines() if line.startswith("train.shard_")}
+    assert " policy " in held["train.shard_trained"] and " reference " in held["train.shard_frozen"], r.stderr[-2000:]
+    _launch(*sharded, "train.steps=3")
+    _same_run(tmp_path / "whole", tmp_path / "sharded", "model.safetensors")
+    ckpt = [load_file(str(tmp_path / d / "checkpoints" / "step_0000003" / "policy.safetensors")) for d in ("whole", "sharded")]
+    assert all(torch.allclose(ckpt[0][k], ckpt[1][k], rtol=1e-5, atol=1e-6) for k in ckpt[0])
+    state = torch.load(tmp_path / "sharded" / "checkpoints" / "step_0000003" / "state.pt", weights_only=False)
+    assert state["shards_trained"] is True
+    moments = state["stateful"]["optimizer"]["state"]  # whole AdamW moments, by parameter name
+    assert "embed.weight" in moments and moments["embed.weight"]["exp_avg"].shape == ckpt[1]["embed.weight"].shape
+
+
+def test_two_process_grpo_on_a_sharded_checkpointed_qwen2vl_policy_equals_the_unsharded_run(tmp_path):
+    """A transformers Qwen2-VL policy: decoder layers and vision blocks sharded, activation checkpointing on,
+    against the plain 2-process run, in the exported transformers folder's weights."""
+    folder = sft_qwen2vl(tmp_path, ENV)
+    args = [*GRPO, f"grpo.policy={folder}", "grpo.eval_num=2", "eval_num=2",
+            "grpo.max_new_tokens=24", "grpo.temperature=1.5", "optim.lr=1e-2", "train.steps=2"]
+    _launch(*args, f"out_dir={tmp_path / 'whole'}")
+    _launch(*args, "train.shard_trained=true", "train.shard_frozen=true", "train.activation_checkpointing=true",
+            f"out_dir={tmp_path / 'sharded'}")
+    _same_run(tmp_path / "whole", tmp_path / "sharded", "model/model.safetensors", rtol=1e-4)
+    start = load_file(str(folder / "model.safetensors"))
+    end = load_file(str(tmp_path / "sharded" / "model" / "model.safetensors"))
+    assert any(not torch.equal(end[k], start[k]) for k in end if ".layers." in k)  # the steps trained it
+    assert json.loads((tmp_path / "sharded" / "eval.json").read_text())["num"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grpo", "--config", "configs/grpo_video_qa.yaml", "grpo.variant=reg_grpo"],
+     "train.shard_trained: reg_grpo re-rolls only the groups its own process found saturated"),
+    (["distill", "--config", "configs/dmd.yaml"], "train.shard_trained: the dmd method does not support it yet"),
+    (["grpo", "--config", "configs/grpo_video_qa.yaml", "parallel.sequence=2"],
+     "train.shard_trained with parallel.sequence=2: not supported yet"),
+], ids=["reg_grpo", "dmd", "sequence"])
+def test_shard_trained_refuses_methods_whose_processes_would_run_the_policy_unequally(run_cli, tmp_path, args, message):
+    code, _, err = run_cli(*args, f"out_dir={tmp_path / 'run'}", "train.shard_trained=true", "--quiet")
+    assert code == 2 and message in err and "valid: " in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
