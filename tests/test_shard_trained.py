@@ -5,6 +5,7 @@ processes of a sharded policy in step."""
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -70,7 +71,7 @@ def _rows(folder):
             for x in (folder / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
 
-def _same_run(a_dir, b_dir, weights, rtol=1e-5):
+def _same_run(a_dir, b_dir, weights, rtol=1e-5, atol=1e-6):
     """The two runs logged the same rewards and (to float rounding) losses and gradient norms, and exported the
     same weights."""
     a, b = _rows(a_dir), _rows(b_dir)
@@ -82,7 +83,7 @@ def _same_run(a_dir, b_dir, weights, rtol=1e-5):
     wa, wb = load_file(str(a_dir / weights)), load_file(str(b_dir / weights))
     assert wa.keys() == wb.keys()
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(wb[k], wa[k], rtol=rtol, atol=atol, msg=k)
 
 
 def _launch(*args, quiet=True):
@@ -114,19 +115,23 @@ def test_two_process_grpo_with_a_sharded_policy_equals_the_unsharded_run_and_res
     assert "embed.weight" in moments and moments["embed.weight"]["exp_avg"].shape == ckpt[1]["embed.weight"].shape
 
 
-def test_two_process_grpo_on_a_sharded_checkpointed_qwen2vl_policy_equals_the_unsharded_run(tmp_path):
-    """A transformers Qwen2-VL policy: decoder layers and vision blocks sharded, activation checkpointing on,
-    against the plain 2-process run, in the exported transformers folder's weights."""
+def test_grpo_on_a_qwen2vl_policy_sharded_and_split_over_2_processes_equals_one_process(tmp_path):
+    """A transformers Qwen2-VL policy training its vision tower too: decoder layers, vision blocks, the final norm
+    and the merger sharded, activation checkpointing on, and parallel.sequence=2 (its split-summed gradients
+    reduce-scattered with FSDP's divisor set to the replicas, 1, not the processes, 2), against one process."""
     folder = sft_qwen2vl(tmp_path, ENV)
-    args = [*GRPO, f"grpo.policy={folder}", "grpo.eval_num=2", "eval_num=2",
-            "grpo.max_new_tokens=24", "grpo.temperature=1.5", "optim.lr=1e-2", "train.steps=2"]
-    _launch(*args, f"out_dir={tmp_path / 'whole'}")
-    _launch(*args, "train.shard_trained=true", "train.shard_frozen=true", "train.activation_checkpointing=true",
-            f"out_dir={tmp_path / 'sharded'}")
-    _same_run(tmp_path / "whole", tmp_path / "sharded", "model/model.safetensors", rtol=1e-4)
+    args = [*GRPO, f"grpo.policy={folder}", "grpo.eval_num=2", "eval_num=2", "grpo.max_new_tokens=24",
+            "grpo.temperature=1.5", "optim.lr=1e-2", "train.steps=2", "grpo.train_vision=true", "grpo.cache_video=false"]
+    one = subprocess.run([sys.executable, "-m", "genrl.cli", *args, f"out_dir={tmp_path / 'one'}", "--quiet"], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    _launch(*args, "parallel.sequence=2", "train.shard_trained=true", "train.shard_frozen=true",
+            "train.activation_checkpointing=true", f"out_dir={tmp_path / 'sharded'}")
+    _same_run(tmp_path / "one", tmp_path / "sharded", "model/model.safetensors", rtol=1e-4, atol=1e-5)  # AdamW at lr 1e-2
     start = load_file(str(folder / "model.safetensors"))
     end = load_file(str(tmp_path / "sharded" / "model" / "model.safetensors"))
-    assert any(not torch.equal(end[k], start[k]) for k in end if ".layers." in k)  # the steps trained it
+    for part in (".layers.", "visual.blocks.", "visual.merger."):  # the steps trained each
+        assert any(not torch.equal(end[k], start[k]) for k in end if part in k), part
     assert json.loads((tmp_path / "sharded" / "eval.json").read_text())["num"] == 2
 
 
@@ -134,10 +139,20 @@ def test_two_process_grpo_on_a_sharded_checkpointed_qwen2vl_policy_equals_the_un
     (["grpo", "--config", "configs/grpo_video_qa.yaml", "grpo.variant=reg_grpo"],
      "train.shard_trained: reg_grpo re-rolls only the groups its own process found saturated"),
     (["distill", "--config", "configs/dmd.yaml"], "train.shard_trained: the dmd method does not support it yet"),
-    (["grpo", "--config", "configs/grpo_video_qa.yaml", "parallel.sequence=2"],
-     "train.shard_trained with parallel.sequence=2: not supported yet"),
-], ids=["reg_grpo", "dmd", "sequence"])
+], ids=["reg_grpo", "dmd"])
 def test_shard_trained_refuses_methods_whose_processes_would_run_the_policy_unequally(run_cli, tmp_path, args, message):
     code, _, err = run_cli(*args, f"out_dir={tmp_path / 'run'}", "train.shard_trained=true", "--quiet")
     assert code == 2 and message in err and "valid: " in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_bench_shard_policy_reports_half_the_training_state_and_the_same_updates(run_cli, tmp_path):
+    code, out, err = run_cli("bench", "shard-policy", "--dim", "32", "--depth", "2", "--rows", "2", "--tokens", "4",
+                             "--rounds", "1", "--json", str(tmp_path / "s.json"), "--quiet")
+    assert code == 0, err
+    r = json.loads((tmp_path / "s.json").read_text())
+    held = r["raw"]["held_bytes"]
+    assert r["shard_policy.held_ratio"] == round(held["sharded"] / held["whole"], 3)
+    assert 0.45 <= r["shard_policy.held_ratio"] <= 0.6  # weights, gradients and both AdamW moments: half each
+    assert r["shard_policy.max_abs_diff"] < 1e-6 and r["shard_policy.step_time_ratio"] > 0
+    assert all(len(v) == 1 for kind in r["raw"]["seconds"].values() for v in kind.values())

@@ -720,16 +720,21 @@ def _sp_measure(rank: int, one, two, rounds: int) -> dict:
     return {"activation_bytes": mem, "seconds": times}
 
 
-def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, quiet: bool) -> dict:
-    """Per-rank activation memory and time of one DiT layer, SP=1 vs SP=2 (two gloo processes on this machine)."""
+def _two_processes(worker, *args) -> dict:
+    """Run ``worker(rank, init, out, *args)`` as 2 gloo processes; what rank 0 wrote to ``out`` (JSON)."""
     import tempfile
 
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "sp.json"
-        mp.spawn(_sp_worker, args=(f"file://{Path(d) / 'rdv'}", str(out), frames, rounds, dim, heads, side), nprocs=2)
-        raw = {int(k): v for k, v in json.loads(out.read_text()).items()}
+        out = Path(d) / "out.json"
+        mp.spawn(worker, args=(f"file://{Path(d) / 'rdv'}", str(out), *args), nprocs=2)
+        return json.loads(out.read_text())
+
+
+def sp_report(frames: list[int], rounds: int, dim: int, heads: int, side: int, quiet: bool) -> dict:
+    """Per-rank activation memory and time of one DiT layer, SP=1 vs SP=2 (two gloo processes on this machine)."""
+    raw = {int(k): v for k, v in _two_processes(_sp_worker, frames, rounds, dim, heads, side).items()}
     report: dict = {"raw": raw}
     rows = []
     for F, whole in raw.items():
@@ -824,15 +829,7 @@ def _shard_worker(rank: int, init: str, out: str, frames: int, rounds: int, dim:
 
 def shard_report(frames: int, rounds: int, dim: int, depth: int, heads: int, side: int, quiet: bool) -> dict:
     """Per-rank weight bytes and forward time of a frozen DiT, whole vs sharded over 2 gloo processes."""
-    import tempfile
-
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "shard.json"
-        mp.spawn(_shard_worker, args=(f"file://{Path(d) / 'rdv'}", str(out), frames, rounds, dim, depth, heads, side),
-                 nprocs=2)
-        raw = json.loads(out.read_text())
+    raw = _two_processes(_shard_worker, frames, rounds, dim, depth, heads, side)
     w, s = raw["weight_bytes"], raw["seconds"]
     report = {"shard.weight_ratio": round(w["sharded"] / w["whole"], 3),
               "shard.time_ratio": round(med(s["sharded"]) / med(s["whole"]), 3),
@@ -872,6 +869,144 @@ def bench_shard(frames, rounds, dim, depth, heads, side, json_path, quiet):
     if dim % heads or side % 2:
         raise click.BadParameter(f"--dim {dim} must be a multiple of --heads {heads}, and --side even (patches of 2)")
     _write(shard_report(frames, rounds, dim, depth, heads, side, quiet), json_path)
+
+
+# ---------------------------------------------------------------- shard-policy
+def _held_bytes(model, opt) -> int:
+    """Bytes of ``model``'s weights, gradients and optimizer state this process holds (its shards when sharded)."""
+    import torch
+
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    total = 0
+    for p in model.parameters():
+        for t in (p, p.grad):
+            if t is not None:
+                total += local(t).numel() * local(t).element_size()
+    for state in opt.state.values():
+        total += sum(local(v).numel() * local(v).element_size() for v in state.values()
+                     if isinstance(v, torch.Tensor) and v.dim())
+    return total
+
+
+def _policy_shard_worker(rank: int, init: str, out: str, rounds: int, dim: int, depth: int, rows: int,
+                         tokens: int) -> None:
+    """One of two gloo ranks: a tiny VLM trained whole on each rank (gradients all-reduced) vs sharded over both
+    (train.shard_trained): bytes held, a training step's time and a sampling pass's time."""
+    import copy
+
+    import torch
+    import torch.distributed as dist
+
+    from ..models.vlm import TinyVLM, VLMConfig
+    from ..parallel import shard
+    from ..train.trainer import clip_gradients, grad_norm
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    words = [f"w{i}" for i in range(64)]
+    whole = TinyVLM(VLMConfig(words=words, dim=dim, depth=depth, heads=4, kv_heads=2, mlp_hidden=4 * dim,
+                              vision_dim=dim, vision_heads=4)).train()
+    sharded = shard(copy.deepcopy(whole))
+    models = {"whole": whole, "sharded": sharded}
+    opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-3) for n, m in models.items()}
+    g = torch.Generator().manual_seed(1 + rank)  # each rank its own batch, as data parallelism has it
+    videos = torch.rand(rows, whole.cfg.frames, 3, whole.cfg.height, whole.cfg.width, generator=g)
+    prompt = torch.randint(3, len(whole.tokenizer), (rows, 8), generator=g)
+    ids = torch.randint(3, len(whole.tokenizer), (rows, tokens), generator=g)
+    ones = lambda t: torch.ones_like(t, dtype=torch.bool)  # noqa: E731
+
+    def train(name):
+        m, opt = models[name], opts[name]
+        lp = m.token_logprobs(m.encode_video(videos), prompt, ones(prompt), ids, ones(ids))
+        lp.mean().neg().backward()
+        params = [p for p in m.parameters() if p.grad is not None]
+        if name == "whole":  # the trainer's data parallelism: one all-reduce of every gradient
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat)
+            flat /= 2
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
+                offset += p.numel()
+        clip_gradients(params, 1.0, grad_norm(params))
+        opt.step()
+        opt.zero_grad(set_to_none=False)  # gradients stay allocated, as between the steps of a run
+
+    def sample(name):
+        m = models[name]
+        with torch.no_grad():
+            m.generate(m.encode_video(videos), prompt, ones(prompt), tokens, 1.0, torch.Generator().manual_seed(rank))
+
+    times: dict[str, dict[str, list[float]]] = {k: {"whole": [], "sharded": []} for k in ("step", "sample")}
+    for i in range(rounds + 1):
+        for kind, fn in (("step", train), ("sample", sample)):
+            for name in ("whole", "sharded"):
+                dist.barrier()
+                t0 = time.perf_counter()
+                fn(name)
+                dist.barrier()
+                if i:
+                    times[kind][name].append(time.perf_counter() - t0)
+    from ..train.trainer import whole_state_dict
+
+    full = whole_state_dict(sharded)
+    raw = {"held_bytes": {n: _held_bytes(models[n], opts[n]) for n in models}, "seconds": times,
+           "params": sum(p.numel() for p in whole.parameters()), "rows": rows, "tokens": tokens}
+    if rank == 0:
+        raw["max_abs_diff"] = max(float((full[k] - v).abs().max()) for k, v in whole.state_dict().items())
+        Path(out).write_text(json.dumps(raw))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def shard_policy_report(rounds: int, dim: int, depth: int, rows: int, tokens: int, quiet: bool) -> dict:
+    """Per-rank bytes, step and sampling time of a trained tiny VLM, whole vs sharded over 2 gloo processes."""
+    raw = _two_processes(_policy_shard_worker, rounds, dim, depth, rows, tokens)
+    h, s = raw["held_bytes"], raw["seconds"]
+    report = {"shard_policy.held_ratio": round(h["sharded"] / h["whole"], 3),
+              "shard_policy.step_time_ratio": round(med(s["step"]["sharded"]) / med(s["step"]["whole"]), 3),
+              "shard_policy.sample_time_ratio": round(med(s["sample"]["sharded"]) / med(s["sample"]["whole"]), 3),
+              "shard_policy.max_abs_diff": raw["max_abs_diff"], "raw": raw}
+    if not quiet:
+        click.echo(f"a trained tiny VLM ({raw['params'] / 1e6:.2f}M parameters, width {dim}, depth {depth}), {rows} rows "
+                   f"x {tokens} completion tokens, per rank of 2:")
+    click.echo(f"{'':>8} {'held MB':>8} {'step s':>8} {'spread':>7} {'sample s':>9} {'spread':>7}")
+    for name in ("whole", "sharded"):
+        click.echo(f"{name:>8} {h[name] / 2**20:>8.2f} {med(s['step'][name]):>8.4f} {spread(s['step'][name]):>7.4f} "
+                   f"{med(s['sample'][name]):>9.4f} {spread(s['sample'][name]):>7.4f}")
+    click.echo(f"sharded / whole: held {report['shard_policy.held_ratio']:.3f}x, step {report['shard_policy.step_time_ratio']:.3f}x, "
+               f"sampling {report['shard_policy.sample_time_ratio']:.3f}x; largest weight difference after the steps "
+               f"{raw['max_abs_diff']:g}")
+    return report
+
+
+@bench.command(name="shard-policy", context_settings={"show_default": True})
+@click.option("--depth", type=click.IntRange(1, 64), default=4, help="Decoder layers (and vision blocks) of the VLM.")
+@click.option("--dim", type=click.IntRange(16, 4096), default=256, help="Width of the VLM (a multiple of 4).")
+@click.option("--rows", type=click.IntRange(1, 1024), default=8, help="Rows (prompts x group) a step scores and samples.")
+@click.option("--tokens", type=click.IntRange(1, 256), default=16, help="Completion tokens scored and sampled.")
+@click.option("--rounds", type=click.IntRange(1, 100), default=5, help="Timed rounds after one warm-up round.")
+@json_option
+@quiet_option
+def bench_shard_policy(rounds, dim, depth, rows, tokens, json_path, quiet):
+    """A trained policy sharded over 2 processes (train.shard_trained) vs whole on each: memory and time.
+
+    Per rank: bytes of the weights, gradients and AdamW state it holds; the time of a training step
+    (scoring forward, backward, the gradient all-reduce or FSDP's reduce-scatter, clipping, AdamW) and
+    of sampling --tokens tokens with the KV cache (the sharded policy gathers every layer at every
+    token), medians of alternating rounds with a barrier on each side; and the largest difference of
+    the weights after the steps (float rounding: the same updates). Two gloo processes on CPU.
+
+    \b
+    Example:
+      genrl bench shard-policy --json shard_policy.json
+    """
+    if dim % 4:
+        raise click.BadParameter(f"--dim {dim}: needs a multiple of 4 (4 heads)", param_hint="--dim")
+    _write(shard_policy_report(rounds, dim, depth, rows, tokens, quiet), json_path)
 
 
 @bench.command(name="all", context_settings={"show_default": True})

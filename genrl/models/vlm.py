@@ -344,7 +344,8 @@ class TinyVLM(CompletionPolicy):
 
     def encode_video(self, videos: torch.Tensor) -> torch.Tensor:
         """The vision tower: (B, F, 3, H, W) in [0, 1] -> video embeddings (B, tokens, dim)."""
-        return self.visual(videos)
+        emb = self.visual(videos)
+        return emb.clone() if is_sharded(self) else emb  # a sharded policy's output gets a hook: not on a view
 
     # ----------------------------------------------------------------- internals
     def _positions(self, real: torch.Tensor) -> torch.Tensor:
@@ -395,7 +396,8 @@ class TinyVLM(CompletionPolicy):
         ones = torch.ones(B, V + 2, dtype=torch.bool, device=x.device)
         real = torch.cat((ones, prompt_mask, completion_mask), 1)
         T = completion_ids.shape[1]
-        return self._forward(x, real)[:, -T - 1 : -1].clone()  # not a view: a sharded policy's output gets a hook
+        logits = self._forward(x, real)[:, -T - 1 : -1]
+        return logits.clone() if is_sharded(self) else logits  # a sharded policy's output gets a hook: not on a view
 
     @torch.no_grad()
     def generate(self, video_emb, prompt_ids, prompt_mask, max_new_tokens: int = 8, temperature: float = 1.0,

@@ -103,10 +103,15 @@ def _sum_param_grads(model: nn.Module, group, skip: nn.Module | None = None) -> 
         dist.all_reduce(g, group=group)
         return g
 
+    from .shard import SUMMED
+
     whole = {id(p) for p in skip.parameters()} if skip is not None else set()
     for p in model.parameters():
         if p.requires_grad and id(p) not in whole:
+            if hasattr(p, "to_local"):
+                raise RuntimeError("parallel.sequence must split a trained model before it is sharded")
             p.register_hook(reduce)
+            setattr(p, SUMMED, dist.get_world_size(group))  # train.shard_trained sums them in its reduce-scatter
 
 
 class UlyssesAttention:

@@ -11,6 +11,14 @@ decoder layers and vision blocks) is one; the rest of the weights (embeddings, h
 The root gathers on ``forward`` and on the methods genrl calls instead (a DiT's ``forward_frames`` / ``run``, a
 policy's ``SHARD_METHODS``); none of those may call another, or the inner call would free the root's weights
 under the outer one.
+
+A trained model split by ``parallel.sequence`` first: each process's gradients of the split layers cover its
+own tokens, and the split sums them over its group with hooks on the parameters, which FSDP replaces. Sharded,
+those sums ride in FSDP's reduce-scatter instead: a unit whose weights the split sums divides the sum over
+all W processes by W / S (S the group's size), not W, which is the mean over the W / S data-parallel replicas
+of each group's summed gradient; weights that run whole on every rank of a group (embeddings, the LM head)
+keep the plain mean. A weight outside the blocks that the split sums (Qwen's final norm) becomes a unit of
+its own, so no unit mixes the two.
 """
 
 from __future__ import annotations
@@ -21,15 +29,34 @@ FORWARD_METHODS = ("forward_frames", "run")
 """Methods other than ``forward`` that run a DiT's weights: they gather like ``forward`` does."""
 UNIT_LISTS = ("blocks", "layers")
 """Names of the module lists whose elements are units of their own."""
+SUMMED = "_genrl_summed_over"
+"""Attribute ``parallel.sequence`` sets on a trained parameter whose gradient it sums over a group: the size."""
 
 
 def units(module: nn.Module) -> list[nn.Module]:
-    """Every element of each ``blocks`` / ``layers`` list under ``module``, each once."""
+    """Every element of each ``blocks`` / ``layers`` list under ``module``, each once; then each other module
+    holding weights whose gradients ``parallel.sequence`` sums (see the module's docstring)."""
     out: list[nn.Module] = []
     for name, child in module.named_modules():
         if name.rsplit(".", 1)[-1] in UNIT_LISTS and isinstance(child, nn.ModuleList):
             out.extend(b for b in child if all(b is not o for o in out))
+    covered = {id(p) for u in out for p in u.parameters()}
+    for child in module.modules():
+        own = [p for p in child.parameters(recurse=False) if id(p) not in covered]
+        if child is not module and any(hasattr(p, SUMMED) for p in own):
+            out.append(child)
+            covered.update(id(p) for p in child.parameters())
     return out
+
+
+def _divide_factor(params: list, world: int) -> float | None:
+    """What FSDP divides a unit's summed gradients by: W / S for weights the split sums over groups of S, None
+    (W, the mean) for the rest; a unit must not mix the two."""
+    sizes = {getattr(p, SUMMED, None) for p in params if p.requires_grad}
+    if len(sizes) > 1:
+        raise RuntimeError("a sharded unit mixes weights parallel.sequence sums with weights it runs whole")
+    size = sizes.pop() if sizes else None
+    return world / size if size else None
 
 
 def shard(module: nn.Module) -> nn.Module:
@@ -37,11 +64,20 @@ def shard(module: nn.Module) -> nn.Module:
     remaining weights as the root's unit; each is gathered for its forward (the root's for ``forward`` and the
     module's ``SHARD_METHODS``, else :data:`FORWARD_METHODS`) and freed after it. A trained module's gradients
     are reduce-scattered (averaged over the processes) as backward leaves each unit. Returns ``module``."""
+    import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    for block in units(module):
-        fully_shard(block)
-    fully_shard(module, reshard_after_forward=True)  # a root keeps its weights gathered after forward unless told
+    world = dist.get_world_size()
+    blocks = units(module)
+    inner = {id(p) for b in blocks for p in b.parameters()}
+    root = [p for p in module.parameters() if id(p) not in inner]
+    # the divide factors are read off the weights before fully_shard replaces them
+    for unit, factor in [(b, _divide_factor(list(b.parameters()), world)) for b in blocks] + [(module, _divide_factor(root, world))]:
+        # a root keeps its weights gathered after forward unless told
+        fully_shard(unit, **({"reshard_after_forward": True} if unit is module else {}))
+        if factor is not None:
+            unit.set_gradient_divide_factor(factor)
+            unit.set_force_sum_reduction_for_comms(True)  # a sum, then the division (gloo has no pre-scaled sum)
     for name in getattr(module, "SHARD_METHODS", FORWARD_METHODS):
         if hasattr(module, name):
             register_fsdp_forward_method(module, name)

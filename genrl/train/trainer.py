@@ -87,8 +87,8 @@ class TrainConfig:
     process keeps 1/N of its weights, gradients and AdamW state, and gathers one layer at a time as it runs;
     gradients are reduce-scattered instead of all-reduced. The same updates as an unsharded run (to float
     rounding). Checkpoints and the exported model hold the whole weights; evaluations run on every process.
-    Methods: grpo, t_grpo, tw_grpo, thinker (and reg_grpo without augmentation); not with parallel.sequence
-    yet. Pair with shard_frozen for the reference. Does nothing in one process."""
+    Methods: grpo, t_grpo, tw_grpo, thinker (and reg_grpo without augmentation); composes with
+    parallel.sequence. Pair with shard_frozen for the reference. Does nothing in one process."""
 
 
 @dataclass
@@ -421,10 +421,6 @@ class Trainer:
                              "validation; valid: 0 (the distill methods validate)")
         if cfg.shard_trained and (why := method.shard_trained_refusal()):
             raise UsageError(f"train.shard_trained: {why}; valid: false")
-        if cfg.shard_trained and parallel is not None and parallel.sequence > 1:
-            raise UsageError(f"train.shard_trained with parallel.sequence={parallel.sequence}: not supported yet (the "
-                             "split layers sum their gradients over the group on unsharded parameters, which FSDP "
-                             "replaces); valid: one of them")
         self.cfg, self.method, self.quiet = cfg, method, quiet
         self.run_dir = Path(run_dir)
         log_with = None if cfg.tracker == "none" else cfg.tracker
@@ -441,6 +437,9 @@ class Trainer:
         self.shards_trained = cfg.shard_trained and self.accelerator.num_processes > 1
         """Whether the trained roles are sharded (train.shard_trained): their checkpoints, exports and
         evaluations then need every process."""
+        self.sequence = (parallel or ParallelConfig()).sequence
+        if self.sequence > 1 and self.shards_trained:  # split first: sharding takes over the split's gradient sums
+            self._apply_sequence_parallel()
         names = {n: {id(p): k for k, p in r.module.named_parameters()} for n, r in roles.items() if r.trainable}
         self.sharded = place_roles(roles, self.accelerator.device, cfg, self.accelerator.num_processes)
         """(bytes this process holds, bytes of the whole) of each sharded role's weights (train.shard_frozen: a
@@ -455,8 +454,7 @@ class Trainer:
                         if roles[n].trainable == kinds]
                 if held:
                     print(f"{key}: " + ", ".join(held), file=sys.stderr)
-        self.sequence = (parallel or ParallelConfig()).sequence
-        if self.sequence > 1:
+        if self.sequence > 1 and not self.shards_trained:
             self._apply_sequence_parallel()
         self.method.prepare(self.accelerator, self.sequence)
         self.ckpt_root = self.run_dir / "checkpoints"
