@@ -156,3 +156,26 @@ def test_bench_shard_policy_reports_half_the_training_state_and_the_same_updates
     assert 0.45 <= r["shard_policy.held_ratio"] <= 0.6  # weights, gradients and both AdamW moments: half each
     assert r["shard_policy.max_abs_diff"] < 1e-6 and r["shard_policy.step_time_ratio"] > 0
     assert all(len(v) == 1 for kind in r["raw"]["seconds"].values() for v in kind.values())
+
+
+def test_two_process_sft_resumes_exactly_and_a_sharded_policy_matches_it(tmp_path):
+    """SFT trains attribute heads beside the VLM: their gradients are averaged over the processes too (they were
+    not, so the processes' heads drifted apart and a resume, which loads the main process's, changed the loss).
+    3 straight steps = 2 steps and a resume, exactly; the policy sharded (the heads whole) matches to rounding."""
+    args = ["sft", "--config", "configs/sft_video_qa.yaml", "train.log_every=1", "sft.batch_size=4", "sft.eval_num=2",
+            "eval_num=2", "train.sample_every=2", "train.checkpoint_every=1"]
+    _launch(*args, "train.steps=3", f"out_dir={tmp_path / 'straight'}")
+    for steps in (2, 3):
+        _launch(*args, f"train.steps={steps}", f"out_dir={tmp_path / 'resumed'}")
+    _launch(*args, "train.steps=3", "train.shard_trained=true", f"out_dir={tmp_path / 'sharded'}")
+    assert _rows(tmp_path / "straight") == _rows(tmp_path / "resumed") and len(_rows(tmp_path / "straight")) == 3
+    for role in ("policy", "attribute_heads"):
+        a, b = (load_file(str(tmp_path / d / "checkpoints" / "step_0000003" / f"{role}.safetensors"))
+                for d in ("straight", "resumed"))
+        assert all(torch.equal(a[k], b[k]) for k in a), role
+    a, b = _rows(tmp_path / "straight"), _rows(tmp_path / "sharded")
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-5), key
+    wa, wb = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "sharded"))
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-5) for k in wa)
+    assert json.loads((tmp_path / "sharded" / "eval.json").read_text())["num"] == 2

@@ -80,7 +80,9 @@ def sft(cfg: SFTConfig, quiet: bool):
     sft.init may name a local Qwen2-VL / Qwen2.5-VL folder instead. Writes a
     run folder; re-running the same command resumes. Works under `accelerate
     launch` and `torchrun` (`parallel.sequence=N` splits the VLM's token
-    sequence over N processes; a Qwen2-VL's vision tower by frames too).
+    sequence over N processes; a Qwen2-VL's vision tower by frames too;
+    train.shard_trained=true shards the VLM's weights, gradients and AdamW
+    state over the processes).
 
     \b
     Examples:
@@ -93,13 +95,16 @@ def sft(cfg: SFTConfig, quiet: bool):
     seed_everything(cfg.train.seed)
     method = _build(lambda: SFTMethod(cfg.sft, cfg.optim, cfg.train.seed))
     trainer = Trainer(cfg.train, method, Path(cfg.out_dir), full_config=cfg, quiet=quiet, parallel=cfg.parallel)
-    last = trainer.fit()
+
+    def final_eval():
+        if cfg.eval_num and cfg.sft.stream.enabled and trainer.is_main:
+            _final_stream_eval(method.model, cfg.out_dir, cfg.eval_num, cfg.sft.stream.chunk_frames, quiet)
+        elif cfg.eval_num and trainer.runs_samples:  # a sharded policy's processes all run it; the main one writes
+            _final_eval(method.model, cfg.out_dir, cfg.eval_num, quiet, write=trainer.is_main)
+
+    last = trainer.fit(final_eval)
     if not trainer.is_main:  # other ranks of `accelerate launch` stop here
         return
-    if cfg.eval_num and cfg.sft.stream.enabled:
-        _final_stream_eval(method.model, cfg.out_dir, cfg.eval_num, cfg.sft.stream.chunk_frames, quiet)
-    elif cfg.eval_num:
-        _final_eval(method.model, cfg.out_dir, cfg.eval_num, quiet)
     click.echo(f"sft run {cfg.out_dir}: {cfg.train.steps} steps, " + ", ".join(f"{k}={v:.4g}" for k, v in last.items()))
 
 

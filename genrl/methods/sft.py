@@ -109,7 +109,9 @@ class SFTMethod(Method):
             videos, items = self.qa.random_items("train", self.cfg.batch_size, self.data.generator)
             return self.loss(videos.to(dev), items)
 
-        return ctx.optimize(self.opt, self.model.parameters(), micro, self.sched)
+        # the attribute heads are trained too: every process must step them with the same (averaged) gradients;
+        # they stay outside the clipped norm, as the shipped SFT runs had them
+        return ctx.optimize(self.opt, self.model.parameters(), micro, self.sched, unclipped=self.aux.parameters())
 
     def sequence_parallel_models(self):
         return [self.model]
@@ -129,7 +131,13 @@ class SFTMethod(Method):
             return {"val_accuracy": r["accuracy"], **{f"val_frames_{f}": v for f, v in r["accuracy_by_frames"].items()}}
         return accuracy_metrics(evaluate_qa(self.model, "val", self.cfg.eval_num, qa=self.qa), "val")
 
-    def export(self, run_dir: Path) -> Path:
+    def shard_trained_refusal(self) -> str | None:
+        if self.cfg.stream.enabled:
+            return "sft.stream's evaluation answers each question at its own chunk, so the processes would run the policy unequally often"
+        return None
+
+    def export(self, run_dir: Path, weights: dict[str, dict] | None = None) -> Path:
+        whole = None if weights is None else weights["policy"]
         if isinstance(self.model, QwenVLPolicy):  # transformers folder: loads with from_pretrained too
-            return self.model.save_pretrained(run_dir / "model")
-        return save_weights(self.model, run_dir / "model.safetensors", "vlm", self.model.cfg)
+            return self.model.save_pretrained(run_dir / "model", whole)
+        return save_weights(self.model, run_dir / "model.safetensors", "vlm", self.model.cfg, weights=whole)

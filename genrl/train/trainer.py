@@ -87,7 +87,7 @@ class TrainConfig:
     process keeps 1/N of its weights, gradients and AdamW state, and gathers one layer at a time as it runs;
     gradients are reduce-scattered instead of all-reduced. The same updates as an unsharded run (to float
     rounding). Checkpoints and the exported model hold the whole weights; evaluations run on every process.
-    Methods: grpo, t_grpo, tw_grpo, thinker (and reg_grpo without augmentation); composes with
+    Methods: sft, grpo, t_grpo, tw_grpo, thinker (and reg_grpo without augmentation); composes with
     parallel.sequence. Pair with shard_frozen for the reference. Does nothing in one process."""
 
 
@@ -115,11 +115,13 @@ class StepContext:
         self.step_was_bad = False
 
     def optimize(self, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], micro_loss: Callable[[int], torch.Tensor], scheduler=None,
-                 parts: int | None = None) -> dict[str, float]:
+                 parts: int | None = None, unclipped: Iterable[nn.Parameter] = ()) -> dict[str, float]:
         """Run ``grad_accum`` micro-batches of ``micro_loss(i)`` (their mean is the loss), clip, step, zero.
         With ``parts``, run that many and sum them: each is its share of one batch the method has split.
-        Returns loss and grad norm."""
+        ``unclipped``: more parameters the optimizer steps, whose gradients are averaged over the processes
+        but left out of the gradient norm and the clipping. Returns loss and grad norm."""
         params = [p for p in params if p.requires_grad]
+        unclipped = [p for p in unclipped if p.requires_grad]
         total = 0.0
         n = parts or self.cfg.grad_accum
         for i in range(n):
@@ -128,7 +130,7 @@ class StepContext:
             total += float(loss.detach())
         sharded = [p for p in params if _is_dtensor(p)]  # train.shard_trained: FSDP reduce-scattered (averaged) these
         if self.accelerator.num_processes > 1:
-            total = self._average_gradients([p for p in params if not _is_dtensor(p)], total)
+            total = self._average_gradients([p for p in params + unclipped if not _is_dtensor(p)], total)
         gn = grad_norm(params)
         if not self._finite(total, gn):
             optimizer.zero_grad(set_to_none=True)
@@ -308,17 +310,18 @@ def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig,
                              f"to Wan2.1 transformers and transformers Qwen2-VL / Qwen2.5-VL policies")
         for net in able:
             net.enable_activation_checkpointing()
-    if cfg.shard_trained and processes > 1:
-        for name, role in roles.items():
-            if role.trainable and not hasattr(role.module, "SHARD_METHODS"):
-                raise UsageError(f"train.shard_trained shards trained policies (genrl VLMs, transformers Qwen2-VL / "
-                                 f"Qwen2.5-VL); the {name} role is a {type(role.module).__name__}; valid: false")
+    if cfg.shard_trained and processes > 1:  # every trained policy (a small head beside one stays whole)
+        trained = {n: r.module for n, r in roles.items() if r.trainable}
+        if not any(hasattr(m, "SHARD_METHODS") for m in trained.values()):
+            names = ", ".join(f"the {n} ({type(m).__name__})" for n, m in trained.items())
+            raise UsageError(f"train.shard_trained shards trained policies (genrl VLMs, transformers Qwen2-VL / "
+                             f"Qwen2.5-VL), and no trainable role is one ({names}); valid: false")
     sharded: dict[str, tuple[int, int]] = {}
     for name, role in roles.items():
         m = role.module
         if role.trainable:
             m.to(device)
-            if cfg.shard_trained and processes > 1:
+            if cfg.shard_trained and processes > 1 and hasattr(m, "SHARD_METHODS"):
                 whole = local_bytes(m)
                 sharded[name] = (local_bytes(shard(m)), whole)
             continue
@@ -338,7 +341,8 @@ def _rebind_optimizers(stateful: dict[str, Any], modules: dict[str, nn.Module],
                        names: dict[str, dict[int, str]]) -> dict[str, nn.Module]:
     """Point every optimizer at the sharded parameters (FSDP replaces each parameter of a module it shards by
     a DTensor of the same name; optimizers are built before, on the originals, with no state yet). ``names``:
-    each module's parameter names by the id of the original. Returns the module each optimizer updates."""
+    each trained module's parameter names by the id of the original. Returns the module each optimizer
+    updates: its one trained role, or a ModuleDict of its roles by name (whose state dicts name them so)."""
     owners: dict[str, nn.Module] = {}
     for key, opt in stateful.items():
         if not isinstance(opt, torch.optim.Optimizer):
@@ -350,14 +354,13 @@ def _rebind_optimizers(stateful: dict[str, Any], modules: dict[str, nn.Module],
                 owner = next((n for n, ids in names.items() if id(p) in ids), None)
                 if owner is None:
                     raise RuntimeError(f"train.shard_trained: optimizer {key!r} updates a parameter outside the "
-                                       "sharded trained roles")
+                                       "trained roles")
                 found.add(owner)
                 new.append(modules[owner].get_parameter(names[owner][id(p)]))
             group["params"] = new
-        if len(found) != 1 or opt.state:
-            raise RuntimeError(f"train.shard_trained: optimizer {key!r} must update one trained role and have no "
-                               "state yet")
-        owners[key] = modules[found.pop()]
+        if opt.state:
+            raise RuntimeError(f"train.shard_trained: optimizer {key!r} must have no state yet")
+        owners[key] = modules[found.pop()] if len(found) == 1 else nn.ModuleDict({n: modules[n] for n in sorted(found)})
     return owners
 
 
