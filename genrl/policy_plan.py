@@ -59,6 +59,8 @@ class PolicyPlan:
     """Bytes a sharded policy holds whole at once (``train.shard_trained``): its root unit (embeddings, LM head,
     norms, the tower's stem and merger) and two decoder layers (FSDP gathers the next while one runs), and the
     gradients of the root and of one layer before they are reduce-scattered."""
+    heads: int = 1
+    """The language model's attention heads (``parallel.sequence`` must divide them)."""
 
     @property
     def tokens(self) -> int:
@@ -69,11 +71,12 @@ class PolicyPlan:
         """Rows of the largest of ``passes`` scoring passes."""
         return math.ceil(self.prompts / passes) * self.group
 
-    def scoring(self, passes: int) -> PassMemory:
+    def scoring(self, passes: int, split: int = 1) -> PassMemory:
         """What the largest scoring pass keeps: its rows through the language model, and the head over their
-        completions."""
+        completions. ``split``: ``parallel.sequence``, each rank's layers over its share of every row's tokens
+        (the layers' activations are linear in the tokens; the head and the mask stay whole)."""
         rows = self.rows(passes)
-        lm = lm_memory(self.lm, self.layers, rows * self.tokens)
+        lm = lm_memory(self.lm, self.layers, rows * -(-self.tokens // split))
         head = int(head_memory(self.head, rows * self.completion, self.vocab))
         return PassMemory(lm.kept + head + self.mask(rows), lm.checkpointed + head + self.mask(rows))
 
@@ -97,15 +100,26 @@ class PolicyPlan:
         options = [(name, act, held, True) for name, act in options]
         options.append((f"+ train.shard_trained and shard_frozen over {gpus} GPUs",
                         self.scoring(self.prompts).checkpointed, held / gpus + self.gathered, True))
+        split = self.sequence_parallel(gpus)
+        if split > 1:
+            options.append((f"+ parallel.sequence={split}", self.scoring(self.prompts, split).checkpointed,
+                            held / gpus + self.gathered, True))
         rows = []
         for name, act, weights, supported in options:
             need = int(weights + max(act, self.sampling))
             rows.append({"option": name, "per_gpu_bytes": need, "fits": need <= gpu_bytes, "supported": supported})
         return rows
 
+    def sequence_parallel(self, gpus: int) -> int:
+        """The largest ``parallel.sequence`` these GPUs allow (it divides the GPU count and the heads): the least
+        of the layers' activations on each rank."""
+        return max(n for n in range(1, gpus + 1) if gpus % n == 0 and self.heads % n == 0)
+
     def to_json(self, gpus: int, gpu_bytes: int) -> dict:
+        split = self.sequence_parallel(gpus)
         return {"roles": [dict(r.__dict__, weight_bytes=r.weight_bytes, state_bytes=r.state_bytes,
                                total_bytes=r.total_bytes) for r in self.roles],
+                "sequence_parallel": split, "split_scoring": dict(self.scoring(self.prompts, split).__dict__),
                 "rows_per_pass": self.rows(self.passes), "tokens_per_row": self.tokens,
                 "video_tokens": self.video_tokens, "completion_tokens": self.completion,
                 "scoring": dict(self.scoring(self.passes).__dict__), "sampling_cache_bytes": self.sampling,
@@ -234,7 +248,8 @@ def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16", quiet: bool = True)
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     per_token = 2 * text["num_hidden_layers"] * text.get("num_key_value_heads", text["num_attention_heads"]) * head_dim * 2
     return PolicyPlan(roles, g.prompts_per_step, g.group_size, cfg.train.grad_accum, clip, g.max_new_tokens, lm, head,
-                      text["num_hidden_layers"], text["vocab_size"], per_token, _gathered(meta, policy.bytes_per_param))
+                      text["num_hidden_layers"], text["vocab_size"], per_token, _gathered(meta, policy.bytes_per_param),
+                      text["num_attention_heads"])
 
 
 def _gathered(model: torch.nn.Module, bytes_per_param: int) -> int:

@@ -50,8 +50,11 @@ def test_measured_passes_extrapolate_exactly():
 
 
 def test_plan_of_a_grpo_recipe_on_a_local_qwen_folder(tmp_path, run_cli):
+    from genrl.cli.qa import GRPOConfig
+    from genrl.config import load_config
     from genrl.methods.grpo import GRPOMethodConfig
     from genrl.methods.qa import load_policy
+    from genrl.policy_plan import lm_memory, plan_grpo
 
     folder = tiny_qa_qwen2vl(tmp_path / "qwen")
     out = tmp_path / "plan.json"
@@ -82,6 +85,23 @@ def test_plan_of_a_grpo_recipe_on_a_local_qwen_folder(tmp_path, run_cli):
     held = sum(r["total_bytes"] for r in plan["roles"])
     assert options[3]["per_gpu_bytes"] == int(held + plan["gathered_bytes"] + max(options[2]["per_gpu_bytes"] - held,
                                                                                   plan["sampling_cache_bytes"]))
+    assert plan["sequence_parallel"] == 1  # one GPU: no split row
+
+    # 2 GPUs: parallel.sequence=2 (it divides the 4 heads) takes each layer over half of every row's tokens
+    code, _, err = run_cli("plan", "--config", str(ROOT / "configs/grpo_video_qa.yaml"), f"grpo.policy={folder}",
+                           "grpo.prompts_per_step=4", "train.grad_accum=2", "--gpus", "2", "--json", str(out))
+    assert code == 0, err
+    two = json.loads(out.read_text())
+    assert two["sequence_parallel"] == 2 and two["options"][-1]["option"] == "+ parallel.sequence=2"
+    p = plan_grpo(load_config(GRPOConfig, str(ROOT / "configs/grpo_video_qa.yaml"),
+                              [f"grpo.policy={folder}", "grpo.prompts_per_step=4", "train.grad_accum=2"]))
+    assert p.heads == policy.model.config.text_config.num_attention_heads
+    whole, half = p.scoring(4), p.scoring(4, 2)
+    lm = lambda tokens: lm_memory(p.lm, p.layers, p.rows(4) * tokens).checkpointed  # noqa: E731
+    assert whole.checkpointed - half.checkpointed == lm(p.tokens) - lm(-(-p.tokens // 2)) > 0
+    assert two["split_scoring"] == dict(half.__dict__)
+    assert two["options"][-1]["per_gpu_bytes"] == int(held / 2 + two["gathered_bytes"]
+                                                      + max(half.checkpointed, two["sampling_cache_bytes"]))
     assert "scoring, measured" in stdout and "sampling:" in stdout
 
 
