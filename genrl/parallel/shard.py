@@ -72,7 +72,9 @@ def shard(module: nn.Module) -> nn.Module:
     inner = {id(p) for b in blocks for p in b.parameters()}
     root = [p for p in module.parameters() if id(p) not in inner]
     # the divide factors are read off the weights before fully_shard replaces them
-    for unit, factor in [(b, _divide_factor(list(b.parameters()), world)) for b in blocks] + [(module, _divide_factor(root, world))]:
+    plan = [(b, _divide_factor(list(b.parameters()), world)) for b in blocks]
+    plan.append((module, _divide_factor(root, world)))
+    for unit, factor in plan:
         # a root keeps its weights gathered after forward unless told
         fully_shard(unit, **({"reshard_after_forward": True} if unit is module else {}))
         if factor is not None:
