@@ -901,7 +901,7 @@ def _policy_shard_worker(rank: int, init: str, out: str, rounds: int, dim: int, 
 
     from ..models.vlm import TinyVLM, VLMConfig
     from ..parallel import shard
-    from ..train.trainer import clip_gradients, grad_norm
+    from ..train.trainer import average_gradients, clip_gradients, grad_norm
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -924,13 +924,7 @@ def _policy_shard_worker(rank: int, init: str, out: str, rounds: int, dim: int, 
         lp.mean().neg().backward()
         params = [p for p in m.parameters() if p.grad is not None]
         if name == "whole":  # the trainer's data parallelism: one all-reduce of every gradient
-            flat = torch.cat([p.grad.reshape(-1) for p in params])
-            dist.all_reduce(flat)
-            flat /= 2
-            offset = 0
-            for p in params:
-                p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
-                offset += p.numel()
+            average_gradients(params, 0.0, torch.device("cpu"))
         clip_gradients(params, 1.0, grad_norm(params))
         opt.step()
         opt.zero_grad(set_to_none=False)  # gradients stay allocated, as between the steps of a run

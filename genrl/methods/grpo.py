@@ -63,13 +63,12 @@ from ..registry import TASK_REWARDS
 from .. import grpo as G
 from ..config import check
 from ..models.hf_vlm import QwenVLPolicy
-from ..models.registry import save_weights
 from ..models.vlm import TinyVLM
 from ..train.trainer import Method, Role, StepContext
 from ..worlds.qa import QAConfig, QAItem, ShapesQA, invert, mask_outside, with_hint
 from .common import GeneratorState, OptimConfig, adamw
 from .qa import (MAX_NEW_TOKENS, accuracy_metrics, accuracy_reward_name, evaluate_qa, fit_vocabulary, load_policy,
-                 prompts)
+                 prompts, save_policy)
 
 Policy = TinyVLM | QwenVLPolicy
 
@@ -368,10 +367,7 @@ class GRPOMethod(Method):
         return None
 
     def export(self, run_dir: Path, weights: dict[str, dict] | None = None) -> Path:
-        whole = None if weights is None else weights["policy"]
-        if isinstance(self.policy, QwenVLPolicy):  # transformers folder: loads with from_pretrained too
-            return self.policy.save_pretrained(run_dir / "model", whole)
-        return save_weights(self.policy, run_dir / "model.safetensors", "vlm", self.policy.cfg, weights=whole)
+        return save_policy(self.policy, run_dir, None if weights is None else weights["policy"])
 
 
 class TGRPOMethod(GRPOMethod):

@@ -52,6 +52,19 @@ def load_policy(name_or_path: str, qa: QAConfig | None = None, dtype: str = "flo
                                         width=qa.world.width)
 
 
+def save_policy(policy, run_dir, weights: dict | None = None):
+    """A trained policy into ``run_dir``, as :func:`load_policy` reads it back: a transformers folder model/ (it
+    loads with from_pretrained too) or model.safetensors. ``weights``: its whole state dict, when it is sharded."""
+    from pathlib import Path
+
+    from ..models.hf_vlm import QwenVLPolicy
+    from ..models.registry import save_weights
+
+    if isinstance(policy, QwenVLPolicy):
+        return policy.save_pretrained(Path(run_dir) / "model", weights)
+    return save_weights(policy, Path(run_dir) / "model.safetensors", "vlm", policy.cfg, weights=weights)
+
+
 def build_vlm(size: str, qa: ShapesQA) -> TinyVLM:
     """A fresh tiny VLM of a registered size, its tokenizer built from the QA vocabulary."""
     if size not in VLM_SIZES:

@@ -19,14 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..models.hf_vlm import QwenVLPolicy
 from ..models.vlm import TinyVLM
-from ..models.registry import save_weights
 from ..train.trainer import Method, StepContext
 from ..worlds.qa import CHOICE_TYPES, QAConfig, ShapesQA
 from ..worlds.shapes import VALUES
 from .common import GeneratorState, OptimConfig, adamw
-from .qa import accuracy_metrics, build_vlm, evaluate_qa, fit_vocabulary, load_policy, prompts, targets
+from .qa import accuracy_metrics, build_vlm, evaluate_qa, fit_vocabulary, load_policy, prompts, save_policy, targets
 from .vst import StreamConfig, draw_asks, evaluate_stream, stream_loss, vocabulary_words
 
 
@@ -137,7 +135,4 @@ class SFTMethod(Method):
         return None
 
     def export(self, run_dir: Path, weights: dict[str, dict] | None = None) -> Path:
-        whole = None if weights is None else weights["policy"]
-        if isinstance(self.model, QwenVLPolicy):  # transformers folder: loads with from_pretrained too
-            return self.model.save_pretrained(run_dir / "model", whole)
-        return save_weights(self.model, run_dir / "model.safetensors", "vlm", self.model.cfg, weights=whole)
+        return save_policy(self.model, run_dir, None if weights is None else weights["policy"])

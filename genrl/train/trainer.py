@@ -130,7 +130,7 @@ class StepContext:
             total += float(loss.detach())
         sharded = [p for p in params if _is_dtensor(p)]  # train.shard_trained: FSDP reduce-scattered (averaged) these
         if self.accelerator.num_processes > 1:
-            total = self._average_gradients([p for p in params + unclipped if not _is_dtensor(p)], total)
+            total = average_gradients([p for p in params + unclipped if not _is_dtensor(p)], total, self.accelerator.device)
         gn = grad_norm(params)
         if not self._finite(total, gn):
             optimizer.zero_grad(set_to_none=True)
@@ -156,25 +156,22 @@ class StepContext:
         return bool(ok.item())
 
 
-    def _average_gradients(self, params: list[nn.Parameter], loss: float) -> float:
-        """Data parallelism without wrappers: average gradients (and the loss) over processes.
+def average_gradients(params: list[nn.Parameter], loss: float, device: torch.device) -> float:
+    """Data parallelism without wrappers: average gradients (and the loss) over the processes; returns the
+    mean loss. Methods call their models several times per backward (rollouts, chunks), which DDP's reducer
+    does not allow; an explicit all-reduce before the step does."""
+    import torch.distributed as dist
 
-        Methods call their models several times per backward (rollouts, chunks), which
-        DDP's reducer does not allow; an explicit all-reduce before the step does.
-        """
-        import torch.distributed as dist
-
-        world = self.accelerator.num_processes
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        device = grads[0].device if grads else self.accelerator.device
-        flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss], device=device)])
-        dist.all_reduce(flat)
-        flat /= world  # sequence-parallel models end backward with whole gradients, so this is the replicas' mean
-        offset = 0
-        for p, g in zip(params, grads):
-            p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
-            offset += g.numel()
-        return float(flat[-1])
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    device = grads[0].device if grads else device
+    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss], device=device)])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()  # sequence-parallel models end backward with whole gradients: the replicas' mean
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+    return float(flat[-1])
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
@@ -505,7 +502,12 @@ class Trainer:
         return {"stateful": {n: stateful[n].state_dict() for n in self.PER_PROCESS if n in stateful},
                 "method": self.method.extra_state(), "rng": _rng_state()}
 
-    def save(self, step: int) -> None:
+    def _whole_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The checkpointed modules' state dicts; sharded ones whole on the main process (every process calls)."""
+        return {n: whole_state_dict(self.accelerator.unwrap_model(m)) for n, m in self.method.checkpoint_modules().items()}
+
+    def save(self, step: int) -> dict[str, dict[str, torch.Tensor]]:
+        """Checkpoint ``step``; returns the weights written (:meth:`_whole_weights`)."""
         self.accelerator.wait_for_everyone()
         per_process = [self._own_state()]
         if self.accelerator.num_processes > 1:  # every process's own state goes into the one checkpoint
@@ -513,11 +515,10 @@ class Trainer:
 
             per_process = [None] * self.accelerator.num_processes
             dist.all_gather_object(per_process, self._own_state())
-        modules = {n: self.accelerator.unwrap_model(m) for n, m in self.method.checkpoint_modules().items()}
-        weights = {n: whole_state_dict(m) for n, m in modules.items()}  # sharded ones gather: every process
+        weights = self._whole_weights()
         stateful = {n: self._state_of(n, o) for n, o in self.method.stateful().items()}
         if not self.is_main:
-            return
+            return weights
         from ..models.registry import check_finite, model_metadata
 
         for n, w in weights.items():
@@ -532,8 +533,10 @@ class Trainer:
             "per_process": per_process,
             "best": self.best,
         }
+        modules = {n: self.accelerator.unwrap_model(m) for n, m in self.method.checkpoint_modules().items()}
         save_checkpoint(self.ckpt_root, step, weights, state, keep=self.cfg.keep_checkpoints,
                         metadata={n: model_metadata(m) for n, m in modules.items()})
+        return weights
 
     def _state_of(self, name: str, obj: Any) -> dict[str, Any]:
         """``obj``'s state dict; a sharded role's optimizer's whole one, by parameter name (every process)."""
@@ -683,12 +686,10 @@ class Trainer:
                 if step % self.cfg.checkpoint_every == 0 and step != self.cfg.steps:
                     self.save(step)
                 advance(1, " ".join(f"{k}={v:.4g}" for k, v in list(last.items())[:3]))
-        if step > start:
-            self.save(self.cfg.steps)
+        weights = self.save(self.cfg.steps) if step > start else None
         samples = self.method.write_samples(self.cfg.steps, self.run_dir / "samples") if self.runs_samples else {}
-        if self.shards_trained:  # the whole weights, gathered from every process
-            weights = {n: whole_state_dict(self.accelerator.unwrap_model(m))
-                       for n, m in self.method.checkpoint_modules().items()}
+        if self.shards_trained and weights is None:  # a finished run re-run: gather the whole weights once
+            weights = self._whole_weights()
         if self.is_main:
             self.log(self.cfg.steps, samples, time.time() - t0)
             self.method.export(self.run_dir, weights=weights) if self.shards_trained else self.method.export(self.run_dir)
