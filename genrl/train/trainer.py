@@ -130,7 +130,8 @@ class StepContext:
             total += float(loss.detach())
         sharded = [p for p in params if _is_dtensor(p)]  # train.shard_trained: FSDP reduce-scattered (averaged) these
         if self.accelerator.num_processes > 1:
-            total = average_gradients([p for p in params + unclipped if not _is_dtensor(p)], total, self.accelerator.device)
+            whole = [p for p in params + unclipped if not _is_dtensor(p)]
+            total = average_gradients(whole, total, whole[0].device if whole else self.accelerator.device)
         gn = grad_norm(params)
         if not self._finite(total, gn):
             optimizer.zero_grad(set_to_none=True)
@@ -157,13 +158,12 @@ class StepContext:
 
 
 def average_gradients(params: list[nn.Parameter], loss: float, device: torch.device) -> float:
-    """Data parallelism without wrappers: average gradients (and the loss) over the processes; returns the
-    mean loss. Methods call their models several times per backward (rollouts, chunks), which DDP's reducer
+    """Data parallelism without wrappers: average gradients (and the loss, on ``device``, the parameters') over
+    the processes; returns the mean loss. Methods call their models several times per backward (rollouts, chunks), which DDP's reducer
     does not allow; an explicit all-reduce before the step does."""
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    device = grads[0].device if grads else device
     flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss], device=device)])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()  # sequence-parallel models end backward with whole gradients: the replicas' mean
