@@ -23,8 +23,9 @@ def tiny_video_model(seed: int = 0, streaming: bool = False, depth: int = 1) -> 
     return m
 
 
-def accelerate_launch(nproc: int) -> list[str]:
-    """The command prefix that runs ``-m genrl.cli ...`` as ``nproc`` gloo CPU ranks, as users launch genrl."""
+def accelerate_launch(nproc: int, mixed_precision: str = "no") -> list[str]:
+    """The command prefix that runs ``-m genrl.cli ...`` as ``nproc`` gloo CPU ranks, as users launch genrl
+    (``mixed_precision``: accelerate's --mixed_precision, 'no' or 'bf16', CPU autocast)."""
     import os
     import shutil
     import sys
@@ -32,7 +33,7 @@ def accelerate_launch(nproc: int) -> list[str]:
     beside = os.path.join(os.path.dirname(sys.executable), "accelerate")  # the venv's own launcher
     launcher = beside if os.path.exists(beside) else shutil.which("accelerate") or "accelerate"
     return [launcher, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl.cli"]
+            "--mixed_precision", mixed_precision, "--dynamo_backend", "no", "-m", "genrl.cli"]
 
 
 class OneProcess:

@@ -19,10 +19,17 @@ all W processes by W / S (S the group's size), not W, which is the mean over the
 of each group's summed gradient; weights that run whole on every rank of a group (embeddings, the LM head)
 keep the plain mean. A weight outside the blocks that the split sums (Qwen's final norm) becomes a unit of
 its own, so no unit mixes the two.
+
+Gathered in a lower precision (``gather``, a trained model under ``accelerate launch --mixed_precision bf16``):
+each unit casts its float32 shards to bfloat16 before the all-gather, so the weights it holds whole while it
+runs, and the traffic, are half; its gradients come out in bfloat16 and are cast back to float32 before
+the reduce-scatter, so the sums and the shards, the optimizer's master weights and AdamW's moments stay in
+float32. Autocast would have cast those weights to bfloat16 for its matrix products anyway.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 FORWARD_METHODS = ("forward_frames", "run")
@@ -59,24 +66,33 @@ def _divide_factor(params: list, world: int) -> float | None:
     return world / size if size else None
 
 
-def shard(module: nn.Module) -> nn.Module:
+def shard(module: nn.Module, gather: torch.dtype | None = None) -> nn.Module:
     """Shard ``module`` in place over the default process group: each of its :func:`units` on its own, the
     remaining weights as the root's unit; each is gathered for its forward (the root's for ``forward`` and the
     module's ``SHARD_METHODS``, else :data:`FORWARD_METHODS`) and freed after it. A trained module's gradients
-    are reduce-scattered (averaged over the processes) as backward leaves each unit. Returns ``module``."""
+    are reduce-scattered (averaged over the processes) as backward leaves each unit. ``gather``: the dtype the
+    weights are gathered and run in when it is not theirs (inputs are cast to it; gradients are reduced in the
+    weights' own dtype); None, their own. Returns ``module``."""
     import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     world = dist.get_world_size()
+    own = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    in_block = at_root = MixedPrecisionPolicy()  # FSDP's default: gather and reduce in the weights' dtype
+    if gather is not None and own is not None and gather != own:
+        # the root casts what comes in (videos, embeddings) to ``gather`` and what goes out back to the weights'
+        # dtype; a block takes its inputs as they come (its caller's KV-cache dict must not be copied)
+        at_root = MixedPrecisionPolicy(param_dtype=gather, reduce_dtype=own, output_dtype=own)
+        in_block = MixedPrecisionPolicy(param_dtype=gather, reduce_dtype=own, cast_forward_inputs=False)
     blocks = units(module)
     inner = {id(p) for b in blocks for p in b.parameters()}
-    root = [p for p in module.parameters() if id(p) not in inner]
+    rest = [p for p in module.parameters() if id(p) not in inner]
     # the divide factors are read off the weights before fully_shard replaces them
     plan = [(b, _divide_factor(list(b.parameters()), world)) for b in blocks]
-    plan.append((module, _divide_factor(root, world)))
+    plan.append((module, _divide_factor(rest, world)))
     for unit, factor in plan:
-        # a root keeps its weights gathered after forward unless told
-        fully_shard(unit, **({"reshard_after_forward": True} if unit is module else {}))
+        root = unit is module  # a root keeps its weights gathered after forward unless told
+        fully_shard(unit, mp_policy=at_root if root else in_block, **({"reshard_after_forward": True} if root else {}))
         if factor is not None:
             unit.set_gradient_divide_factor(factor)
             unit.set_force_sum_reduction_for_comms(True)  # a sum, then the division (gloo has no pre-scaled sum)
