@@ -57,8 +57,9 @@ class PolicyPlan:
     """KV-cache bytes a token of a sampled row (every layer's keys and values, bf16)."""
     gathered: int = 0
     """Bytes a sharded policy holds whole at once (``train.shard_trained``): its root unit (embeddings, LM head,
-    norms, the tower's stem and merger) and two decoder layers (FSDP gathers the next while one runs), and the
-    gradients of the root and of one layer before they are reduce-scattered."""
+    norms, the tower's stem and merger) and two decoder layers (FSDP gathers the next while one runs), in the
+    dtype they are gathered in (``train.shard_gather``), and the gradients of the root and of one layer before
+    they are reduce-scattered, in the weights' dtype."""
     heads: int = 1
     """The language model's attention heads (``parallel.sequence`` must divide them)."""
 
@@ -248,17 +249,21 @@ def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16", quiet: bool = True)
     head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     per_token = 2 * text["num_hidden_layers"] * text.get("num_key_value_heads", text["num_attention_heads"]) * head_dim * 2
     return PolicyPlan(roles, g.prompts_per_step, g.group_size, cfg.train.grad_accum, clip, g.max_new_tokens, lm, head,
-                      text["num_hidden_layers"], text["vocab_size"], per_token, _gathered(meta, policy.bytes_per_param),
+                      text["num_hidden_layers"], text["vocab_size"], per_token,
+                      _gathered(meta, policy.bytes_per_param, 2 if cfg.train.shard_gather == "auto" else None),
                       text["num_attention_heads"])
 
 
-def _gathered(model: torch.nn.Module, bytes_per_param: int) -> int:
-    """:attr:`PolicyPlan.gathered` of ``model`` sharded as :func:`genrl.parallel.shard` shards it."""
+def _gathered(model: torch.nn.Module, bytes_per_param: int, gather_bytes: int | None = None) -> int:
+    """:attr:`PolicyPlan.gathered` of ``model`` sharded as :func:`genrl.parallel.shard` shards it: the weights
+    held whole in ``gather_bytes`` a parameter (``train.shard_gather``: bf16 under the bf16 autocast the plan
+    measures with; None, the weights' own), their gradients reduced in the weights' own bytes."""
     from .parallel.shard import units
 
     blocks = [sum(p.numel() for p in b.parameters()) for b in units(model)]
     root = sum(p.numel() for p in model.parameters()) - sum(blocks)
-    return bytes_per_param * (2 * root + 3 * max(blocks))
+    weights = min(gather_bytes or bytes_per_param, bytes_per_param) * (root + 2 * max(blocks))
+    return weights + bytes_per_param * (root + max(blocks))
 
 
 def is_grpo_recipe(path: str) -> bool:

@@ -78,20 +78,24 @@ def test_plan_of_a_grpo_recipe_on_a_local_qwen_folder(tmp_path, run_cli):
     assert options[0]["per_gpu_bytes"] > options[1]["per_gpu_bytes"] > options[2]["per_gpu_bytes"]
     assert all(o["supported"] for o in options)
     # sharded: every role's bytes over the GPUs, the root's weights (all but decoder layers and vision blocks)
-    # twice (with their gradients) and a decoder layer's three times, in float32
+    # and two decoder layers gathered in bf16 (train.shard_gather=auto under the bf16 autocast the plan measures
+    # with), and the root's and a layer's gradients in float32
     root = sum(p.numel() for n, p in policy.named_parameters() if ".layers." not in n and ".blocks." not in n)
     layer = sum(p.numel() for n, p in policy.named_parameters() if ".layers.0." in n)
-    assert plan["gathered_bytes"] == 4 * (2 * root + 3 * layer)
+    assert plan["gathered_bytes"] == 2 * (root + 2 * layer) + 4 * (root + layer)
     held = sum(r["total_bytes"] for r in plan["roles"])
     assert options[3]["per_gpu_bytes"] == int(held + plan["gathered_bytes"] + max(options[2]["per_gpu_bytes"] - held,
                                                                                   plan["sampling_cache_bytes"]))
     assert plan["sequence_parallel"] == 1  # one GPU: no split row
 
     # 2 GPUs: parallel.sequence=2 (it divides the 4 heads) takes each layer over half of every row's tokens
+    # (and gathered in the weights' float32: train.shard_gather=weights)
     code, _, err = run_cli("plan", "--config", str(ROOT / "configs/grpo_video_qa.yaml"), f"grpo.policy={folder}",
-                           "grpo.prompts_per_step=4", "train.grad_accum=2", "--gpus", "2", "--json", str(out))
+                           "grpo.prompts_per_step=4", "train.grad_accum=2", "--gpus", "2", "--json", str(out),
+                           "train.shard_gather=weights")
     assert code == 0, err
     two = json.loads(out.read_text())
+    assert two["gathered_bytes"] == 4 * (2 * root + 3 * layer)
     assert two["sequence_parallel"] == 2 and two["options"][-1]["option"] == "+ parallel.sequence=2"
     p = plan_grpo(load_config(GRPOConfig, str(ROOT / "configs/grpo_video_qa.yaml"),
                               [f"grpo.policy={folder}", "grpo.prompts_per_step=4", "train.grad_accum=2"]))

@@ -181,6 +181,9 @@ def test_bench_shard_policy_reports_half_the_training_state_and_the_same_updates
     assert r["shard_policy.held_ratio"] == round(held["sharded"] / held["whole"], 3)
     assert 0.45 <= r["shard_policy.held_ratio"] <= 0.6  # weights, gradients and both AdamW moments: half each
     assert r["shard_policy.max_abs_diff"] < 1e-6 and r["shard_policy.step_time_ratio"] > 0
+    # a decoder layer at width 32 (4 heads, 2 key-value heads, MLP 128): two norms, q, kv, out, gate_up, down
+    layer = 2 * 32 + (32 * 32 + 32) + (32 * 32 + 32) + 32 * 32 + 32 * 256 + 128 * 32
+    assert r["raw"]["gathered_layer_bytes"] == {"float32": 4 * layer, "bfloat16": 2 * layer}
     assert all(len(v) == 1 for kind in r["raw"]["seconds"].values() for v in kind.values())
 
 

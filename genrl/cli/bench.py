@@ -890,6 +890,22 @@ def _held_bytes(model, opt) -> int:
     return total
 
 
+def _gathered_layer(policy, videos, prompt, ids) -> int:
+    """Bytes of the weights a sharded ``policy``'s first decoder layer holds whole while it runs (a scoring pass
+    under bf16 autocast, as `--mixed_precision bf16` runs a step)."""
+    import torch
+
+    seen = []
+    layer = policy.blocks[0]
+    hook = layer.register_forward_pre_hook(  # after FSDP's own: the layer is gathered
+        lambda m, args: seen.append(sum(p.numel() * p.element_size() for p in m.parameters())))
+    ones = torch.ones_like(prompt, dtype=torch.bool)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        policy.logits(policy.encode_video(videos), prompt, ones, ids, torch.ones_like(ids, dtype=torch.bool))
+    hook.remove()
+    return seen[0]
+
+
 def _policy_shard_worker(rank: int, init: str, out: str, rounds: int, dim: int, depth: int, rows: int,
                          tokens: int) -> None:
     """One of two gloo ranks: a tiny VLM trained whole on each rank (gradients all-reduced) vs sharded over both
@@ -947,7 +963,10 @@ def _policy_shard_worker(rank: int, init: str, out: str, rounds: int, dim: int, 
     from ..train.trainer import whole_state_dict
 
     full = whole_state_dict(sharded)
+    gathered = {"float32": _gathered_layer(sharded, videos, prompt, ids),
+                "bfloat16": _gathered_layer(shard(copy.deepcopy(whole), torch.bfloat16), videos, prompt, ids)}
     raw = {"held_bytes": {n: _held_bytes(models[n], opts[n]) for n in models}, "seconds": times,
+           "gathered_layer_bytes": gathered,
            "params": sum(p.numel() for p in whole.parameters()), "rows": rows, "tokens": tokens}
     if rank == 0:
         raw["max_abs_diff"] = max(float((full[k] - v).abs().max()) for k, v in whole.state_dict().items())
@@ -959,11 +978,12 @@ def _policy_shard_worker(rank: int, init: str, out: str, rounds: int, dim: int, 
 def shard_policy_report(rounds: int, dim: int, depth: int, rows: int, tokens: int, quiet: bool) -> dict:
     """Per-rank bytes, step and sampling time of a trained tiny VLM, whole vs sharded over 2 gloo processes."""
     raw = _two_processes(_policy_shard_worker, rounds, dim, depth, rows, tokens)
-    h, s = raw["held_bytes"], raw["seconds"]
+    h, s, g = raw["held_bytes"], raw["seconds"], raw["gathered_layer_bytes"]
     report = {"shard_policy.held_ratio": round(h["sharded"] / h["whole"], 3),
               "shard_policy.step_time_ratio": round(med(s["step"]["sharded"]) / med(s["step"]["whole"]), 3),
               "shard_policy.sample_time_ratio": round(med(s["sample"]["sharded"]) / med(s["sample"]["whole"]), 3),
-              "shard_policy.max_abs_diff": raw["max_abs_diff"], "raw": raw}
+              "shard_policy.max_abs_diff": raw["max_abs_diff"],
+              "shard_policy.gathered_bf16_ratio": round(g["bfloat16"] / g["float32"], 3), "raw": raw}
     if not quiet:
         click.echo(f"a trained tiny VLM ({raw['params'] / 1e6:.2f}M parameters, width {dim}, depth {depth}), {rows} rows "
                    f"x {tokens} completion tokens, per rank of 2:")
@@ -974,6 +994,9 @@ def shard_policy_report(rounds: int, dim: int, depth: int, rows: int, tokens: in
     click.echo(f"sharded / whole: held {report['shard_policy.held_ratio']:.3f}x, step {report['shard_policy.step_time_ratio']:.3f}x, "
                f"sampling {report['shard_policy.sample_time_ratio']:.3f}x; largest weight difference after the steps "
                f"{raw['max_abs_diff']:g}")
+    click.echo(f"a decoder layer gathered while it runs: {g['float32'] / 2**10:.1f} KB in float32, {g['bfloat16'] / 2**10:.1f} KB "
+               f"in bfloat16 (train.shard_gather under --mixed_precision bf16): "
+               f"{report['shard_policy.gathered_bf16_ratio']:.3f}x")
     return report
 
 
@@ -991,8 +1014,10 @@ def bench_shard_policy(rounds, dim, depth, rows, tokens, json_path, quiet):
     Per rank: bytes of the weights, gradients and AdamW state it holds; the time of a training step
     (scoring forward, backward, the gradient all-reduce or FSDP's reduce-scatter, clipping, AdamW) and
     of sampling --tokens tokens with the KV cache (the sharded policy gathers every layer at every
-    token), medians of alternating rounds with a barrier on each side; and the largest difference of
-    the weights after the steps (float rounding: the same updates). Two gloo processes on CPU.
+    token), medians of alternating rounds with a barrier on each side; the largest difference of the
+    weights after the steps (float rounding: the same updates); and the bytes a decoder layer holds
+    whole while it runs, gathered in float32 and in bfloat16 (train.shard_gather's default under
+    --mixed_precision bf16). Two gloo processes on CPU.
 
     \b
     Example:
