@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from genrl.train.checkpoint import resumable_checkpoint, save_checkpoint
+from genrl.train.checkpoint import checkpoint_problem, load_checkpoint, resumable_checkpoint, save_checkpoint
 
 from test_cli_paths import AE, _same
 
@@ -81,3 +81,26 @@ def test_rotation_counts_only_intact_checkpoints(tmp_path):
     (root / "step_0000004" / "state.pt").write_bytes(b"x")
     path, warnings = resumable_checkpoint(root)
     assert path.name == "step_0000003" and len(warnings) == 1 and "state.pt" in warnings[0]
+
+
+def test_a_checkpoint_read_mapped_holds_the_same_tensors_and_writes_nothing_back(tmp_path):
+    """A sharded run resumes from the files mapped into memory (each process reads only its shards): the same
+    tensors, of every dtype and shape, as reading them whole; writing into one leaves the files as they were."""
+    g = torch.Generator().manual_seed(0)
+    weights = {"policy": {"w": torch.randn(5, 3, generator=g), "h": torch.randn(7, generator=g).bfloat16(),
+                          "ids": torch.arange(6).view(2, 3), "none": torch.empty(0, 4), "scalar": torch.tensor(2.5),
+                          "mask": torch.rand(9, generator=g) > 0.5}, "heads": {"w": torch.randn(2, 2, generator=g)}}
+    state = {"stateful": {"optimizer": {"state": {"w": {"exp_avg": torch.randn(5, 3, generator=g)}}}}, "step": 3}
+    path = save_checkpoint(tmp_path / "ck", 3, weights, state)
+    step, mapped_weights, mapped_state = load_checkpoint(path, mapped=True)
+    assert step == 3 and load_checkpoint(path)[0] == 3
+    for module, sd in weights.items():
+        assert sorted(mapped_weights[module]) == sorted(sd)
+        for k, t in sd.items():
+            got = mapped_weights[module][k]
+            assert got.dtype == t.dtype and got.shape == t.shape and torch.equal(got, t), (module, k)
+    moment = mapped_state["stateful"]["optimizer"]["state"]["w"]["exp_avg"]
+    assert torch.equal(moment, state["stateful"]["optimizer"]["state"]["w"]["exp_avg"])
+    mapped_weights["policy"]["w"].add_(1.0)  # copy-on-write: the file keeps its bytes
+    moment.add_(1.0)
+    assert checkpoint_problem(path) is None and torch.equal(load_checkpoint(path)[1]["policy"]["w"], weights["policy"]["w"])

@@ -187,6 +187,18 @@ def test_bench_shard_policy_reports_half_the_training_state_and_the_same_updates
     assert all(len(v) == 1 for kind in r["raw"]["seconds"].values() for v in kind.values())
 
 
+def test_bench_shard_resume_copies_only_the_shards_from_the_mapped_checkpoint(run_cli, tmp_path):
+    """A sharded resume maps the checkpoint's files and copies in only its shards: its private memory grows by its
+    own AdamW moments and little else, where reading the files whole copies the checkpoint into every process."""
+    code, out, err = run_cli("bench", "shard-resume", "--dim", "128", "--depth", "2", "--json", str(tmp_path / "r.json"), "--quiet")
+    assert code == 0, err
+    r = json.loads((tmp_path / "r.json").read_text())
+    size, copied = r["raw"]["checkpoint_bytes"], r["raw"]["copied_bytes"]
+    assert r["shard_resume.same_weights"] is True
+    assert min(copied["whole"]) > 0.5 * size  # measured 13.6 MB of a 12.5 MB checkpoint
+    assert max(copied["mapped"]) < 0.2 * size and r["shard_resume.copied_ratio"] < 0.3  # measured 1.3 MB, 0.096x
+
+
 def test_two_process_sft_resumes_exactly_and_a_sharded_policy_matches_it(tmp_path):
     """SFT trains attribute heads beside the VLM: their gradients are averaged over the processes too (they were
     not, so the processes' heads drifted apart and a resume, which loads the main process's, changed the loss).

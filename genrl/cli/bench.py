@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from .distill import DistillConfig, RECIPE as DISTILL
+from ..errors import UsageError
 from .options import output_file, quiet_option
 from .qa import GRPOConfig
 
@@ -906,6 +907,14 @@ def _gathered_layer(policy, videos, prompt, ids) -> int:
     return seen[0]
 
 
+def _bench_vlm(dim: int, depth: int):
+    """The benches' tiny VLM: width ``dim``, ``depth`` decoder layers and vision blocks, 4 heads, 64 words."""
+    from ..models.vlm import TinyVLM, VLMConfig
+
+    return TinyVLM(VLMConfig(words=[f"w{i}" for i in range(64)], dim=dim, depth=depth, heads=4, kv_heads=2,
+                             mlp_hidden=4 * dim, vision_dim=dim, vision_heads=4))
+
+
 def _policy_shard_worker(rank: int, init: str, out: str, rounds: int, dim: int, depth: int, rows: int,
                          tokens: int) -> None:
     """One of two gloo ranks: a tiny VLM trained whole on each rank (gradients all-reduced) vs sharded over both
@@ -915,16 +924,13 @@ def _policy_shard_worker(rank: int, init: str, out: str, rounds: int, dim: int, 
     import torch
     import torch.distributed as dist
 
-    from ..models.vlm import TinyVLM, VLMConfig
     from ..parallel import shard
     from ..train.trainer import average_gradients, clip_gradients, grad_norm
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     torch.manual_seed(0)
-    words = [f"w{i}" for i in range(64)]
-    whole = TinyVLM(VLMConfig(words=words, dim=dim, depth=depth, heads=4, kv_heads=2, mlp_hidden=4 * dim,
-                              vision_dim=dim, vision_heads=4)).train()
+    whole = _bench_vlm(dim, depth).train()
     sharded = shard(copy.deepcopy(whole))
     models = {"whole": whole, "sharded": sharded}
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-3) for n, m in models.items()}
@@ -1026,6 +1032,145 @@ def bench_shard_policy(rounds, dim, depth, rows, tokens, json_path, quiet):
     if dim % 4:
         raise click.BadParameter(f"--dim {dim}: needs a multiple of 4 (4 heads)", param_hint="--dim")
     _write(shard_policy_report(rounds, dim, depth, rows, tokens, quiet), json_path)
+
+
+# ---------------------------------------------------------------- shard-resume
+def _rss(field: str) -> int:
+    """This process's resident bytes of a kind (RssAnon: its private memory; RssFile: pages of files it maps)
+    from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _trim() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc's malloc_trim), so resident memory
+    counts only what is held."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: resident memory may also count freed blocks
+        pass
+
+
+def _resume_worker(rank: int, init: str, out: str, dim: int, depth: int, folder: str, how: str) -> None:
+    """One of two gloo ranks holding a sharded tiny VLM and its AdamW state. ``how`` 'save': a step, then the
+    whole weights and moments into a checkpoint under ``folder`` (as the trainer writes them); 'whole' or
+    'mapped': resume from it as the trainer does (files read whole, or mapped and read shard by shard), and
+    the peak of resident memory the resume added."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    from ..parallel import shard
+    from ..train.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
+    from ..train.trainer import load_whole_optimizer_state, load_whole_state_dict, whole_state_dict
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = shard(_bench_vlm(dim, depth))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    result: dict = {}
+    if how == "save":
+        videos = torch.rand(2, model.cfg.frames, 3, model.cfg.height, model.cfg.width)
+        ids = torch.randint(3, 60, (2, 4))
+        ones = torch.ones_like(ids, dtype=torch.bool)
+        model.token_logprobs(model.encode_video(videos), ids, ones, ids, ones).mean().neg().backward()
+        opt.step()
+        weights, moments = whole_state_dict(model), get_optimizer_state_dict(model, opt, options=full)
+        if rank == 0:
+            save_checkpoint(Path(folder), 1, {"policy": weights}, {"stateful": {"optimizer": moments}})
+            result["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(folder).glob("step_*/*") if f.is_file())
+        result["weights"] = {k: v.float().sum().item() for k, v in weights.items()} if rank == 0 else {}
+    else:
+        path, _ = resumable_checkpoint(Path(folder))  # reads every byte once, as a resume verifies its checksums
+        _trim()
+        before = {k: _rss(k) for k in ("RssAnon", "RssFile")}
+        _, weights, state = load_checkpoint(path, verify=False, mapped=how == "mapped")
+        if how == "mapped":  # genrl's resume: each process copies in its own shards
+            load_whole_state_dict(model, weights["policy"])
+            load_whole_optimizer_state(model, opt, state["stateful"]["optimizer"])
+        else:  # torch's whole-state-dict loaders, fed whole tensors read on every process (genrl's resume before)
+            set_model_state_dict(model, weights["policy"], options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(model, opt, state["stateful"]["optimizer"], options=full)
+        _trim()  # freed memory back to the system: what is left is held
+        result["added"] = {k: _rss(k) - b for k, b in before.items()}  # while what was read is still held
+        result["own_state_bytes"] = sum(v.to_local().numel() * v.element_size() for s in opt.state.values()
+                                        for v in s.values() if v.dim())
+        del weights, state
+        loaded = whole_state_dict(model)
+        result["weights"] = {k: v.float().sum().item() for k, v in loaded.items()} if rank == 0 else {}
+    results = [None, None]
+    dist.all_gather_object(results, result)
+    if rank == 0:
+        Path(out).write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def shard_resume_report(dim: int, depth: int, quiet: bool) -> dict:
+    """Host memory a sharded resume holds per process, files read whole vs mapped (2 gloo processes)."""
+    import tempfile
+
+    if not Path("/proc/self/status").exists():
+        raise UsageError("genrl bench shard-resume reads memory from Linux's /proc/self/status; valid: a Linux machine")
+    with tempfile.TemporaryDirectory() as d:
+        saved = _two_processes(_resume_worker, dim, depth, d, "save")
+        runs = {how: _two_processes(_resume_worker, dim, depth, d, how) for how in ("whole", "mapped")}
+    size = saved[0]["checkpoint_bytes"]
+    # what a process copied of the checkpoint: private memory the resume added, less its own shards of the AdamW
+    # moments (made either way; a GPU run keeps them there). Mapped file pages are the page cache, one copy
+    # shared by every process of the machine, clean, and given back under memory pressure
+    held = {how: [r["added"]["RssAnon"] - r["own_state_bytes"] for r in rs] for how, rs in runs.items()}
+    same = all(runs[how][0]["weights"] == saved[0]["weights"] for how in runs)
+    report = {"shard_resume.copied_ratio": round(max(held["mapped"]) / max(held["whole"]), 3), "shard_resume.same_weights": same,
+              "raw": {"checkpoint_bytes": size, "copied_bytes": held, "runs": {h: [{k: r[k] for k in ("added", "own_state_bytes")}
+                                                                              for r in rs] for h, rs in runs.items()},
+                      "dim": dim, "depth": depth}}
+    mb = lambda n: f"{n / 2**20:.1f}"  # noqa: E731
+    if not quiet:
+        click.echo(f"a sharded tiny VLM's checkpoint (width {dim}, depth {depth}; whole weights and AdamW moments): "
+                   f"{mb(size)} MB; per process of 2, MB:")
+    click.echo(f"{'files read':<11} {'rank':>4} {'private added':>13} {'own moments':>11} {'copied':>7} {'file pages mapped':>17}")
+    for how, rs in runs.items():
+        for rank, r in enumerate(rs):
+            click.echo(f"{how:<11} {rank:>4} {mb(r['added']['RssAnon']):>13} {mb(r['own_state_bytes']):>11} "
+                       f"{mb(held[how][rank]):>7} {mb(r['added']['RssFile']):>17}")
+    click.echo(f"mapped / whole: copied {report['shard_resume.copied_ratio']:.3f}x (private memory beyond the process's "
+               f"own moments; mapped pages are the shared page cache); the same weights loaded: {same}")
+    return report
+
+
+@bench.command(name="shard-resume", context_settings={"show_default": True})
+@click.option("--depth", type=click.IntRange(1, 64), default=8, help="Decoder layers (and vision blocks) of the VLM.")
+@click.option("--dim", type=click.IntRange(16, 4096), default=512, help="Width of the VLM (a multiple of 4).")
+@json_option
+@quiet_option
+def bench_shard_resume(dim, depth, json_path, quiet):
+    """Host memory of resuming a sharded policy (train.shard_trained): files read whole vs mapped.
+
+    Two gloo processes shard a tiny VLM and its AdamW state, take a step and write a checkpoint as
+    the trainer does (the whole weights and moments). Then, each in two fresh processes, they resume
+    from it: reading the files whole on each process (as before), and mapped into memory, each
+    process reading only its shards (what a sharded run does now). Prints, per process, the private
+    memory the resume added (Linux's /proc/self/status, while what was read is still held), its own
+    shards of the moments (made either way; a GPU run keeps them there), what it copied of the
+    checkpoint (the first less the second), and the file pages it mapped (the page cache: one copy
+    for all processes, given back under memory pressure). Checks that both load the saved weights.
+
+    \b
+    Example:
+      genrl bench shard-resume --json shard_resume.json
+    """
+    if dim % 4:
+        raise click.BadParameter(f"--dim {dim}: needs a multiple of 4 (4 heads)", param_hint="--dim")
+    _write(shard_resume_report(dim, depth, quiet), json_path)
 
 
 @bench.command(name="all", context_settings={"show_default": True})

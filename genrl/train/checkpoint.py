@@ -157,14 +157,46 @@ def resumable_checkpoint(root: Path) -> tuple[Path | None, list[str]]:
     return None, []
 
 
-def load_checkpoint(path: Path, verify: bool = True) -> tuple[int, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Read a checkpoint folder: (step, weights per module, state)."""
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as views of the file mapped into memory (copy-on-write): nothing is read
+    until a tensor's bytes are touched, and processes mapping the same file share the pages they read. A
+    process that keeps a slice of each tensor (its shards) reads only those bytes."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # the mapping outlives the file handle
+    start = 8 + size
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, (begin, end) = _SAFETENSORS_DTYPES[info["dtype"]], info["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        flat = torch.frombuffer(mapped, dtype=dtype, count=count, offset=start + begin) if count else torch.empty(0, dtype=dtype)
+        out[name] = flat.view(info["shape"])
+    return out
+
+
+def load_checkpoint(path: Path, verify: bool = True,
+                    mapped: bool = False) -> tuple[int, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Read a checkpoint folder: (step, weights per module, state). ``mapped``: the weights and the state's
+    tensors are views of the files mapped into memory, read as they are touched (:func:`mapped_safetensors`,
+    ``torch.load(mmap=True)``): a process keeping only its shards of them reads only those."""
     problem = checkpoint_problem(path, verify)
     if problem == "no manifest.json":
         raise UsageError(f"{path}: not a genrl checkpoint (no manifest.json)")
     if problem is not None:
         raise UsageError(f"{path}: the checkpoint is damaged ({problem})")
     manifest = json.loads((path / "manifest.json").read_text())
-    weights = {f[: -len(".safetensors")]: load_file(str(path / f)) for f in manifest["files"] if f.endswith(".safetensors")}
-    state = torch.load(path / "state.pt", weights_only=False)
+    read = mapped_safetensors if mapped else lambda p: load_file(str(p))
+    weights = {f[: -len(".safetensors")]: read(path / f) for f in manifest["files"] if f.endswith(".safetensors")}
+    state = torch.load(path / "state.pt", weights_only=False, mmap=mapped)
     return manifest["step"], weights, state

@@ -386,15 +386,50 @@ def whole_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_whole_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a whole state dict into ``module``, sharded or not (each process keeps its shards)."""
+    """Load a whole state dict into ``module``, sharded or not (each process copies in its own shards)."""
     from ..parallel import is_sharded
 
     if not is_sharded(module):
         module.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    _keep_shards(state, module.state_dict(), type(module).__name__)
 
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+
+def load_whole_optimizer_state(module: nn.Module, optimizer, state: dict[str, Any]) -> None:
+    """Load an optimizer's whole state dict, by parameter name (as :meth:`Trainer.save` writes a sharded role's),
+    into ``optimizer`` over the sharded ``module``: each process copies in its own shards of the moments."""
+    from torch.distributed.checkpoint.state_dict import _init_optim_state
+
+    _init_optim_state(optimizer)  # a fresh optimizer's state tensors, made as its first step makes them (zero)
+    trained = {name: p for name, p in module.named_parameters() if p in optimizer.state}
+    whole = {f"{name}.{key}": v for name, values in state["state"].items() for key, v in values.items()}
+    mine = {f"{name}.{key}": v for name, p in trained.items() for key, v in optimizer.state[p].items()}
+    _keep_shards(whole, mine, "the optimizer")
+    if len(state["param_groups"]) != len(optimizer.param_groups):
+        raise RuntimeError(f"loading the optimizer: {len(state['param_groups'])} parameter groups saved, "
+                           f"{len(optimizer.param_groups)} now")
+    for group, saved in zip(optimizer.param_groups, state["param_groups"]):  # learning rate, betas, ...
+        group.update({k: v for k, v in saved.items() if k != "params"})
+
+
+def _keep_shards(whole: dict[str, Any], local: dict[str, Any], what: str) -> None:
+    """Copy into each tensor of ``local`` its own part of the tensor of the same name in ``whole``: a sharded one
+    (DTensor) its shard, sliced out of the whole before anything is read, so a whole tensor mapped from a file
+    (:func:`~genrl.train.checkpoint.mapped_safetensors`) is read only where this process's shard lies; any other
+    the whole tensor. No communication."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    missing, unexpected = sorted(local.keys() - whole.keys()), sorted(whole.keys() - local.keys())
+    if missing or unexpected:
+        raise RuntimeError(f"loading {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, mine in local.items():
+            if isinstance(mine, DTensor):
+                shape, offset = compute_local_shape_and_global_offset(whole[name].shape, mine.device_mesh, mine.placements)
+                mine.to_local().copy_(whole[name][tuple(slice(o, o + n) for n, o in zip(shape, offset))])
+            elif isinstance(mine, torch.Tensor):
+                mine.copy_(whole[name])
 
 
 def _size(n: float) -> str:
@@ -571,7 +606,9 @@ class Trainer:
             if self.is_main:
                 self._cut_metrics(0)
             return 0
-        step, weights, state = load_checkpoint(path, verify=False)  # resumable_checkpoint just verified every checksum
+        # resumable_checkpoint just verified every checksum. Sharded, each process reads only its shards of the
+        # whole weights and AdamW moments from the files mapped into memory (a 7B float32 policy's are 84 GB)
+        step, weights, state = load_checkpoint(path, verify=False, mapped=self.shards_trained)
         saved, now = state.get("num_processes", 1), self.accelerator.num_processes
         if saved != now:
             raise UsageError(f"{path} was written by {saved} process(es) and this run has {now}: each process's data "
@@ -589,9 +626,7 @@ class Trainer:
         for n, o in self.method.stateful().items():
             saved_state = own.get("stateful", {}).get(n, state["stateful"][n])
             if n in self.optimized:
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-                set_optimizer_state_dict(self.optimized[n], o, saved_state, options=StateDictOptions(full_state_dict=True))
+                load_whole_optimizer_state(self.optimized[n], o, saved_state)
             else:
                 o.load_state_dict(saved_state)
         self.method.load_extra_state(own.get("method", state["method"]))
