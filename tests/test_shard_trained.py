@@ -187,6 +187,67 @@ def test_bench_shard_policy_reports_half_the_training_state_and_the_same_updates
     assert all(len(v) == 1 for kind in r["raw"]["seconds"].values() for v in kind.values())
 
 
+class _TwoLayers(torch.nn.Module):
+    """Two layers (units of their own) and a weight no step uses: AdamW keeps no state for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(5, 5) for _ in range(2))
+        self.unused = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.layers[1](self.layers[0](x).tanh())
+
+
+def _resume_worker(rank, init, out):
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    from genrl.parallel import shard
+    from genrl.train.trainer import load_whole_optimizer_state, load_whole_state_dict, whole_state_dict
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    fresh = _TwoLayers()
+    model = shard(copy.deepcopy(fresh))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(rank))
+
+    def step(m, o):
+        m(x).pow(2).mean().backward()
+        o.step()
+        o.zero_grad()
+
+    for _ in range(2):
+        step(model, opt)
+    opt.param_groups[0]["lr"] = 3e-3  # as a schedule would have moved it
+    whole = StateDictOptions(full_state_dict=True)  # on every process, as each reads the checkpoint's files
+    weights, moments = get_model_state_dict(model, options=whole), get_optimizer_state_dict(model, opt, options=whole)
+    resumed = shard(copy.deepcopy(fresh))
+    ropt = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
+    load_whole_state_dict(resumed, weights)
+    load_whole_optimizer_state(resumed, ropt, moments)
+    for m, o in ((model, opt), (resumed, ropt)):
+        step(m, o)
+    a, b = whole_state_dict(model), whole_state_dict(resumed)
+    result = {"same": all(torch.equal(a[k], b[k]) for k in a), "lr": ropt.param_groups[0]["lr"],
+              "unused_state": [len(o.state[dict(m.named_parameters())["unused"]]) for m, o in ((model, opt), (resumed, ropt))]}
+    if rank == 0:
+        torch.save(result, out)
+    dist.destroy_process_group()
+
+
+def test_a_sharded_optimizer_loaded_from_whole_state_takes_the_same_next_step(tmp_path):
+    """Each process copies its shards of the whole weights and AdamW moments in (a resume): the next step equals
+    the uninterrupted run's bit for bit; the learning rate comes back; a weight that had no gradient has no state."""
+    mp.spawn(_resume_worker, args=(f"file://{tmp_path / 'rdv'}", str(tmp_path / "out.pt")), nprocs=2, join=True)
+    r = torch.load(tmp_path / "out.pt")
+    assert r["same"] and r["lr"] == 3e-3 and r["unused_state"] == [0, 0]
+
+
 def test_bench_shard_resume_copies_only_the_shards_from_the_mapped_checkpoint(run_cli, tmp_path):
     """A sharded resume maps the checkpoint's files and copies in only its shards: its private memory grows by its
     own AdamW moments and little else, where reading the files whole copies the checkpoint into every process."""

@@ -71,8 +71,8 @@ def shard(module: nn.Module, gather: torch.dtype | None = None) -> nn.Module:
     remaining weights as the root's unit; each is gathered for its forward (the root's for ``forward`` and the
     module's ``SHARD_METHODS``, else :data:`FORWARD_METHODS`) and freed after it. A trained module's gradients
     are reduce-scattered (averaged over the processes) as backward leaves each unit. ``gather``: the dtype the
-    weights are gathered and run in when it is not theirs (inputs are cast to it; gradients are reduced in the
-    weights' own dtype); None, their own. Returns ``module``."""
+    weights are gathered and run in when it is not theirs (the root casts its floating inputs to it and its
+    outputs back; gradients are reduced in the weights' own dtype); None, their own. Returns ``module``."""
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 

@@ -402,6 +402,8 @@ def load_whole_optimizer_state(module: nn.Module, optimizer, state: dict[str, An
 
     _init_optim_state(optimizer)  # a fresh optimizer's state tensors, made as its first step makes them (zero)
     trained = {name: p for name, p in module.named_parameters() if p in optimizer.state}
+    for name in [n for n in trained if n not in state["state"]]:  # no gradient yet when saved: no state, as then
+        optimizer.state.pop(trained.pop(name))
     whole = {f"{name}.{key}": v for name, values in state["state"].items() for key, v in values.items()}
     mine = {f"{name}.{key}": v for name, p in trained.items() for key, v in optimizer.state[p].items()}
     _keep_shards(whole, mine, "the optimizer")
