@@ -224,7 +224,7 @@ class StreamR1Method(DMDMethod):
         return W, rw, metrics
 
     def roles(self):
-        return {**super().roles(), "reward": Role(self.reward)}
+        return {**super().roles(), "reward": Role(self.reward, graph=self.sr1.intra)}  # saliency: gradients to pixels
 
     def extra_state(self):
         return {"history": list(self.history)}

@@ -17,9 +17,13 @@ a fused kernel: no score matrix is kept) and in the blocks, so the two sizes ext
 exactly to the real frame size and depth. The passes are the student's streamed
 rollout (every chunk's gradient-carrying pass against the KV cache, which is counted
 too) and the critic's pass over a whole sample. With activation checkpointing a block
-keeps its input of every call, plus one call's full set while it runs again. Not
-included: the VAE decode and the reward model's backward of Stream-R1, and kernels'
-workspaces; CUDA's autocast casts a few ops differently from the CPU's.
+keeps its input of every call, plus one call's full set while it runs again. Stream-R1's
+saliency pass (``stream_r1.intra`` with VideoReward) runs the reward model over the decoded
+rollouts with gradients to their pixels while the student's graph waits: its vision tower
+and language model are measured the same way at 2 blocks (:func:`reward_pass`) and held
+beside the student's pass. Not included: the VAE decode's transient memory (it keeps
+nothing: its input is detached), and kernels' workspaces; CUDA's autocast casts a few ops
+differently from the CPU's.
 """
 
 from __future__ import annotations
@@ -117,11 +121,19 @@ class Plan:
     """Latent frames of the streaming student's chunks."""
     frames: int = 21
     """Latent frames of a training sample."""
+    reward: RewardPass | None = None
+    """Stream-R1's saliency pass through the reward model (held beside the student's rollout), when it has one."""
+
+    def beside(self, name: str, checkpointing: bool = False) -> int:
+        """Bytes held beside pass ``name`` for all of it: the reward's saliency pass beside the student's rollout
+        (the generator step scores the rollout while its graph waits for the DMD loss)."""
+        return self.reward.total(checkpointing) if self.reward is not None and name == "student" else 0
 
     @property
     def activations(self) -> dict[str, int]:
         """'none' / 'checkpointing': bytes of the largest step's activations (and the KV cache beside them)."""
-        return {k: max(p.total(k == "checkpointing") for p in self.passes.values()) for k in ("none", "checkpointing")}
+        return {k: max(p.total(k == "checkpointing") + self.beside(n, k == "checkpointing") for n, p in self.passes.items())
+                for k in ("none", "checkpointing")}
 
     def split_activations(self, n: int) -> int:
         """The largest step's activations per rank with ``parallel.sequence=n`` and no checkpointing: the
@@ -130,7 +142,7 @@ class Plan:
         out = 0
         for name, p in self.passes.items():
             span = self.chunk_frames if name == "student" else self.frames
-            out = max(out, int(p.kept * (-(-span // n)) / span + p.cache / n))
+            out = max(out, int(p.kept * (-(-span // n)) / span + p.cache / n) + self.beside(name))  # reward: whole
         return out
 
     def fits(self, gpus: int, gpu_bytes: int) -> list[dict]:
@@ -173,6 +185,8 @@ class Plan:
                                total_bytes=r.total_bytes) for r in self.roles],
                 "tokens": self.tokens, "batch": self.batch, "activation_bytes": self.activations,
                 "passes": {k: dict(v.__dict__) for k, v in self.passes.items()},
+                "reward_pass": None if self.reward is None else dict(self.reward.__dict__, total=self.reward.total(),
+                                                                     total_checkpointed=self.reward.total(True)),
                 "gpus": gpus, "gpu_bytes": gpu_bytes, "options": self.fits(gpus, gpu_bytes)}
 
 
@@ -262,6 +276,74 @@ def _role(name: str, arch: tuple[str, tuple[str, dict]], dtype: str, trainable=F
 def text_config(config: dict) -> dict:
     """The language model's keys of a Qwen-VL config: its text_config, or the top level of older configs."""
     return config.get("text_config") or config
+
+
+@dataclass
+class RewardPass:
+    """Stream-R1's saliency pass (``stream_r1.intra``): the reward model over a step's decoded rollouts, with
+    gradients to their pixels, its graph kept while each axis's gradient is taken."""
+
+    frames_read: int
+    """Frames of a rollout the reward reads."""
+    size: tuple[int, int]
+    """(height, width) they are resized to."""
+    vision_tokens: int
+    """Patches of a rollout through the vision tower."""
+    text_tokens: int
+    """Tokens of a row through the language model: the merged video tokens and :data:`REWARD_TEXT_TOKENS`."""
+    vision: int
+    """What the vision towers' passes keep, over the batch (measured, extrapolated)."""
+    language: int
+    """What the language model's passes keep, over the batch (measured, extrapolated)."""
+    pixels: int
+    """The decoded rollouts in float32, their gradient, and one saliency map a frame and axis."""
+    vision_checkpointed: int = 0
+    """:attr:`vision` with ``train.activation_checkpointing`` (each block's input, one block's set again)."""
+    language_checkpointed: int = 0
+    """:attr:`language` with ``train.activation_checkpointing``."""
+
+    def total(self, checkpointing: bool = False) -> int:
+        if checkpointing:
+            return self.vision_checkpointed + self.language_checkpointed + self.pixels
+        return self.vision + self.language + self.pixels
+
+
+REWARD_TEXT_TOKENS = 256
+"""Tokens allowed for the reward's chat template, trained prompt and caption around the video."""
+
+
+def reward_pass(kind: str, config: dict, frames: int, height: int, width: int, batch: int, axes: int,
+                dtype: torch.dtype = torch.bfloat16, advance=lambda: None) -> RewardPass:
+    """:class:`RewardPass` of a VideoReward-style Qwen2-VL reward (weights in ``dtype``) reading ``batch`` decoded
+    rollouts of ``frames`` frames at ``height`` x ``width``, as genrl's VideoReward reads tensors: 2 frames a
+    second of 16, within 448 x 448. Its vision tower and language model are measured at 2 blocks each (see
+    :func:`genrl.policy_plan.vision_memory`, :func:`genrl.policy_plan.lm_memory`)."""
+    from .models.qwen_vision import VisionPrepConfig, frame_indices, target_size
+    from .policy_plan import MEASURED_TOKENS as LM_TOKENS
+    from .policy_plan import VISION_MEASURED, _lm_pass, _vision_pass, lm_memory, text_config, vision_memory
+
+    prep = VisionPrepConfig(max_pixels=448 * 448)  # rewards.videoreward's defaults
+    read = len(frame_indices(frames, 16.0, prep))
+    h, w = target_size(height, width, prep)
+    p, m, tp = prep.patch_size, prep.merge_size, prep.temporal_patch_size
+    patches = -(-read // tp) * (h // p) * (w // p)
+    tokens = patches // (m * m) + REWARD_TEXT_TOKENS
+    vision = []
+    for n in VISION_MEASURED:
+        vision.append(_vision_pass(kind, config, dtype, n))
+        advance()
+    lm = []
+    for n in LM_TOKENS:
+        lm.append(_lm_pass(kind, config, dtype, n))
+        advance()
+    blocks = config.get("vision_config", {}).get("depth", 32)
+    layers = text_config(config)["num_hidden_layers"]
+    pixels = batch * frames * height * width * 4 * (3 + 3 + axes)
+    v, t = vision_memory(vision, blocks, patches), lm_memory(lm, layers, tokens)
+    # checkpointed, each rollout's blocks keep their inputs, and a block's set while it runs again, counted once a
+    # rollout (one at a time runs again: exact for one rollout a step, a little high for more)
+    return RewardPass(read, (h, w), patches, tokens, batch * v.kept, batch * t.kept, pixels, batch * v.checkpointed,
+                      batch * t.checkpointed)
 
 
 @dataclass
@@ -411,14 +493,20 @@ def plan_distill(cfg, frozen: str = "bfloat16", quiet: bool = True) -> Plan:
     from .progress import progress_bar
 
     critic = cfg.method != "ode_init"
-    with progress_bar(2 * len(MEASURED_TOKENS) if critic else len(MEASURED_TOKENS), "measuring passes on the CPU",
+    saliency = cfg.method == "stream_r1" and cfg.stream_r1.reward == "videoreward" and cfg.stream_r1.intra
+    with progress_bar((2 if critic else 1) * len(MEASURED_TOKENS) + (4 if saliency else 0), "measuring passes on the CPU",
                       quiet) as advance:
         passes = {"student": measure_pass(*student_arch[1], layers["student"], per_frame, latent_frames, batch,
                                           WanConfig().max_text_len, (chunk, st.local_frames, st.sink_frames), advance)}
         if critic:
             passes["critic"] = measure_pass(*critic_arch[1], layers["critic"], per_frame, latent_frames, batch,
                                             WanConfig().max_text_len, advance=advance)
-    return Plan(roles, latent_frames * per_frame, batch, passes, chunk, latent_frames)
+        reward = None
+        if saliency:
+            _, (kind, config) = arch_of(cfg.stream_r1.reward_weights, a.reward, "reward")
+            reward = reward_pass(kind, config, cfg.world.frames, height, width, batch, len(cfg.stream_r1.axes),
+                                 getattr(torch, frozen), advance)
+    return Plan(roles, latent_frames * per_frame, batch, passes, chunk, latent_frames, reward)
 
 
 def parse_memory(text: str) -> int:

@@ -165,6 +165,40 @@ def _lm_pass(kind: str, config: dict, dtype: torch.dtype, tokens: int, layers: i
     return measure_blocks(run, lm.layers, model)
 
 
+VISION_MEASURED = (16, 32)
+"""Patches of the measured vision-tower passes (one frame pair of 4 x 4 and 4 x 8 patches)."""
+
+
+def _vision_pass(kind: str, config: dict, dtype: torch.dtype, patches: int, layers: int = 2) -> dict[str, int]:
+    """The vision tower of a ``layers``-block copy of this architecture (its language model cut to one layer and
+    1,024 words: neither is in the pass) over one frame pair of 4 x ``patches / 4`` patches, with gradients to
+    the pixels, under CPU bf16 autocast. Bytes of its second block, of the rest, and of the whole pass."""
+    cfg = copy.deepcopy(config)
+    text_config(cfg).update(num_hidden_layers=1, vocab_size=1024)
+    text_config(cfg).pop("layer_types", None)
+    cfg.setdefault("vision_config", {})["depth"] = layers
+    model = _quietly(lambda: materialise(kind, cfg, dtype))
+    inner = getattr(model, "model", model)
+    visual = getattr(inner, "visual", None) or model.visual
+    v = cfg["vision_config"]
+    tp, p = v.get("temporal_patch_size", 2), v.get("patch_size", 14)
+    pixels = torch.randn(patches, 3 * tp * p * p, generator=torch.Generator().manual_seed(3), dtype=dtype,
+                         requires_grad=True)
+    grid = torch.tensor([[1, 4, patches // 4]])
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            visual(pixels, grid_thw=grid)
+
+    return measure_blocks(run, visual.blocks, model)
+
+
+def vision_memory(measured: list[dict], blocks: int, patches: int) -> PassMemory:
+    """The vision tower's pass over ``patches`` patches at ``blocks`` blocks, from the two measured passes
+    (linear in the patches: attention runs through a fused kernel, within each frame pair)."""
+    return PassMemory.of_blocks(fitted(measured, VISION_MEASURED, patches), blocks)
+
+
 def _head_pass(dim: int, vocab: int, completion: int, dtype: torch.dtype, temperature: float) -> int:
     """Bytes the LM head and the completion log-probs keep for backward over ``completion`` tokens of one row,
     plus the float32 logits the objective holds, under CPU bf16 autocast."""

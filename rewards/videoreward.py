@@ -70,6 +70,25 @@ class VideoRewardModel(RewardModel):
         for i, a in enumerate(AXES):
             self.score_mean[i], self.score_std[i] = cfg.mean[a], cfg.std[a]
 
+    def enable_activation_checkpointing(self) -> None:
+        """Keep only each vision block's and decoder layer's input when scores are taken with gradients to the
+        pixels (Stream-R1's saliency under ``train.activation_checkpointing``), and run the block again in
+        backward; the same scores and gradients. PyTorch's non-reentrant checkpoint wrapper, which works on
+        this frozen model in eval mode (transformers' own checkpointing runs only in training mode)."""
+        from functools import partial
+
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
+                                                                                 apply_activation_checkpointing,
+                                                                                 checkpoint_wrapper)
+
+        from genrl.models.hf_vlm import language_model_of
+
+        inner = self.model.model
+        visual = getattr(inner, "visual", None) or self.model.visual
+        targets = {id(m) for m in (*visual.blocks, *language_model_of(self.model).layers)}
+        apply_activation_checkpointing(self.model, partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+                                       check_fn=lambda m: id(m) in targets)
+
     # --------------------------------------------------------------- frames
     def read_indices(self, num_frames: int, fps: float | None = None) -> list[int]:
         return frame_indices(num_frames, fps or self.cfg.source_fps, self.cfg.vision)

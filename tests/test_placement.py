@@ -29,6 +29,7 @@ def test_every_role_of_stream_r1_reaches_the_device(tmp_path):
     roles = method.roles()
     assert set(roles) == {"student", "critic", "teacher", "ema", "reward"}
     assert [n for n, r in roles.items() if r.trainable] == ["student", "critic"]
+    assert [n for n, r in roles.items() if r.graph] == ["reward"]  # saliency: gradients to the pixels through it
     place_roles(roles, torch.device("meta"), TrainConfig())
     for name, module in (("teacher", method.teacher), ("reward", method.reward), ("critic", method.critic),
                          ("student", method.student), ("ema", method.ema.module)):

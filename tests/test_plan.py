@@ -48,10 +48,17 @@ def test_plan_of_the_wan_recipe_counts_the_published_architectures(run_cli, tmp_
     assert "train.shard_frozen" in shard["option"] and shard["supported"]
     assert abs(big["options"][1]["per_gpu_bytes"] - shard["per_gpu_bytes"] - 2 * 14_288_491_584 * 7 / 8) <= 1
     # the largest step: the student's rollout (its activations and the KV cache beside them) or the critic's pass
-    student, critic = big["passes"]["student"], big["passes"]["critic"]
+    # (with Stream-R1's reward saliency pass beside the rollout: VideoReward reads 10 of the 81 frames, 2 a second
+    # of 16, at 336 x 588 within 448 x 448: 5 frame pairs of 24 x 42 patches, merged 2 x 2, and 256 text tokens)
+    student, critic, reward = big["passes"]["student"], big["passes"]["critic"], big["reward_pass"]
     assert student["cache"] > 0 and critic["cache"] == 0
-    for key, kept in (("none", "kept"), ("checkpointing", "checkpointed")):
-        assert big["activation_bytes"][key] == max(student[kept] + student["cache"], critic[kept])
+    assert reward["frames_read"] == 10 and reward["size"] == [336, 588] and reward["vision_tokens"] == 5 * 24 * 42
+    assert reward["text_tokens"] == 5 * 24 * 42 // 4 + 256 and reward["pixels"] == 81 * 480 * 832 * 4 * (3 + 3 + 3)
+    assert reward["total"] == reward["vision"] + reward["language"] + reward["pixels"] and reward["vision"] > 0
+    assert reward["total_checkpointed"] == reward["vision_checkpointed"] + reward["language_checkpointed"] + reward["pixels"]
+    assert reward["vision_checkpointed"] < reward["vision"] / 5 and reward["language_checkpointed"] < reward["language"] / 5
+    for key, kept, beside in (("none", "kept", "total"), ("checkpointing", "checkpointed", "total_checkpointed")):
+        assert big["activation_bytes"][key] == max(student[kept] + student["cache"] + reward[beside], critic[kept])
     assert big["activation_bytes"]["checkpointing"] < big["activation_bytes"]["none"] / 5
     # parallel.sequence: of the splits of the 8 GPUs that the 40 heads of the 14B teacher and the 12 of the 1.3B
     # critic and student allow (1, 2, 4), 4 leaves each rank 1 of every 3-frame chunk of the rollout (a third of
@@ -59,9 +66,12 @@ def test_plan_of_the_wan_recipe_counts_the_published_architectures(run_cli, tmp_
     split = big["options"][4]
     assert split["option"] == "data parallel, parallel.sequence=4, no checkpointing" and split["supported"]
     whole = big["options"][0]["per_gpu_bytes"]
-    per_rank = max(int(student["kept"] / 3 + student["cache"] / 4), int(critic["kept"] * 6 / 21))
+    per_rank = max(int(student["kept"] / 3 + student["cache"] / 4) + reward["total"], int(critic["kept"] * 6 / 21))
     assert abs(whole - split["per_gpu_bytes"] - (big["activation_bytes"]["none"] - per_rank)) <= 2
     assert [o["option"] for o in plan["options"]][4].startswith("FSDP")  # one GPU: no split to offer
+    plain, _ = _plan(run_cli, tmp_path, "stream_r1.intra=false")  # no saliency: the reward runs without gradients
+    assert plain["reward_pass"] is None and plain["passes"] == plan["passes"]
+    assert plain["activation_bytes"]["none"] == plan["activation_bytes"]["none"] - plan["reward_pass"]["total"]
 
 
 def test_plan_reads_a_local_folder_exactly(run_cli, tmp_path):

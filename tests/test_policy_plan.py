@@ -48,6 +48,41 @@ def test_measured_passes_extrapolate_exactly():
     # a float32 policy under autocast: the head's bf16 weight copy (vocab x 64 x 2 bytes) is the term in vocab alone
     assert fit["c"] == pytest.approx(64 * 2) and fit["e"] == pytest.approx(8)  # log-softmax output + the held logits
 
+    # the vision tower (Stream-R1's reward saliency pass): measured at 2 blocks and 16 and 32 patches, a 3-block
+    # pass over 64 and 96 patches, measured whole, keeps exactly the extrapolation (bf16 weights, as a frozen reward)
+    from genrl.policy_plan import VISION_MEASURED, _vision_pass, vision_memory
+
+    from functools import partial
+
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
+                                                                             apply_activation_checkpointing,
+                                                                             checkpoint_wrapper)
+
+    from genrl.memory import tally
+    from genrl.plan import materialise
+
+    measured = [_vision_pass("qwen2_vl", cfg, torch.bfloat16, n) for n in VISION_MEASURED]
+    deeper = dict(cfg, vision_config=dict(cfg["vision_config"], depth=3))
+    for patches in (64, 96):
+        whole = _vision_pass("qwen2_vl", cfg, torch.bfloat16, patches, layers=3)
+        planned = vision_memory(measured, 3, patches)
+        assert planned.kept == whole["kept"] > 0
+        # checkpointed (the reward's wrappers): what the forward keeps, and one block's set run again in backward,
+        # is at most the planned figure (which counts every block's input; planned 282,880 against 274,688 at 64)
+        model = materialise("qwen2_vl", deeper, torch.bfloat16)
+        blocks = {id(b) for b in model.model.visual.blocks}
+        apply_activation_checkpointing(model, partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+                                       check_fn=lambda m: id(m) in blocks)  # noqa: B023
+        pixels = torch.randn(patches, 3 * 2 * 14 * 14, dtype=torch.bfloat16, requires_grad=True)
+        grid = torch.tensor([[1, 4, patches // 4]])
+
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model.model.visual(pixels, grid_thw=grid)  # noqa: B023
+
+        kept = tally(run, [], list(model.parameters())).total
+        assert kept + whole["call"] <= planned.checkpointed < planned.kept / 1.5
+
 
 def test_plan_of_a_grpo_recipe_on_a_local_qwen_folder(tmp_path, run_cli):
     from genrl.cli.qa import GRPOConfig

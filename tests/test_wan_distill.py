@@ -145,3 +145,29 @@ def test_wan_stream_r1_with_parallel_sequence_2_under_accelerate_equals_one_proc
     for key, rel in (("grad_norm", 1e-4), ("critic_grad_norm", 1e-4), ("critic_loss", 1e-4), ("reward_vq", 1e-4),
                      ("loss", 1e-3)):
         assert [r[key] for r in rows if "loss" in r] == pytest.approx([r[key] for r in ref if "loss" in r], rel=rel), key
+
+
+def test_wan_stream_r1_on_videoreward_with_activation_checkpointing_takes_the_same_step(run_cli, setup, monkeypatch,
+                                                                                         tmp_path):
+    """Stream-R1 weighted by a (tiny, random) VideoReward with saliency: with train.activation_checkpointing the
+    student, the critic and the reward's saliency pass are checkpointed, and the step logs the same figures."""
+    from rewards.videoalign import convert
+
+    from tiny_videoalign import write_release
+
+    d, _ = setup
+    write_release(tmp_path)
+    folder = convert(tmp_path / "release", tmp_path / "c", tmp_path / "base", template_file=str(tmp_path / "template.txt"))
+    for name, value in (("WAN_DIR", d / "wan"), ("GENRL_PROMPTS", d / "prompts.txt"), ("VIDEOREWARD_DIR", folder)):
+        monkeypatch.setenv(name, str(value))
+    rows = {}
+    for ckpt in ("false", "true"):
+        out = tmp_path / f"run_{ckpt}"
+        code, _, err = run_cli("distill", "--config", str(ROOT / "configs/stream_r1_wan.yaml"), f"out_dir={out}",
+                               f"student={d / 'wan'}", "train.steps=1", f"train.activation_checkpointing={ckpt}",
+                               "train.frozen_dtype=float32", *SMALL)
+        assert code == 0, err
+        rows[ckpt] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][0]
+    assert {"reward_vq", "reward_ta", "temporal_w0"} <= set(rows["false"])
+    for key in ("loss", "reward_vq", "reward_mq", "reward_ta", "temporal_w0", "rollout_weight_max"):
+        assert rows["true"][key] == pytest.approx(rows["false"][key], rel=1e-5, abs=1e-7), key

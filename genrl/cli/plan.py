@@ -52,7 +52,9 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path, arch, quiet):
     roles their bfloat16 weights. Activations are measured: the student's streamed rollout
     and the critic's pass run on the CPU at full width but 2 blocks and a few tokens a
     frame (seconds, a few GB of memory), and what they keep for backward is extrapolated
-    to the real depth and frame size.
+    to the real depth and frame size. Stream-R1 with VideoReward saliency adds the reward
+    model's pass over the rollouts with gradients to their pixels, held beside the
+    student's (its vision tower and language model measured the same way).
 
     A `grpo` recipe with a transformers Qwen2-VL / Qwen2.5-VL policy gets the policy and
     its KL reference, the KV cache of a step's sampling, and what one scoring pass keeps
@@ -99,6 +101,13 @@ def plan(overrides, config_path, gpus, gpu_memory, json_path, arch, quiet):
         cache = f" + {_gb(m.cache)} KV cache" if m.cache else ""
         click.echo(f"  {labels.get(name, name):<18} {_gb(m.kept)} kept for backward{cache}; "
                    f"{_gb(m.checkpointed)}{cache} with activation checkpointing")
+    if (r := p.reward) is not None:
+        click.echo(f"  {'reward saliency':<18} {_gb(r.total())} beside the student's rollout ({_gb(r.vision)} vision tower, "
+                   f"{_gb(r.language)} language model, {_gb(r.pixels)} pixels, their gradient and saliency); "
+                   f"{_gb(r.total(True))} with activation checkpointing")
+        click.echo(f"  {'':<18} (VideoReward over {p.batch} rollout(s): {r.frames_read} frames read at "
+                   f"{r.size[1]}x{r.size[0]}, {r.vision_tokens:,} patches, {r.text_tokens:,} language tokens, "
+                   f"gradients to the pixels)")
     click.echo(f"on {gpus} GPU(s) of {_gb(gpu_bytes)}:")
     _options(p, gpus, gpu_bytes, json_path, 52)
 

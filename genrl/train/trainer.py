@@ -73,7 +73,8 @@ class TrainConfig:
     `accelerate launch --mixed_precision`)."""
     activation_checkpointing: bool = False
     """Recompute activations of trainable roles in backward (models that support it: Wan2.1 transformers,
-    transformers Qwen2-VL / Qwen2.5-VL policies)."""
+    transformers Qwen2-VL / Qwen2.5-VL policies), and of frozen ones whose passes keep a graph (VideoReward's
+    saliency pass in Stream-R1)."""
     offload_frozen: bool = False
     """Keep frozen roles in CPU memory and stream their layers to the GPU as they run (accelerate's cpu_offload)."""
     shard_frozen: bool = False
@@ -216,6 +217,9 @@ class Role:
     """Updated by an optimiser: float32 weights, activation checkpointing applies."""
     cast: bool = True
     """A frozen role that may run in ``frozen_dtype`` and be offloaded (False for an EMA, which is exported)."""
+    graph: bool = False
+    """A frozen role whose passes keep a graph for backward (gradients to its inputs: Stream-R1's reward
+    saliency): ``train.activation_checkpointing`` applies to it too, when it supports it."""
 
 
 class Method:
@@ -319,6 +323,9 @@ def place_roles(roles: dict[str, Role], device: torch.device, cfg: TrainConfig,
                              f"to Wan2.1 transformers and transformers Qwen2-VL / Qwen2.5-VL policies")
         for net in able:
             net.enable_activation_checkpointing()
+        for role in roles.values():  # frozen roles that keep a graph
+            if role.graph and not role.trainable and hasattr(role.module, "enable_activation_checkpointing"):
+                role.module.enable_activation_checkpointing()
     if cfg.shard_trained and processes > 1:  # every trained policy (a small head beside one stays whole)
         trained = {n: r.module for n, r in roles.items() if r.trainable}
         if not any(hasattr(m, "SHARD_METHODS") for m in trained.values()):
