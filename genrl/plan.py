@@ -320,7 +320,7 @@ def reward_pass(kind: str, config: dict, frames: int, height: int, width: int, b
     :func:`genrl.policy_plan.vision_memory`, :func:`genrl.policy_plan.lm_memory`)."""
     from .models.qwen_vision import VisionPrepConfig, frame_indices, target_size
     from .policy_plan import MEASURED_TOKENS as LM_TOKENS
-    from .policy_plan import VISION_MEASURED, _lm_pass, _vision_pass, lm_memory, text_config, vision_memory
+    from .policy_plan import VISION_MEASURED, _lm_pass, _vision_pass, lm_memory, vision_memory
 
     prep = VisionPrepConfig(max_pixels=448 * 448)  # rewards.videoreward's defaults
     read = len(frame_indices(frames, 16.0, prep))
