@@ -56,6 +56,7 @@ def _sampling_worker(rank, init, out):
     dist.all_gather_object(results, result)
     if rank == 0:
         torch.save(results, out)
+    dist.barrier()  # leave together (a rank leaving early can abort the other at exit)
     dist.destroy_process_group()
 
 
@@ -237,6 +238,7 @@ def _resume_worker(rank, init, out):
               "unused_state": [len(o.state[dict(m.named_parameters())["unused"]]) for m, o in ((model, opt), (resumed, ropt))]}
     if rank == 0:
         torch.save(result, out)
+    dist.barrier()  # leave together (a rank leaving early can abort the other at exit)
     dist.destroy_process_group()
 
 

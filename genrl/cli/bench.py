@@ -1111,6 +1111,7 @@ def _resume_worker(rank: int, init: str, out: str, dim: int, depth: int, folder:
     dist.all_gather_object(results, result)
     if rank == 0:
         Path(out).write_text(json.dumps(results))
+    dist.barrier()  # leave together: a rank that leaves while the other still works can abort at exit
     dist.destroy_process_group()
 
 
