@@ -494,7 +494,11 @@ def plan_distill(cfg, frozen: str = "bfloat16", quiet: bool = True) -> Plan:
 
     critic = cfg.method != "ode_init"
     saliency = cfg.method == "stream_r1" and cfg.stream_r1.reward == "videoreward" and cfg.stream_r1.intra
-    with progress_bar((2 if critic else 1) * len(MEASURED_TOKENS) + (4 if saliency else 0), "measuring passes on the CPU",
+    from .policy_plan import MEASURED_TOKENS as LM_TOKENS
+    from .policy_plan import VISION_MEASURED
+
+    reward_passes = len(VISION_MEASURED) + len(LM_TOKENS) if saliency else 0
+    with progress_bar((2 if critic else 1) * len(MEASURED_TOKENS) + reward_passes, "measuring passes on the CPU",
                       quiet) as advance:
         passes = {"student": measure_pass(*student_arch[1], layers["student"], per_frame, latent_frames, batch,
                                           WanConfig().max_text_len, (chunk, st.local_frames, st.sink_frames), advance)}

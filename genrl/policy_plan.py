@@ -173,13 +173,14 @@ def _vision_pass(kind: str, config: dict, dtype: torch.dtype, patches: int, laye
     """The vision tower of a ``layers``-block copy of this architecture (its language model cut to one layer and
     1,024 words: neither is in the pass) over one frame pair of 4 x ``patches / 4`` patches, with gradients to
     the pixels, under CPU bf16 autocast. Bytes of its second block, of the rest, and of the whole pass."""
+    from .models.hf_vlm import vision_tower_of
+
     cfg = copy.deepcopy(config)
     text_config(cfg).update(num_hidden_layers=1, vocab_size=1024)
     text_config(cfg).pop("layer_types", None)
     cfg.setdefault("vision_config", {})["depth"] = layers
     model = _quietly(lambda: materialise(kind, cfg, dtype))
-    inner = getattr(model, "model", model)
-    visual = getattr(inner, "visual", None) or model.visual
+    visual = vision_tower_of(model)
     v = cfg["vision_config"]
     tp, p = v.get("temporal_patch_size", 2), v.get("patch_size", 14)
     pixels = torch.randn(patches, 3 * tp * p * p, generator=torch.Generator().manual_seed(3), dtype=dtype,
@@ -251,7 +252,7 @@ def video_tokens(frames: int, height: int, width: int, min_pixels: int, max_pixe
 def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16", quiet: bool = True) -> PolicyPlan:
     """The memory plan of a `genrl grpo` recipe (``cfg`` a GRPOConfig) whose policy is a transformers Qwen-VL
     folder (or, not on this machine, the preset ``arch``)."""
-    from .models.hf_vlm import QwenVLPolicyConfig
+    from .models.hf_vlm import QwenVLPolicyConfig, vision_tower_of
 
     g = cfg.grpo
     qwen = ("qwen2_vl", "qwen2_5_vl")
@@ -262,8 +263,7 @@ def plan_grpo(cfg, arch: str = "", frozen: str = "bfloat16", quiet: bool = True)
         raise UsageError(f"grpo.policy: {g.policy} is a {kind} folder; genrl plan covers Qwen2-VL / Qwen2.5-VL policies")
     meta = _build_meta(kind, config)  # built once: the policy's counts, its tower's, the reference's
     policy = _role("policy", (label, (kind, config)), g.policy_dtype, trainable=True, model=meta)
-    inner = getattr(meta, "model", meta)
-    visual = getattr(inner, "visual", None) or meta.visual
+    visual = vision_tower_of(meta)
     roles = [replace(policy, frozen_params=0 if g.train_vision else sum(p.numel() for p in visual.parameters()))]
     if g.beta or g.variant == "veripo":
         roles.append(replace(policy, name="reference", dtype=frozen, trainable=False))

@@ -81,11 +81,9 @@ class VideoRewardModel(RewardModel):
                                                                                  apply_activation_checkpointing,
                                                                                  checkpoint_wrapper)
 
-        from genrl.models.hf_vlm import language_model_of
+        from genrl.models.hf_vlm import language_model_of, vision_tower_of
 
-        inner = self.model.model
-        visual = getattr(inner, "visual", None) or self.model.visual
-        targets = {id(m) for m in (*visual.blocks, *language_model_of(self.model).layers)}
+        targets = {id(m) for m in (*vision_tower_of(self.model).blocks, *language_model_of(self.model).layers)}
         apply_activation_checkpointing(self.model, partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
                                        check_fn=lambda m: id(m) in targets)
 

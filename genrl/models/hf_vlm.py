@@ -75,6 +75,12 @@ def language_model_of(model: nn.Module) -> nn.Module:
     return getattr(inner, "language_model", inner)
 
 
+def vision_tower_of(model: nn.Module) -> nn.Module:
+    """The vision tower of a transformers Qwen-VL model, in every layout transformers has used."""
+    inner = getattr(model, "model", model)
+    return getattr(inner, "visual", None) or model.visual
+
+
 class _Tokens:
     """The tokenizer surface genrl's QA code uses, over a transformers tokenizer."""
 
@@ -112,7 +118,7 @@ class QwenVLPolicy(CompletionPolicy):
         self.tokenizer = _Tokens(tokenizer, eos, pad)
         self.video_token_id = mc.video_token_id
         inner = getattr(model, "model", model)
-        self.visual = getattr(inner, "visual", None) or model.visual
+        self.visual = vision_tower_of(model)
         self._rope_index = getattr(inner, "get_rope_index", None) or model.get_rope_index
         self._rope_takes_types = "mm_token_type_ids" in inspect.signature(self._rope_index).parameters
         self.grid = self._grid()  # (1, 3): temporal, height, width patches of every clip
